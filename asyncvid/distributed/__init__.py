@@ -1,0 +1,1 @@
+"""Process groups, launch environments and the point-to-point transport."""

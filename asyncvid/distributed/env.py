@@ -1,0 +1,80 @@
+"""Join (or create) the torch.distributed process group from whatever launched us.
+
+torchrun and ``accelerate launch`` set RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT; srun sets
+SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID/SLURM_NODELIST, which are mapped onto the same names. On CUDA
+the backend is NCCL and each rank uses ``cuda:LOCAL_RANK``; on CPU it is gloo with one thread per rank.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from ..errors import AsyncVidError
+
+
+def _first_slurm_host(nodelist: str) -> str:
+    """First host of a Slurm node list such as ``gpu[03-05,07],cpu1``."""
+    head = re.match(r"([^,\[]+)(\[([^\]]+)\])?", nodelist)
+    if not head:
+        return nodelist
+    prefix, _, ranges = head.groups()
+    if not ranges:
+        return prefix
+    first = ranges.split(",")[0].split("-")[0]
+    return prefix + first
+
+
+def env_from_slurm(environ=os.environ) -> dict[str, str]:
+    """torch.distributed variables derived from an srun step's environment (empty if not under srun)."""
+    if "SLURM_PROCID" not in environ or "SLURM_NTASKS" not in environ:
+        return {}
+    job = int(environ.get("SLURM_JOB_ID", "0"))
+    return {
+        "RANK": environ["SLURM_PROCID"],
+        "WORLD_SIZE": environ["SLURM_NTASKS"],
+        "LOCAL_RANK": environ.get("SLURM_LOCALID", "0"),
+        "MASTER_ADDR": _first_slurm_host(environ.get("SLURM_STEP_NODELIST", environ.get("SLURM_NODELIST", "127.0.0.1"))),
+        "MASTER_PORT": str(20000 + job % 20000),
+    }
+
+
+def default_device() -> torch.device:
+    if torch.cuda.is_available() and os.environ.get("ASYNCVID_DEVICE", "") != "cpu":
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+def ensure_process_group(timeout_s: float | None = None) -> None:
+    """Initialise the default group from the launcher's environment if it is not yet initialised."""
+    if dist.is_initialized():
+        return
+    for key, value in env_from_slurm().items():
+        os.environ.setdefault(key, value)
+    if "WORLD_SIZE" not in os.environ:
+        # a plain `python script.py`: a group of one
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    for key in ("RANK", "MASTER_ADDR", "MASTER_PORT"):
+        if key not in os.environ:
+            raise AsyncVidError(f"launcher environment incomplete: {key} is not set")
+    device = default_device()
+    backend = os.environ.get("ASYNCVID_BACKEND") or ("nccl" if device.type == "cuda" else "gloo")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if device.type == "cpu" and int(os.environ["WORLD_SIZE"]) > 1 and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(1)  # a CPU "device" is one process with one thread
+    timeout = timedelta(seconds=timeout_s or float(os.environ.get("ASYNCVID_TIMEOUT", "600")))
+    dist.init_process_group(backend=backend, timeout=timeout)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

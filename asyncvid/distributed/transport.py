@@ -1,0 +1,182 @@
+"""Point-to-point transfer of carried states, and the small control messages of the engine.
+
+A state (a list of tensors) is packed into one flat buffer per dtype, so a cut costs one message per
+dtype. Tensors that are the same object (``conv_in``'s output is both the hidden state and the
+first skip) travel once. The receiver needs the layout (shapes, dtypes, aliases) before the first
+transfer of a call; it is sent once, as a control message, and then reused for every step.
+
+Every byte sent is counted, split into ``activation`` (boundary tensors) and ``control``.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Shapes and dtypes of a packed tensor list; ``alias[i] = j`` means tensor i is tensor j."""
+
+    shapes: tuple[tuple[int, ...], ...]
+    dtypes: tuple[torch.dtype, ...]
+    alias: tuple[int, ...]
+
+    def groups(self) -> dict[torch.dtype, int]:
+        """Elements per dtype buffer."""
+        counts: dict[torch.dtype, int] = defaultdict(int)
+        for i, (shape, dtype) in enumerate(zip(self.shapes, self.dtypes)):
+            if self.alias[i] == i:
+                counts[dtype] += _numel(shape)
+        return dict(counts)
+
+    def nbytes(self) -> int:
+        return sum(n * torch.empty((), dtype=d).element_size() for d, n in self.groups().items())
+
+
+def _numel(shape) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def layout_of(tensors: list[torch.Tensor]) -> Layout:
+    first: dict[int, int] = {}
+    alias = []
+    for i, t in enumerate(tensors):
+        alias.append(first.setdefault(id(t), i))
+    return Layout(tuple(tuple(t.shape) for t in tensors), tuple(t.dtype for t in tensors), tuple(alias))
+
+
+def pack(tensors: list[torch.Tensor], layout: Layout) -> list[torch.Tensor]:
+    by_dtype: dict[torch.dtype, list[torch.Tensor]] = defaultdict(list)
+    for i, t in enumerate(tensors):
+        if layout.alias[i] == i:
+            by_dtype[t.dtype].append(t.reshape(-1))
+    return [torch.cat(by_dtype[d]) if len(by_dtype[d]) > 1 else by_dtype[d][0].contiguous() for d in layout.groups()]
+
+
+def unpack(buffers: list[torch.Tensor], layout: Layout) -> list[torch.Tensor]:
+    offsets = {d: 0 for d in layout.groups()}
+    flat = dict(zip(layout.groups(), buffers))
+    out: list[torch.Tensor] = []
+    for i, (shape, dtype) in enumerate(zip(layout.shapes, layout.dtypes)):
+        if layout.alias[i] != i:
+            out.append(out[layout.alias[i]])
+            continue
+        n = _numel(shape)
+        out.append(flat[dtype][offsets[dtype] : offsets[dtype] + n].view(shape))
+        offsets[dtype] += n
+    return out
+
+
+@dataclass
+class Traffic:
+    """Bytes this rank sent, by kind."""
+
+    activation: int = 0
+    control: int = 0
+    conditioning: int = 0  # step-invariant inputs (text embeddings ...), sent once per call
+    messages: int = 0
+    per_step: list[int] = field(default_factory=list)  # activation bytes sent in each executed step
+
+    def snapshot(self) -> dict:
+        return {"activation_bytes": self.activation, "control_bytes": self.control,
+                "conditioning_bytes": self.conditioning, "messages": self.messages,
+                "activation_bytes_per_step": list(self.per_step)}
+
+
+class Link:
+    """One direction of one edge (this rank -> peer, or peer -> this rank) for carried states."""
+
+    def __init__(self, peer: int, device: torch.device, traffic: Traffic):
+        self.peer, self.device, self.traffic = peer, device, traffic
+        self.layout: Layout | None = None
+        self._pending: list = []
+
+    def reset(self) -> None:
+        self.wait()
+        self.layout = None
+
+    # --- sending -------------------------------------------------------------------------
+    def isend(self, tensors: list[torch.Tensor]) -> None:
+        """Send a state; the layout goes first the first time after a reset."""
+        self.wait()  # the previous message on this link has left: its buffer can go
+        if self.layout is None:
+            self.layout = layout_of(tensors)
+            payload = pickle.dumps(self.layout)
+            dist.send_object_list([self.layout], dst=self.peer, device=self._object_device())
+            self.traffic.control += len(payload) + 8
+        buffers = pack(tensors, self.layout)
+        for buf in buffers:
+            self._pending.append(dist.isend(buf, dst=self.peer))
+            self.traffic.activation += buf.numel() * buf.element_size()
+            self.traffic.messages += 1
+        self._keep = buffers  # buffers must outlive the send
+
+    # --- receiving -----------------------------------------------------------------------
+    def irecv(self) -> "PendingState":
+        if self.layout is None:
+            box = [None]
+            dist.recv_object_list(box, src=self.peer, device=self._object_device())
+            self.layout = box[0]
+        buffers = [torch.empty(n, dtype=d, device=self.device) for d, n in self.layout.groups().items()]
+        works = [dist.irecv(buf, src=self.peer) for buf in buffers]
+        return PendingState(self.layout, buffers, works)
+
+    def wait(self) -> None:
+        for work in self._pending:
+            work.wait()
+        self._pending.clear()
+
+    def _object_device(self):
+        return self.device if self.device.type == "cuda" else None
+
+
+@dataclass
+class PendingState:
+    layout: Layout
+    buffers: list[torch.Tensor]
+    works: list
+
+    def wait(self) -> list[torch.Tensor]:
+        for work in self.works:
+            work.wait()
+        return unpack(self.buffers, self.layout)
+
+
+def broadcast_tree(tree, src: int, group, device: torch.device, traffic: Traffic | None = None):
+    """Broadcast a nested structure of tensors and plain values from ``src`` to the group.
+
+    Non-tensor leaves travel pickled with the structure; tensors travel as tensors, so on NCCL they
+    stay on the GPU.
+    """
+    from torch.utils._pytree import tree_flatten, tree_unflatten
+
+    is_src = dist.get_rank() == src
+    if is_src:
+        leaves, spec = tree_flatten(tree)
+        meta = [("T", tuple(x.shape), x.dtype) if torch.is_tensor(x) else ("V", x) for x in leaves]
+        box = [(meta, spec)]
+    else:
+        box = [None]
+    dist.broadcast_object_list(box, src=src, group=group, device=device if device.type == "cuda" else None)
+    meta, spec = box[0]
+    if is_src and traffic is not None:
+        traffic.control += len(pickle.dumps(box[0])) + 8
+    out = []
+    for i, item in enumerate(meta):
+        if item[0] == "V":
+            out.append(item[1])
+            continue
+        tensor = leaves[i].to(device).contiguous() if is_src else torch.empty(item[1], dtype=item[2], device=device)
+        dist.broadcast(tensor, src=src, group=group)
+        if is_src and traffic is not None:
+            traffic.conditioning += tensor.numel() * tensor.element_size()
+        out.append(leaves[i] if is_src else tensor)
+    return tree_unflatten(out, spec)

@@ -1,0 +1,1 @@
+"""Model-agnostic machinery: units and carried state, split plans, step schedules, the stage runtime."""

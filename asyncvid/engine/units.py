@@ -1,0 +1,49 @@
+"""The vocabulary shared by model adapters and the engine.
+
+A UNet forward pass is a chain of *units* (a conv, one resnet, one attention, one motion module,
+a down/upsampler, a whole mid block ...). Between two units the only live data is the
+:class:`Carried` state: the hidden state plus the stack of skip connections that later up layers
+will pop. A stage is a contiguous run of units, so a cut between stages ships exactly one
+``Carried``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+
+@dataclass
+class Carried:
+    """State that crosses a cut: hidden state ``h`` and the skip stack (bottom first)."""
+
+    h: torch.Tensor
+    skips: tuple[torch.Tensor, ...] = ()
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [self.h, *self.skips]
+
+    @classmethod
+    def from_tensors(cls, tensors: list[torch.Tensor]) -> "Carried":
+        return cls(tensors[0], tuple(tensors[1:]))
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One schedulable piece of the forward pass.
+
+    ``name`` is the module path relative to the UNet (``"up_blocks.3.attentions.1"``); ``modules``
+    lists every module path whose parameters the unit needs; ``run(ctx, state) -> state``.
+    """
+
+    name: str
+    modules: tuple[str, ...]
+    run: Callable[[Any, Carried], Carried]
+
+
+def run_units(units: list[Unit], ctx: Any, state: Carried) -> Carried:
+    for unit in units:
+        state = unit.run(ctx, state)
+    return state

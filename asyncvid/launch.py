@@ -1,0 +1,100 @@
+"""Start N local ranks without torchrun: ``launch_local(fn, nprocs, *args)``.
+
+Each rank is a fresh process (spawn) with the torch.distributed environment set, one thread on CPU,
+that calls ``fn(*args)``. If any rank fails, the others are stopped and the first failure comes back
+as one :class:`~asyncvid.errors.RankFailure` line; rank 0's return value is returned otherwise.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import pickle
+import socket
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+from .errors import AsyncVidError, RankFailure
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    msg = text[0] if text else ""
+    return msg if isinstance(exc, AsyncVidError) else f"{type(exc).__name__}: {msg}"
+
+
+def _rank_main(rank: int, world: int, port: int, workdir: str, threads: int, fn, args) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS=str(threads))
+    out = Path(workdir)
+    try:
+        import torch
+
+        torch.set_num_threads(threads)
+        from .distributed.env import ensure_process_group
+
+        ensure_process_group()
+        result = fn(*args)
+        (out / f"result.{rank}.tmp").write_bytes(pickle.dumps(result))
+        os.replace(out / f"result.{rank}.tmp", out / f"result.{rank}")
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent as one line
+        (out / f"error.{rank}").write_text(f"{time.time():.6f}\n{one_line(exc)}\n{traceback.format_exc()}")
+        os._exit(1)
+
+
+def launch_local(fn, nprocs: int, *args, threads_per_rank: int = 1, timeout: float | None = None):
+    """Run ``fn(*args)`` on ``nprocs`` local ranks; return rank 0's result."""
+    if nprocs < 1:
+        raise AsyncVidError(f"nprocs must be >= 1, got {nprocs}")
+    ctx = mp.get_context("spawn")
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="asyncvid-launch-") as workdir:
+        procs = [ctx.Process(target=_rank_main, args=(r, nprocs, port, workdir, threads_per_rank, fn, args), daemon=False)
+                 for r in range(nprocs)]
+        for p in procs:
+            p.start()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        failed = None
+        try:
+            while any(p.is_alive() for p in procs):
+                if any(p.exitcode not in (None, 0) for p in procs):
+                    failed = True
+                    time.sleep(0.5)  # let the first failure's peers report too, then pick the earliest
+                    break
+                if deadline is not None and time.monotonic() > deadline:
+                    raise RankFailure(f"ranks did not finish within {timeout:.0f} s")
+                time.sleep(0.05)
+        finally:
+            for p in procs:
+                if p.is_alive():
+                    p.terminate()
+            for p in procs:
+                p.join(5)
+                if p.is_alive():
+                    p.kill()
+        errors = []
+        for r in range(nprocs):
+            path = Path(workdir) / f"error.{r}"
+            if path.exists():
+                stamp, line = path.read_text().splitlines()[:2]
+                errors.append((float(stamp), r, line))
+        if errors:
+            _, rank, line = min(errors)
+            raise RankFailure(f"rank {rank} failed: {line}")
+        if failed or any(p.exitcode != 0 for p in procs):
+            codes = {r: p.exitcode for r, p in enumerate(procs) if p.exitcode != 0}
+            raise RankFailure(f"rank(s) exited abnormally: {codes}")
+        result = Path(workdir) / "result.0"
+        return pickle.loads(result.read_bytes()) if result.exists() else None

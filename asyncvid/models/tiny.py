@@ -1,0 +1,129 @@
+"""Tiny random-weight AnimateDiff pipelines built from configs, for tests, benchmarks and the
+offline default example. Nothing here touches a model hub.
+
+The tokenizer is byte-level (every UTF-8 byte is a token), so any prompt tokenizes without a
+vocabulary download.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+#: latent channels (32,64) with one layer per block: the size the test suite uses.
+TINY = dict(block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=32, heads=4)
+#: four levels (64..256): a model large enough that compute dominates per-step overhead (bench).
+SMALL = dict(block_out_channels=(64, 128, 256, 256), layers_per_block=1, cross_attention_dim=64, heads=4)
+PRESETS = {"tiny": TINY, "small": SMALL}
+
+
+def _byte_symbols() -> list[str]:
+    """GPT-2's reversible byte -> printable unicode table (what CLIP's byte-level BPE sees)."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    printable += list(range(ord("®"), ord("ÿ") + 1))
+    table, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return [table[b] for b in range(256)]
+
+
+def byte_level_tokenizer(model_max_length: int = 77):
+    """A CLIP tokenizer whose vocabulary is the 256 byte symbols and their word-final forms."""
+    from transformers import CLIPTokenizer
+    symbols = _byte_symbols()
+    vocab: dict[str, int] = {}
+    for s in symbols + [s + "</w>" for s in symbols] + ["<|startoftext|>", "<|endoftext|>"]:
+        vocab.setdefault(s, len(vocab))
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=model_max_length)
+
+
+def _down_up_types(n_levels: int):
+    down = ["CrossAttnDownBlock2D"] * (n_levels - 1) + ["DownBlock2D"]
+    up = ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * (n_levels - 1)
+    return down, up
+
+
+def build_animatediff_pipeline(preset: str = "tiny", seed: int = 0, scheduler: str = "ddim"):
+    """An ``AnimateDiffPipeline`` with random weights of the given preset size."""
+    from diffusers import (
+        AnimateDiffPipeline,
+        AutoencoderKL,
+        DDIMScheduler,
+        EulerDiscreteScheduler,
+        MotionAdapter,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    cfg = PRESETS[preset]
+    channels = tuple(cfg["block_out_channels"])
+    down, up = _down_up_types(len(channels))
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=channels,
+        layers_per_block=cfg["layers_per_block"],
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=tuple(down),
+        up_block_types=tuple(up),
+        cross_attention_dim=cfg["cross_attention_dim"],
+        norm_num_groups=8,
+        attention_head_dim=channels[0] // cfg["heads"],
+    )
+    adapter = MotionAdapter(
+        block_out_channels=channels,
+        motion_layers_per_block=cfg["layers_per_block"],
+        motion_norm_num_groups=8,
+        motion_num_attention_heads=cfg["heads"],
+        motion_max_seq_length=32,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=[32, 64],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D"] * 2,
+        up_block_types=["UpDecoderBlock2D"] * 2,
+        latent_channels=4,
+        norm_num_groups=8,
+        layers_per_block=1,
+    )
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            bos_token_id=0,
+            eos_token_id=2,
+            hidden_size=cfg["cross_attention_dim"],
+            intermediate_size=37,
+            layer_norm_eps=1e-05,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            pad_token_id=1,
+            vocab_size=1000,
+        )
+    )
+    if scheduler == "euler":
+        sched = EulerDiscreteScheduler(beta_schedule="linear", timestep_spacing="linspace", steps_offset=1)
+    else:
+        sched = DDIMScheduler(beta_schedule="linear", clip_sample=False, timestep_spacing="linspace", steps_offset=1)
+    pipe = AnimateDiffPipeline(
+        unet=unet,
+        motion_adapter=adapter,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=byte_level_tokenizer(),
+        scheduler=sched,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def save_animatediff_pipeline(path: str | Path, preset: str = "tiny", seed: int = 0) -> Path:
+    """Build a random pipeline and write it as a diffusers folder (safetensors)."""
+    path = Path(path)
+    build_animatediff_pipeline(preset, seed).save_pretrained(path, safe_serialization=True)
+    return path
