@@ -6,6 +6,7 @@ import torch
 
 import asyncvid
 from asyncvid.models.tiny import build_animatediff_pipeline
+from asyncvid.engine.profile import cut_bytes
 from asyncvid.pipelines.parallel import materialized_parameters
 
 CALL = dict(prompt="a red circle moving left", num_frames=8, height=32, width=32, num_inference_steps=4,
@@ -26,9 +27,59 @@ def render(options: dict, call: dict | None = None, calls: int = 1):
         "unet_params_held": materialized_parameters(ppipe.unet),
         "traffic": ppipe.traffic.snapshot(),
         "plan": ppipe.plan.to_dict(),
+        "ranges": ppipe.plan.ranges,
+        "steps_executed": ppipe.runtime.steps_executed,
+        "cut_bytes_at_call_shape": cut_bytes_for_call(ppipe, kwargs),
     }
     all_stats = [None] * ppipe.topo.world_size
     torch.distributed.all_gather_object(all_stats, stats)
     if ppipe.is_driver:
         return {"frames": results, "stats": all_stats}
     return None
+
+
+def render_calls(options: dict, calls: list[dict]):
+    """Several calls of one parallel pipeline, with different shapes."""
+    pipe = build_animatediff_pipeline("tiny", seed=0)
+    ppipe = asyncvid.parallelize(pipe, **options)
+    frames = []
+    for call in calls:
+        out = ppipe(**dict(CALL, **call), generator=torch.Generator().manual_seed(0))
+        if out is not None:
+            frames.append(out.frames)
+    return {"frames": frames, "stats": [{"ranges": ppipe.plan.ranges}]} if ppipe.is_driver else None
+
+
+def cut_bytes_for_call(ppipe, kwargs):
+    """The plan's per-cut bytes recomputed (on the meta device) for this call's latent shape."""
+    adapter = ppipe.runtime.adapter
+    h, w = kwargs["height"] // ppipe.vae_scale_factor, kwargs["width"] // ppipe.vae_scale_factor
+    args, kw = adapter.example_inputs(2, kwargs["num_frames"], h, w, torch.device("cpu"), torch.float32)
+    sizes = cut_bytes(type(adapter), ppipe.unet, args, kw)
+    return [sizes[b - 1] for _, b in ppipe.plan.ranges[:-1]]
+
+
+def fail_mid_call(options: dict, failing_rank: int):
+    """``failing_rank`` raises inside its stage at the third step of the call."""
+    pipe = build_animatediff_pipeline("tiny", seed=0)
+    ppipe = asyncvid.parallelize(pipe, **options)
+    if ppipe.topo.rank == failing_rank:
+        unit_name = ppipe.plan.stage_units(ppipe.topo.stage)[-1]
+        module = ppipe.unet.get_submodule(unit_name)
+        calls = {"n": 0}
+        original = module.forward
+
+        def boom(*args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == 3:
+                raise RuntimeError("injected failure in " + unit_name)
+            return original(*args, **kwargs)
+
+        module.forward = boom
+    ppipe(**CALL, generator=torch.Generator().manual_seed(0))
+    return "finished"
+
+
+def just_parallelize(options: dict):
+    asyncvid.parallelize(build_animatediff_pipeline("tiny", seed=0), **options)
+    return "ok"

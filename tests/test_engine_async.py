@@ -1,0 +1,111 @@
+"""AsyncDiff over real processes (gloo): equality with diffusers and with the reference recurrence."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import _workers
+from asyncvid.launch import launch_local
+from asyncvid.models.tiny import build_animatediff_pipeline
+from reference import AsyncReference
+
+
+def sequential_frames(call=None):
+    pipe = build_animatediff_pipeline("tiny", seed=0)
+    kwargs = dict(_workers.CALL, **(call or {}))
+    return pipe(**kwargs, generator=torch.Generator().manual_seed(0)).frames
+
+
+def reference_frames(ranges, warmup, stride=1, time_shift=False, call=None):
+    pipe = build_animatediff_pipeline("tiny", seed=0)
+    AsyncReference(pipe, ranges, warmup, stride, time_shift).install()
+    kwargs = dict(_workers.CALL, **(call or {}))
+    return pipe(**kwargs, generator=torch.Generator().manual_seed(0)).frames
+
+
+def ranges_of(plan_dict, result):
+    return result["stats"][0]["ranges"]
+
+
+def maxdiff(a, b):
+    return float(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)).max())
+
+
+def test_one_stage_equals_untouched_pipeline(one_thread):
+    out = launch_local(_workers.render, 1, dict(stages=1, warmup=1))
+    assert maxdiff(out["frames"][0], sequential_frames()) <= 1e-5
+
+
+def test_warmup_covering_all_steps_is_exact_with_three_stages(one_thread):
+    out = launch_local(_workers.render, 3, dict(stages=3, warmup=4, split="auto"))
+    assert maxdiff(out["frames"][0], sequential_frames()) <= 1e-5
+
+
+SPLIT2 = [["conv_in", "down_blocks", "mid_block", "up_blocks.0"], ["up_blocks.1", "conv_out"]]
+
+
+def test_two_stages_match_reference_recurrence_and_differ_from_sequential(one_thread):
+    out = launch_local(_workers.render, 2, dict(stages=2, warmup=1, split=SPLIT2))
+    ranges = out["stats"][0]["ranges"]
+    ref = reference_frames(ranges, warmup=1)
+    assert maxdiff(out["frames"][0], ref) <= 1e-4
+    assert maxdiff(out["frames"][0], sequential_frames()) > 1e-3  # the asynchrony is real
+
+
+def test_three_stages_auto_split_match_reference(one_thread):
+    out = launch_local(_workers.render, 3, dict(stages=3, warmup=1, split="auto"))
+    ranges = out["stats"][0]["ranges"]
+    assert len(ranges) == 3 and ranges[0][0] == 0 and all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
+    assert maxdiff(out["frames"][0], reference_frames(ranges, warmup=1)) <= 1e-4
+    assert maxdiff(out["frames"][0], sequential_frames()) > 1e-3
+
+
+@pytest.mark.parametrize("steps,warmup", [(5, 1), (6, 1)])  # odd and even number of post-warm-up steps
+def test_stride_two_matches_reference(one_thread, steps, warmup):
+    call = dict(num_inference_steps=steps)
+    out = launch_local(_workers.render, 2, dict(stages=2, warmup=warmup, stride=2, split=SPLIT2), call)
+    ranges = out["stats"][0]["ranges"]
+    assert maxdiff(out["frames"][0], reference_frames(ranges, warmup, stride=2, call=call)) <= 1e-4
+    assert maxdiff(out["frames"][0], reference_frames(ranges, warmup, stride=1, call=call)) > 1e-4
+    # rounds executed: warm-up steps plus one per pair of remaining steps
+    assert out["stats"][1]["steps_executed"] == warmup + (steps - warmup + 1) // 2
+
+
+def test_time_shift_matches_reference(one_thread):
+    out = launch_local(_workers.render, 2, dict(stages=2, warmup=1, split=SPLIT2, time_shift=True))
+    ranges = out["stats"][0]["ranges"]
+    assert maxdiff(out["frames"][0], reference_frames(ranges, 1, time_shift=True)) <= 1e-4
+    assert maxdiff(out["frames"][0], reference_frames(ranges, 1, time_shift=False)) > 1e-4
+
+
+def test_parameters_and_bytes_per_rank():
+    out = launch_local(_workers.render, 2, dict(stages=2, warmup=1, split=SPLIT2))
+    pipe = build_animatediff_pipeline("tiny", seed=0)
+    unet = pipe.unet
+    shared = sum(p.numel() for n, p in unet.named_parameters() if n.startswith(("time_proj", "time_embedding")))
+    stage1_prefixes = ("up_blocks.1.", "conv_norm_out.", "conv_out.")
+    stage1 = sum(p.numel() for n, p in unet.named_parameters() if n.startswith(stage1_prefixes))
+    total = sum(p.numel() for p in unet.parameters())
+    held = [s["unet_params_held"] for s in out["stats"]]
+    assert held == [total - stage1, stage1 + shared]
+    # bytes on the wire per step = the carried state at the cut (hidden + skip stack) / the prediction
+    b, f = 2, _workers.CALL["num_frames"]
+    h = w = _workers.CALL["height"] // 2  # the tiny VAE downsamples by 2
+    hidden = b * f * 64 * h * w * 4  # up_blocks.0 output: 64 channels, upsampled to full latent size
+    skips = 2 * (b * f * 32 * h * w * 4)  # conv_in output and down_blocks.0's layer output
+    eps = b * 4 * f * h * w * 4
+    steps = _workers.CALL["num_inference_steps"]
+    assert out["stats"][0]["traffic"]["activation_bytes_per_step"] == [hidden + skips] * (steps - 1) + [0]
+    assert out["stats"][1]["traffic"]["activation_bytes_per_step"] == [eps] * steps
+    assert out["stats"][0]["cut_bytes_at_call_shape"] == [hidden + skips]
+
+
+def test_second_call_and_changed_shape_just_work(one_thread):
+    calls = [{}, dict(num_frames=6, height=48, width=40)]
+    out = launch_local(_workers.render_calls, 2, dict(stages=2, warmup=1, split=SPLIT2), calls)
+    ranges = out["stats"][0]["ranges"]
+    for frames, call in zip(out["frames"], calls):
+        assert frames.shape[1:4] == (call.get("num_frames", 8), call.get("height", 32), call.get("width", 32))
+        assert maxdiff(frames, reference_frames(ranges, 1, call=call)) <= 1e-4
