@@ -110,6 +110,8 @@ class Job(BaseModel):
     def _check(self) -> "Job":
         if self.format == "mp4" and self.crf > 51:
             raise ValueError(f"crf: must be <= 51 for mp4 (H.264), got {self.crf}")
+        if self.stages > 1 and self.warmup < 1:
+            raise ValueError("warmup: must be >= 1 when stages > 1 (the first step seeds every stage)")
         if isinstance(self.split, list) and len(self.split) != self.stages:
             raise ValueError(f"split: lists {len(self.split)} stage(s) but stages is {self.stages}")
         return self

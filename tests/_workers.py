@@ -83,3 +83,15 @@ def fail_mid_call(options: dict, failing_rank: int):
 def just_parallelize(options: dict):
     asyncvid.parallelize(build_animatediff_pipeline("tiny", seed=0), **options)
     return "ok"
+
+
+def render_from_folder(folder: str, options: dict):
+    """Every rank loads only its stage from a saved folder, then renders."""
+    from asyncvid.pipelines.animatediff import AsyncAnimateDiffPipeline
+
+    ppipe = AsyncAnimateDiffPipeline.from_pretrained(folder, **options)
+    held = materialized_parameters(ppipe.unet)
+    out = ppipe(**CALL, generator=torch.Generator().manual_seed(0))
+    all_held = [None] * ppipe.topo.world_size
+    torch.distributed.all_gather_object(all_held, held)
+    return {"frames": out.frames, "held": all_held, "ranges": ppipe.plan.ranges} if ppipe.is_driver else None

@@ -7,6 +7,7 @@ that shape; results are cached on disk per (model config, shape, device, dtype, 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -28,24 +29,59 @@ def _materialized(module: torch.nn.Module) -> bool:
     return not any(p.is_meta for p in module.parameters())
 
 
+@contextlib.contextmanager
+def _materialize(unet: torch.nn.Module, names, device):
+    """Give meta submodules random weights for the duration (timing does not depend on values).
+
+    This lets a rank that holds only its own stage profile every unit, one at a time, without
+    ever holding the whole UNet.
+    """
+    restored = []
+    for name in names:
+        try:
+            module = unet.get_submodule(name)
+        except AttributeError:
+            continue
+        if any(p.is_meta for p in module.parameters()):
+            module.to_empty(device=device)
+            with torch.no_grad():
+                for p in module.parameters():
+                    p.normal_(0.0, 0.02)
+            restored.append(module)
+    try:
+        yield
+    finally:
+        for module in restored:
+            module.to("meta")
+
+
 def _walk(adapter: UNetAdapter, args: tuple, kwargs: dict, timed: bool, reps: int = 2) -> tuple[list[int], list[float]]:
     """Run every unit once; return bytes of the state after each unit and (if ``timed``) seconds per unit."""
     call = adapter.split_call(args, kwargs)
-    ctx = adapter.context(call.sample.shape, call.timestep, call.cond)
+    device = call.sample.device
+    real = timed and device.type != "meta"
+    with _materialize(adapter.unet, adapter.shared_modules if real else (), device):
+        ctx = adapter.context(call.sample.shape, call.timestep, call.cond)
+
     state = adapter.input_state(call.sample)
     out_bytes, costs = [], []
     for unit in adapter.units():
         if timed:
-            result = unit.run(ctx, state)  # warm-up (allocator, kernels)
-            start = time.perf_counter()
-            for _ in range(reps):
-                result = unit.run(ctx, state)
-            costs.append((time.perf_counter() - start) / reps)
-            state = result
+            with _materialize(adapter.unet, unit.modules, device), _materialize(adapter.unet, adapter.shared_modules, device):
+                state, cost = _time_unit(unit, ctx, state, reps)
+            costs.append(cost)
         else:
             state = unit.run(ctx, state)
         out_bytes.append(layout_of(state.tensors()).nbytes())
     return out_bytes, costs
+
+
+def _time_unit(unit, ctx, state, reps):
+    result = unit.run(ctx, state)  # warm-up (allocator, kernels)
+    start = time.perf_counter()
+    for _ in range(reps):
+        result = unit.run(ctx, state)
+    return result, (time.perf_counter() - start) / reps
 
 
 @torch.no_grad()
@@ -79,8 +115,6 @@ def unit_costs(adapter: UNetAdapter, args: tuple, kwargs: dict, use_cache: bool 
             return json.loads(path.read_text())["costs"]
         except (ValueError, KeyError):
             pass
-    if not _materialized(adapter.unet):
-        raise RuntimeError("profiling needs the full UNet on this rank")
     _, costs = _walk(adapter, args, kwargs, timed=True)
     if use_cache:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -206,6 +206,11 @@ def parallelize(pipe, stages: int = 2, stride: int = 1, warmup: int = 1, split="
     device = default_device()
     adapter = adapter_for(pipe.unet)
     plan = make_plan(adapter, split, stages, topo, device, ProfileShape.parse(profile_shape), pipe.unet.dtype)
+    return assemble(pipe, adapter, plan, topo, device, options, release)
+
+
+def assemble(pipe, adapter, plan, topo, device, options: AsyncOptions, release: bool = True) -> ParallelPipeline:
+    """Wire a planned pipeline: release foreign weights, build this rank's runtime, hook the driver."""
     if release:
         release_weights(pipe, adapter, plan, topo, device)
     runtime = StageRuntime(adapter, plan, topo, device, options)

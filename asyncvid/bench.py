@@ -1,0 +1,138 @@
+"""``asyncvid bench``: per-step denoising time of AsyncDiff configurations against two baselines.
+
+Baselines: (a) the untouched diffusers pipeline in one process with one thread, (b) the same with
+every core. Every parallel rank runs one thread (a CPU "device"). Per-step time is measured from
+the pipeline loop's own step-end callback, after the warm-up steps, on the second of two calls (the
+first call pays one-off allocator and kernel set-up). Results are JSON; speedups are ratios within
+one run on one machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import time
+
+import torch
+
+
+def _call_kwargs(cfg: dict) -> dict:
+    scale = 2  # the tiny/small presets' VAE downsamples by 2
+    return dict(prompt="a red circle moving left on a black background", num_frames=cfg["frames"],
+                height=cfg["latent"] * scale, width=cfg["latent"] * scale, num_inference_steps=cfg["steps"],
+                guidance_scale=7.5, output_type="latent")
+
+
+def _timed_call(pipe, cfg: dict) -> list[float]:
+    """Wall-clock time at the end of every step of one call."""
+    marks: list[float] = []
+
+    def on_step_end(p, i, t, kwargs):
+        marks.append(time.perf_counter())
+        return {}
+
+    start = time.perf_counter()
+    out = pipe(**_call_kwargs(cfg), generator=torch.Generator().manual_seed(0), callback_on_step_end=on_step_end)
+    return [start] + marks if out is not None else []
+
+
+def _per_step(marks: list[float], warmup: int) -> dict:
+    steps = len(marks) - 1
+    return {
+        "denoise_s": marks[-1] - marks[0],
+        "per_step_s": (marks[-1] - marks[warmup]) / (steps - warmup),  # steady state, after warm-up
+    }
+
+
+def _peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _measure(pipe, cfg: dict, warmup: int, repeats: int) -> dict:
+    _timed_call(pipe, cfg)  # first call: one-off set-up
+    runs = [_per_step(_timed_call(pipe, cfg), warmup) for _ in range(repeats)]
+    return min(runs, key=lambda r: r["per_step_s"])
+
+
+def run_baseline(cfg: dict, threads: int) -> dict:
+    from .models.tiny import build_animatediff_pipeline
+
+    torch.set_num_threads(threads)
+    pipe = build_animatediff_pipeline(cfg["preset"], seed=0)
+    result = _measure(pipe, cfg, warmup=cfg["warmup"], repeats=cfg["repeats"])
+    result.update(threads=threads, peak_rss_mib=[_peak_rss_mib()])
+    return result
+
+
+def run_parallel_rank(cfg: dict, stages: int, stride: int) -> dict | None:
+    """Runs on every rank (launched by :func:`asyncvid.launch.launch_local`)."""
+    import torch.distributed as dist
+
+    from .models.tiny import build_animatediff_pipeline
+    from .pipelines.parallel import parallelize
+
+    pipe = build_animatediff_pipeline(cfg["preset"], seed=0)
+    latent = cfg["latent"]
+    ppipe = parallelize(pipe, stages=stages, stride=stride, warmup=cfg["warmup"], split="auto",
+                        profile_shape=dict(frames=cfg["frames"], height=latent, width=latent, batch=2))
+    if ppipe.is_driver:
+        result = _measure(ppipe, cfg, warmup=cfg["warmup"], repeats=cfg["repeats"])
+        ppipe.close()
+    else:
+        ppipe.serve()  # follow the driver's calls until it closes
+    rss = [None] * dist.get_world_size()
+    dist.all_gather_object(rss, _peak_rss_mib())
+    if not ppipe.is_driver:
+        return None
+    result.update(peak_rss_mib=rss, plan=ppipe.plan.to_dict(),
+                  activation_bytes_per_step=max(ppipe.traffic.per_step, default=0))
+    return result
+
+
+def hardware() -> dict:
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "cuda": torch.cuda.is_available(),
+            "load_avg_1m": os.getloadavg()[0]}
+
+
+def run_bench(preset: str = "small", frames: int = 8, latent: int = 16, steps: int = 12, warmup: int = 1,
+              repeats: int = 2, configs: list[tuple[int, int]] | None = None, log=print) -> dict:
+    from .launch import launch_local
+
+    cfg = dict(preset=preset, frames=frames, latent=latent, steps=steps, warmup=warmup, repeats=repeats)
+    configs = configs or [(1, 1), (1, 2), (2, 1), (2, 2)]
+    report = {"config": dict(cfg, cfg_guidance=True, batch=2), "hardware": hardware(), "results": []}
+    one = launch_local(run_baseline, 1, cfg, 1, threads_per_rank=1)
+    log(f"baseline 1 process x 1 thread: {one['per_step_s'] * 1000:.1f} ms/step")
+    cores = os.cpu_count() or 1
+    allc = launch_local(run_baseline, 1, cfg, cores, threads_per_rank=cores)
+    log(f"baseline 1 process x {cores} threads: {allc['per_step_s'] * 1000:.1f} ms/step")
+    report["baselines"] = {"one_thread": one, "all_cores": allc}
+    for stages, stride in configs:
+        res = launch_local(run_parallel_rank, stages, cfg, stages, stride)
+        res.update(stages=stages, stride=stride,
+                   speedup_vs_one_thread=one["per_step_s"] / res["per_step_s"],
+                   speedup_vs_all_cores=allc["per_step_s"] / res["per_step_s"],
+                   end_to_end_speedup_vs_one_thread=one["denoise_s"] / res["denoise_s"])
+        report["results"].append(res)
+        log(f"stages={stages} stride={stride}: {res['per_step_s'] * 1000:.1f} ms/step, "
+            f"{res['speedup_vs_one_thread']:.2f}x vs 1 thread, {res['speedup_vs_all_cores']:.2f}x vs {cores} threads")
+    return report
+
+
+def write_report(report: dict, path: str | None) -> None:
+    text = json.dumps(report, indent=2, default=str)
+    if path:
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    else:
+        print(text)

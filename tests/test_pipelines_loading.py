@@ -1,0 +1,29 @@
+"""Stage-only loading from a local diffusers folder gives the same frames as parallelize()."""
+
+from __future__ import annotations
+
+import numpy as np
+
+import _workers
+from asyncvid.launch import launch_local
+from asyncvid.models.tiny import build_animatediff_pipeline
+from reference import AsyncReference
+
+SPLIT2 = [["conv_in", "down_blocks", "mid_block", "up_blocks.0"], ["up_blocks.1", "conv_out"]]
+
+
+def test_from_pretrained_loads_only_the_stage(tmp_path, one_thread):
+    import torch
+
+    pipe = build_animatediff_pipeline("tiny", seed=0)
+    pipe.save_pretrained(tmp_path / "model", safe_serialization=True)
+    out = launch_local(_workers.render_from_folder, 2, str(tmp_path / "model"), dict(stages=2, warmup=1, split=SPLIT2))
+    unet = pipe.unet
+    shared = sum(p.numel() for n, p in unet.named_parameters() if n.startswith(("time_proj", "time_embedding")))
+    stage1 = sum(p.numel() for n, p in unet.named_parameters() if n.startswith(("up_blocks.1.", "conv_norm_out.", "conv_out.")))
+    total = sum(p.numel() for p in unet.parameters())
+    assert out["held"] == [total - stage1, stage1 + shared]
+    ref_pipe = build_animatediff_pipeline("tiny", seed=0)
+    AsyncReference(ref_pipe, out["ranges"], warmup=1).install()
+    ref = ref_pipe(**_workers.CALL, generator=torch.Generator().manual_seed(0)).frames
+    assert float(np.abs(out["frames"] - ref).max()) <= 1e-4
