@@ -95,3 +95,14 @@ def render_from_folder(folder: str, options: dict):
     all_held = [None] * ppipe.topo.world_size
     torch.distributed.all_gather_object(all_held, held)
     return {"frames": out.frames, "held": all_held, "ranges": ppipe.plan.ranges} if ppipe.is_driver else None
+
+
+def render_then_undo(options: dict):
+    """Render in parallel, undo, render again with the plain pipeline on the driver."""
+    ppipe = asyncvid.parallelize(build_animatediff_pipeline("tiny", seed=0), **options)
+    ppipe(**CALL, generator=torch.Generator().manual_seed(0))
+    plain = ppipe.undo()
+    if plain is None:
+        return None
+    frames = plain(**CALL, generator=torch.Generator().manual_seed(0)).frames
+    return {"frames": frames, "held": materialized_parameters(plain.unet)}

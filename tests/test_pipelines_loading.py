@@ -27,3 +27,13 @@ def test_from_pretrained_loads_only_the_stage(tmp_path, one_thread):
     AsyncReference(ref_pipe, out["ranges"], warmup=1).install()
     ref = ref_pipe(**_workers.CALL, generator=torch.Generator().manual_seed(0)).frames
     assert float(np.abs(out["frames"] - ref).max()) <= 1e-4
+
+
+def test_undo_gives_back_the_plain_pipeline(one_thread):
+    import torch
+
+    out = launch_local(_workers.render_then_undo, 2, dict(stages=2, warmup=1, split=SPLIT2))
+    pipe = build_animatediff_pipeline("tiny", seed=0)
+    assert out["held"] == sum(p.numel() for p in pipe.unet.parameters())
+    seq = pipe(**_workers.CALL, generator=torch.Generator().manual_seed(0)).frames
+    assert float(np.abs(out["frames"] - seq).max()) <= 1e-5

@@ -26,7 +26,7 @@ from .plan import SplitPlan
 from .schedule import PARALLEL, REUSE, SEQUENTIAL, StepAction, step_action
 from .units import Carried, run_units
 
-OP_STEP, OP_END_CALL, OP_SHUTDOWN = 1.0, 2.0, 3.0
+OP_STEP, OP_END_CALL, OP_SHUTDOWN, OP_UNDO = 1.0, 2.0, 3.0, 4.0
 _DTYPES = [torch.int64, torch.int32, torch.float32, torch.float64, torch.float16, torch.bfloat16]
 _KINDS = [SEQUENTIAL, PARALLEL]
 
@@ -167,6 +167,26 @@ class StageRuntime:
     def shutdown(self) -> None:
         self._control([OP_SHUTDOWN])
 
+    def gather_weights(self) -> None:
+        """Undo the weight release: every stage sends its units' tensors to the driver, which
+        re-materialises them. Collective: the driver announces it, workers answer from serve_call."""
+        if self.topo.is_driver:
+            self._control([OP_UNDO])
+        unet = self.adapter.unet
+        for i, unit in enumerate(self.adapter.units()):
+            owner = self.topo.stage_rank(self.plan.stage_of(i))
+            if owner == self.driver_rank:
+                continue
+            for name in unit.modules:
+                module = unet.get_submodule(name)
+                if self.topo.rank == owner:
+                    for tensor in module.state_dict().values():
+                        dist.send(tensor.contiguous(), dst=self.driver_rank)
+                elif self.topo.is_driver:
+                    module.to_empty(device=self.device)
+                    for tensor in module.state_dict(keep_vars=True).values():
+                        dist.recv(tensor.data, src=owner)
+
     # ------------------------------------------------------------------ workers
     def serve_call(self) -> bool:
         """Follow the driver through one pipeline call. Returns False when told to shut down."""
@@ -177,6 +197,9 @@ class StageRuntime:
                     link.wait()
                 return True
             if op == OP_SHUTDOWN:
+                return False
+            if op == OP_UNDO:
+                self.gather_weights()
                 return False
             if int(step) == 0:
                 self._reset_loop()

@@ -187,6 +187,20 @@ class ParallelPipeline:
             self.runtime.shutdown()
         self._closed = True
 
+    def undo(self):
+        """Driver: give back a plain single-process diffusers pipeline (hook removed, every stage's
+        weights fetched back from their ranks); workers leave :meth:`serve`. Returns the pipeline
+        on the driver and ``None`` elsewhere."""
+        if not self.is_driver:
+            self.serve()
+            return None
+        if self._closed:
+            raise AsyncVidError("this ParallelPipeline was closed")
+        self.runtime.gather_weights()
+        HookRegistry.check_if_exists_or_initialize(self.pipe.unet).remove_hook(HOOK_NAME)
+        self._closed = True
+        return self.pipe
+
     def describe(self) -> str:
         return self.plan.describe()
 
