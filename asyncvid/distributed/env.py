@@ -7,6 +7,7 @@ the backend is NCCL and each rank uses ``cuda:LOCAL_RANK``; on CPU it is gloo wi
 
 from __future__ import annotations
 
+import atexit
 import os
 import re
 from datetime import timedelta
@@ -70,6 +71,14 @@ def ensure_process_group(timeout_s: float | None = None) -> None:
         torch.set_num_threads(1)  # a CPU "device" is one process with one thread
     timeout = timedelta(seconds=timeout_s or float(os.environ.get("ASYNCVID_TIMEOUT", "600")))
     dist.init_process_group(backend=backend, timeout=timeout)
+    # A gloo group torn down by interpreter shutdown (rather than explicitly) can abort the process
+    # ("terminate called without an active exception"); destroy the group we created on exit.
+    atexit.register(_destroy_group)
+
+
+def _destroy_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _free_port() -> int:

@@ -27,6 +27,7 @@ def _load_builtin() -> None:
     from .motion import MotionUNetAdapter
 
     register_adapter(MotionUNetAdapter)
+    from .svd import SpatioTemporalUNetAdapter; register_adapter(SpatioTemporalUNetAdapter)  # noqa: E702
 
 
 __all__ = ["UNetAdapter", "UNetCall", "adapter_for", "register_adapter"]

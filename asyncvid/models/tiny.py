@@ -127,3 +127,102 @@ def save_animatediff_pipeline(path: str | Path, preset: str = "tiny", seed: int 
     path = Path(path)
     build_animatediff_pipeline(preset, seed).save_pretrained(path, safe_serialization=True)
     return path
+
+
+#: Stable Video Diffusion presets. The SVD UNet's GroupNorms use 32 groups: channels must be multiples of 32.
+SVD_PRESETS = {
+    "tiny": dict(block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=32, heads=4),
+}
+
+
+def svd_pipeline_class():
+    """diffusers' SVD module imports ``transformers.CLIPImageProcessor``, which without torchvision
+    falls back to the PIL backend with a warning; the fallback is what we want, the warning is noise."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        from diffusers import StableVideoDiffusionPipeline
+    finally:
+        hf_logging.set_verbosity(level)
+    return StableVideoDiffusionPipeline
+
+
+def build_svd_pipeline(preset: str = "tiny", seed: int = 0):
+    """A ``StableVideoDiffusionPipeline`` with random weights (SpatioTemporal UNet, temporal-decoder VAE,
+    CLIP vision encoder), nothing downloaded. Latents are half the pixel size (two VAE levels)."""
+    from diffusers import AutoencoderKLTemporalDecoder, EulerDiscreteScheduler, UNetSpatioTemporalConditionModel
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    StableVideoDiffusionPipeline = svd_pipeline_class()
+
+    try:  # the PIL backend: no torchvision needed, and no fallback warning
+        from transformers import CLIPImageProcessorPil as ImageProcessor
+    except ImportError:  # older transformers
+        from transformers import CLIPImageProcessor as ImageProcessor
+
+    cfg = SVD_PRESETS[preset]
+    channels = tuple(cfg["block_out_channels"])
+    n = len(channels)
+    torch.manual_seed(seed)
+    unet = UNetSpatioTemporalConditionModel(
+        block_out_channels=channels,
+        layers_per_block=cfg["layers_per_block"],
+        sample_size=16,
+        in_channels=8,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlockSpatioTemporal",) * (n - 1) + ("DownBlockSpatioTemporal",),
+        up_block_types=("UpBlockSpatioTemporal",) + ("CrossAttnUpBlockSpatioTemporal",) * (n - 1),
+        cross_attention_dim=cfg["cross_attention_dim"],
+        num_attention_heads=cfg["heads"],
+        addition_time_embed_dim=32,
+        projection_class_embeddings_input_dim=96,  # 3 added time ids (fps, motion bucket, noise aug) x 32
+        num_frames=8,
+    )
+    vae = AutoencoderKLTemporalDecoder(
+        block_out_channels=[32, 64],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
+        latent_channels=4,
+        layers_per_block=1,
+    )
+    image_encoder = CLIPVisionModelWithProjection(
+        CLIPVisionConfig(
+            hidden_size=cfg["cross_attention_dim"],
+            projection_dim=cfg["cross_attention_dim"],
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=224,
+            patch_size=32,
+            intermediate_size=37,
+        )
+    )
+    feature_extractor = ImageProcessor(crop_size=224, size=224)
+    scheduler = EulerDiscreteScheduler(  # as diffusers' own SVD tests
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        interpolation_type="linear",
+        num_train_timesteps=1000,
+        prediction_type="v_prediction",
+        sigma_max=700.0,
+        sigma_min=0.002,
+        steps_offset=1,
+        timestep_spacing="leading",
+        timestep_type="continuous",
+        use_karras_sigmas=True,
+    )
+    pipe = StableVideoDiffusionPipeline(
+        vae=vae, image_encoder=image_encoder, unet=unet, scheduler=scheduler, feature_extractor=feature_extractor
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def save_svd_pipeline(path: str | Path, preset: str = "tiny", seed: int = 0) -> Path:
+    """Build a random SVD pipeline and write it as a diffusers folder (safetensors)."""
+    path = Path(path)
+    build_svd_pipeline(preset, seed).save_pretrained(path, safe_serialization=True)
+    return path

@@ -1,0 +1,88 @@
+"""Stable Video Diffusion: functions run inside spawned ranks (importable by name) and the shared call."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+import asyncvid
+from asyncvid.engine.profile import cut_bytes
+from asyncvid.launch import one_line
+from asyncvid.models.tiny import build_svd_pipeline, svd_pipeline_class
+from asyncvid.pipelines.parallel import materialized_parameters
+from asyncvid.pipelines.svd import conditioning_image
+
+# max_guidance_scale > 1: classifier-free guidance, the UNet sees a batch of 2 (uncond, cond)
+CALL = dict(num_frames=8, height=32, width=32, num_inference_steps=4, decode_chunk_size=8, output_type="np",
+            min_guidance_scale=1.0, max_guidance_scale=2.5)
+
+
+def make_image(size=(32, 32), mode="RGB", seed=0):
+    """A deterministic random PIL image of ``size`` (width, height) in ``mode``."""
+    import PIL.Image
+
+    w, h = size
+    rgba = (np.random.RandomState(seed).rand(h, w, 4) * 255).astype("uint8")
+    return PIL.Image.fromarray(rgba, "RGBA").convert(mode)
+
+
+def load_pipeline(folder=None):
+    if folder is None:
+        return build_svd_pipeline("tiny", seed=0)
+    pipe = svd_pipeline_class().from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def call_pipeline(pipe, image=None, call=None):
+    kwargs = dict(CALL, **(call or {}))
+    image = make_image() if image is None else image
+    return pipe(image=image, **kwargs, generator=torch.Generator().manual_seed(0))
+
+
+def render(options: dict, call: dict | None = None, folder: str | None = None):
+    """Every rank: load the same pipeline, parallelize, render; rank 0 returns frames and every rank's stats."""
+    ppipe = asyncvid.parallelize(load_pipeline(folder), **options)
+    out = call_pipeline(ppipe, call=call)
+    kwargs = dict(CALL, **(call or {}))
+    stats = {
+        "unet_params_held": materialized_parameters(ppipe.unet),
+        "traffic": ppipe.traffic.snapshot(),
+        "ranges": ppipe.plan.ranges,
+        "steps_executed": ppipe.runtime.steps_executed,
+        "cut_bytes_at_call_shape": _cut_bytes_for_call(ppipe, kwargs),
+    }
+    all_stats = [None] * ppipe.topo.world_size
+    torch.distributed.all_gather_object(all_stats, stats)
+    return {"frames": out.frames, "stats": all_stats} if ppipe.is_driver else None
+
+
+def _cut_bytes_for_call(ppipe, kwargs):
+    """The plan's per-cut bytes recomputed on the meta device for this call's latent shape (batch 2: CFG)."""
+    adapter = ppipe.runtime.adapter
+    h, w = kwargs["height"] // ppipe.vae_scale_factor, kwargs["width"] // ppipe.vae_scale_factor
+    args, kw = adapter.example_inputs(2, kwargs["num_frames"], h, w, torch.device("cpu"), torch.float32)
+    sizes = cut_bytes(type(adapter), ppipe.unet, args, kw)
+    return [sizes[b - 1] for _, b in ppipe.plan.ranges[:-1]]
+
+
+def render_images(options: dict, images: list[dict]):
+    """One parallel pipeline, several calls: each ``images`` entry is ``make_image`` kwargs plus
+    ``convert`` (pass it through ``conditioning_image`` first). A failing call is recorded as the
+    one line the launcher would print, and the pipeline keeps serving the next calls."""
+    ppipe = asyncvid.parallelize(load_pipeline(), **options)
+    results = []
+    for spec in images:
+        spec = dict(spec)
+        convert = spec.pop("convert", False)
+        image = make_image(**spec)
+        if convert:
+            image = conditioning_image(image)
+        try:
+            out = call_pipeline(ppipe, image)
+        except Exception as exc:  # only the driver can fail here: the workers just serve
+            results.append({"error": one_line(exc)})
+            continue
+        if out is not None:
+            results.append({"frames": out.frames})
+    return {"results": results, "ranges": ppipe.plan.ranges} if ppipe.is_driver else None
