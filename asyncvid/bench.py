@@ -19,10 +19,23 @@ import torch
 
 
 def _call_kwargs(cfg: dict) -> dict:
-    scale = 2  # the tiny/small presets' VAE downsamples by 2
-    return dict(prompt="a red circle moving left on a black background", num_frames=cfg["frames"],
-                height=cfg["latent"] * scale, width=cfg["latent"] * scale, num_inference_steps=cfg["steps"],
-                guidance_scale=7.5, output_type="latent")
+    size = cfg["latent"] * 2  # the tiny/small presets' VAEs downsample by 2
+    common = dict(num_frames=cfg["frames"], height=size, width=size, num_inference_steps=cfg["steps"],
+                  output_type="latent")
+    if cfg.get("model", "animatediff") == "svd":
+        from PIL import Image
+
+        image = Image.new("RGB", (size, size), (200, 40, 40))
+        # max_guidance_scale > 1: both guidance branches in one batch-2 UNet call, like AnimateDiff's CFG
+        return dict(common, image=image, min_guidance_scale=1.0, max_guidance_scale=2.5, decode_chunk_size=8)
+    return dict(common, prompt="a red circle moving left on a black background", guidance_scale=7.5)
+
+
+def _build(cfg: dict):
+    from .models.tiny import build_animatediff_pipeline, build_svd_pipeline
+
+    builder = build_svd_pipeline if cfg.get("model", "animatediff") == "svd" else build_animatediff_pipeline
+    return builder(cfg["preset"], seed=0)
 
 
 def _timed_call(pipe, cfg: dict) -> list[float]:
@@ -57,10 +70,8 @@ def _measure(pipe, cfg: dict, warmup: int, repeats: int) -> dict:
 
 
 def run_baseline(cfg: dict, threads: int) -> dict:
-    from .models.tiny import build_animatediff_pipeline
-
     torch.set_num_threads(threads)
-    pipe = build_animatediff_pipeline(cfg["preset"], seed=0)
+    pipe = _build(cfg)
     result = _measure(pipe, cfg, warmup=cfg["warmup"], repeats=cfg["repeats"])
     result.update(threads=threads, peak_rss_mib=[_peak_rss_mib()])
     return result
@@ -70,10 +81,9 @@ def run_parallel_rank(cfg: dict, stages: int, stride: int) -> dict | None:
     """Runs on every rank (launched by :func:`asyncvid.launch.launch_local`)."""
     import torch.distributed as dist
 
-    from .models.tiny import build_animatediff_pipeline
     from .pipelines.parallel import parallelize
 
-    pipe = build_animatediff_pipeline(cfg["preset"], seed=0)
+    pipe = _build(cfg)
     latent = cfg["latent"]
     ppipe = parallelize(pipe, stages=stages, stride=stride, warmup=cfg["warmup"], split="auto",
                         profile_shape=dict(frames=cfg["frames"], height=latent, width=latent, batch=2))
@@ -168,10 +178,11 @@ def hardware() -> dict:
 
 
 def run_bench(preset: str = "small", frames: int = 8, latent: int = 16, steps: int = 12, warmup: int = 1,
-              repeats: int = 2, configs: list[tuple[int, int]] | None = None, log=print) -> dict:
+              repeats: int = 2, configs: list[tuple[int, int]] | None = None, log=print,
+              model: str = "animatediff") -> dict:
     from .launch import launch_local
 
-    cfg = dict(preset=preset, frames=frames, latent=latent, steps=steps, warmup=warmup, repeats=repeats)
+    cfg = dict(model=model, preset=preset, frames=frames, latent=latent, steps=steps, warmup=warmup, repeats=repeats)
     configs = configs or [(1, 1), (1, 2), (2, 1), (2, 2)]
     report = {"config": dict(cfg, cfg_guidance=True, batch=2), "hardware": hardware(), "results": []}
     one = launch_local(run_baseline, 1, cfg, 1, threads_per_rank=1)
@@ -180,7 +191,8 @@ def run_bench(preset: str = "small", frames: int = 8, latent: int = 16, steps: i
     allc = launch_local(run_baseline, 1, cfg, cores, threads_per_rank=cores)
     log(f"baseline 1 process x {cores} threads: {allc['per_step_s'] * 1000:.1f} ms/step")
     report["baselines"] = {"one_thread": one, "all_cores": allc}
-    report["memory"] = run_memory(cfg, sorted({s for s, _ in configs if s > 1}) or [2], log=log)
+    if model == "animatediff":  # stage-only loading exists for AnimateDiff folders
+        report["memory"] = run_memory(cfg, sorted({s for s, _ in configs if s > 1}) or [2], log=log)
     for stages, stride in configs:
         res = launch_local(run_parallel_rank, stages, cfg, stages, stride)
         res.update(stages=stages, stride=stride,

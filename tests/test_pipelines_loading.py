@@ -37,3 +37,22 @@ def test_undo_gives_back_the_plain_pipeline(one_thread):
     assert out["held"] == sum(p.numel() for p in pipe.unet.parameters())
     seq = pipe(**_workers.CALL, generator=torch.Generator().manual_seed(0)).frames
     assert float(np.abs(out["frames"] - seq).max()) <= 1e-5
+
+
+def test_hub_layout_2d_unet_plus_motion_adapter(tmp_path, one_thread):
+    """A folder whose unet/ is a 2D UNet beside motion_adapter/ (how hub checkpoints ship) loads
+    stage-only to the same model as the merged UNetMotionModel folder."""
+    import torch
+    from diffusers import AnimateDiffPipeline
+
+    from asyncvid.models.tiny import animatediff_components
+
+    parts = animatediff_components("tiny", seed=0)
+    AnimateDiffPipeline(**parts).save_pretrained(tmp_path / "hub", safe_serialization=True)
+    parts["unet"].save_pretrained(tmp_path / "hub" / "unet", safe_serialization=True)  # 2D UNet
+    assert '"UNet2DConditionModel"' in (tmp_path / "hub" / "unet" / "config.json").read_text()
+    out = launch_local(_workers.render_from_folder, 2, str(tmp_path / "hub"), dict(stages=2, warmup=1, split=SPLIT2))
+    ref_pipe = build_animatediff_pipeline("tiny", seed=0)
+    AsyncReference(ref_pipe, out["ranges"], warmup=1).install()
+    ref = ref_pipe(**_workers.CALL, generator=torch.Generator().manual_seed(0)).frames
+    assert float(np.abs(out["frames"] - ref).max()) <= 1e-4

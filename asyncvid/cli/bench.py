@@ -9,6 +9,8 @@ def add_bench_parser(subparsers) -> None:
                                           "pipeline in one process with one thread and with every core. Each rank "
                                           "runs one thread. Random-weight models built from configs; nothing is "
                                           "downloaded.")
+    p.add_argument("--model", choices=["animatediff", "svd"], default="animatediff",
+                   help="UNet family: AnimateDiff (text-to-video) or Stable Video Diffusion (image-to-video)")
     p.add_argument("--preset", choices=["tiny", "small"], default="small", help="model size (default small)")
     p.add_argument("--frames", type=int, default=8)
     p.add_argument("--latent", type=int, default=16, help="latent height = width (default 16)")
@@ -33,6 +35,6 @@ def cmd_bench(args) -> int:
     except (ValueError, AssertionError):
         raise AsyncVidError(f"--configs: expected STAGESxSTRIDE such as 2x1, got {' '.join(args.configs)}") from None
     report = run_bench(args.preset, args.frames, args.latent, args.steps, args.warmup, args.repeats, configs,
-                       log=lambda line: print(line, file=sys.stderr))
+                       log=lambda line: print(line, file=sys.stderr), model=args.model)
     write_report(report, args.json)
     return 0

@@ -91,6 +91,7 @@ def cut_bytes(adapter_cls: type[UNetAdapter], unet: torch.nn.Module, args: tuple
 
     with torch.device("meta"):
         meta_unet = type(unet).from_config(unet.config)
+    meta_unet.to("meta")  # some layers build tensors with legacy constructors that ignore the default device
     to_meta = lambda x: x.to("meta") if torch.is_tensor(x) else x  # noqa: E731
     sizes, _ = _walk(adapter_cls(meta_unet), tree_map(to_meta, args), tree_map(to_meta, kwargs), timed=False)
     return sizes

@@ -50,8 +50,17 @@ def _down_up_types(n_levels: int):
 
 def build_animatediff_pipeline(preset: str = "tiny", seed: int = 0, scheduler: str = "ddim"):
     """An ``AnimateDiffPipeline`` with random weights of the given preset size."""
+    from diffusers import AnimateDiffPipeline
+
+    pipe = AnimateDiffPipeline(**animatediff_components(preset, seed, scheduler))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def animatediff_components(preset: str = "tiny", seed: int = 0, scheduler: str = "ddim") -> dict:
+    """The parts of a random AnimateDiff pipeline as hub checkpoints ship them: a 2D UNet plus a
+    separate motion adapter (the pipeline merges them into a ``UNetMotionModel``)."""
     from diffusers import (
-        AnimateDiffPipeline,
         AutoencoderKL,
         DDIMScheduler,
         EulerDiscreteScheduler,
@@ -110,16 +119,8 @@ def build_animatediff_pipeline(preset: str = "tiny", seed: int = 0, scheduler: s
         sched = EulerDiscreteScheduler(beta_schedule="linear", timestep_spacing="linspace", steps_offset=1)
     else:
         sched = DDIMScheduler(beta_schedule="linear", clip_sample=False, timestep_spacing="linspace", steps_offset=1)
-    pipe = AnimateDiffPipeline(
-        unet=unet,
-        motion_adapter=adapter,
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=byte_level_tokenizer(),
-        scheduler=sched,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return dict(unet=unet, motion_adapter=adapter, vae=vae, text_encoder=text_encoder,
+                tokenizer=byte_level_tokenizer(), scheduler=sched)
 
 
 def save_animatediff_pipeline(path: str | Path, preset: str = "tiny", seed: int = 0) -> Path:
@@ -132,6 +133,8 @@ def save_animatediff_pipeline(path: str | Path, preset: str = "tiny", seed: int 
 #: Stable Video Diffusion presets. The SVD UNet's GroupNorms use 32 groups: channels must be multiples of 32.
 SVD_PRESETS = {
     "tiny": dict(block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=32, heads=4),
+    # SVD's GroupNorms use 32 groups: channels must be multiples of 32
+    "small": dict(block_out_channels=(64, 128, 256, 256), layers_per_block=1, cross_attention_dim=64, heads=4),
 }
 
 

@@ -32,14 +32,14 @@ def _meta_motion_unet(folder: Path):
     files = weight_files(unet_dir)
     with torch.device("meta"):
         if config.get("_class_name") == "UNetMotionModel":
-            return UNetMotionModel.from_config(config), files
+            return UNetMotionModel.from_config(config).to("meta"), files
         adapter_dir = folder / "motion_adapter"
         if not (adapter_dir / "config.json").exists():
             raise AsyncVidError(f"{unet_dir} holds a 2D UNet but {adapter_dir} has no motion adapter")
         unet2d = UNet2DConditionModel.from_config(config)
         adapter = MotionAdapter.from_config(json.loads((adapter_dir / "config.json").read_text()))
         unet = UNetMotionModel.from_unet2d(unet2d, adapter, load_weights=False)
-    return unet, files + weight_files(adapter_dir)
+    return unet.to("meta"), files + weight_files(adapter_dir)
 
 
 class AsyncAnimateDiffPipeline:
