@@ -1,0 +1,224 @@
+"""The procedural "shapes" world: seeded, numpy-only clips of one shape moving across a plain background.
+
+Each clip shows one anti-aliased shape of one colour moving in a straight line in one direction over
+a plain background. Its prompt says all four things, in a fixed template::
+
+    "a {colour} {shape} moving {direction} on a {background} background"
+
+``VOCABULARY`` lists every word a prompt may use:
+
+==============  ====================================================================
+``shape``       circle, square, triangle
+``colour``      red, green, blue, yellow, cyan, magenta, white (corners of the RGB cube)
+``direction``   left, right, up, down (image coordinates, so "up" means toward row 0)
+``background``  black, gray (0.5 on every channel)
+==============  ====================================================================
+
+That gives 3 x 7 x 4 x 2 = 168 combinations. ``held_out_split`` sets aside a seeded subset that
+training never sees, so the trained model's adherence can be measured on unseen combinations.
+
+Geometry at ``size=32``: the half-size is 4.5-6.4 px, and the shape travels 12.6-16.8 px over the
+clip (1.8-2.4 px/frame over 8 frames). Both scale with ``size``. The travel over the clip stays the
+same for any frame count, so a 16-frame clip moves more slowly per frame but covers the same
+path. The start position is chosen so that the whole path stays at least one pixel inside the frame.
+Shapes are anti-aliased: squares by exact pixel coverage, circles and triangles by 4 x 4
+supersampling.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import NamedTuple, Sequence
+
+import numpy as np
+
+VOCABULARY: dict[str, tuple[str, ...]] = {
+    "shape": ("circle", "square", "triangle"),
+    "colour": ("red", "green", "blue", "yellow", "cyan", "magenta", "white"),
+    "direction": ("left", "right", "up", "down"),
+    "background": ("black", "gray"),
+}
+
+#: colour word -> RGB in [0, 1]
+COLOURS: dict[str, tuple[float, float, float]] = {
+    "red": (1.0, 0.0, 0.0),
+    "green": (0.0, 1.0, 0.0),
+    "blue": (0.0, 0.0, 1.0),
+    "yellow": (1.0, 1.0, 0.0),
+    "cyan": (0.0, 1.0, 1.0),
+    "magenta": (1.0, 0.0, 1.0),
+    "white": (1.0, 1.0, 1.0),
+}
+
+#: background word -> RGB in [0, 1]
+BACKGROUNDS: dict[str, tuple[float, float, float]] = {
+    "black": (0.0, 0.0, 0.0),
+    "gray": (0.5, 0.5, 0.5),
+}
+
+#: direction word -> unit step (dx, dy) in image coordinates (x right, y down)
+DIRECTIONS: dict[str, tuple[int, int]] = {
+    "left": (-1, 0),
+    "right": (1, 0),
+    "up": (0, -1),
+    "down": (0, 1),
+}
+
+HALF_SIZE_PX = (4.5, 6.4)  # at size 32
+TRAVEL_PX = (12.6, 16.8)  # over the whole clip, at size 32
+MARGIN_PX = 1.0  # at size 32: the shape never touches the outermost pixel ring
+SUPERSAMPLE = 4
+
+_TEMPLATE = ("a", "{colour}", "{shape}", "moving", "{direction}", "on", "a", "{background}", "background")
+
+
+class Combo(NamedTuple):
+    """One point of the world: what a prompt asks for."""
+
+    shape: str
+    colour: str
+    direction: str
+    background: str
+
+
+def _check(kind: str, word: str) -> str:
+    if word not in VOCABULARY[kind]:
+        raise ValueError(f"unknown {kind} {word!r}; expected one of {', '.join(VOCABULARY[kind])}")
+    return word
+
+
+def _combo(words: Sequence[str]) -> Combo:
+    """A validated Combo from 4 words in Combo order."""
+    combo = Combo(*words)
+    for kind, word in zip(Combo._fields, combo):
+        _check(kind, word)
+    return combo
+
+
+def prompt_for(shape: str, colour: str, direction: str, background: str) -> str:
+    """The prompt of a combination, e.g. "a red circle moving left on a black background"."""
+    slots = _combo((shape, colour, direction, background))._asdict()
+    return " ".join(word.format(**slots) for word in _TEMPLATE)
+
+
+def parse_prompt(prompt: str) -> Combo:
+    """Inverse of :func:`prompt_for`. Case and a trailing full stop are ignored; anything else
+    that does not fit the template, or a word outside ``VOCABULARY``, raises ValueError."""
+    words = prompt.strip().rstrip(".").lower().split()
+    if len(words) != len(_TEMPLATE):
+        raise ValueError(f"not a shapes-world prompt: {prompt!r}")
+    found = {}
+    for want, got in zip(_TEMPLATE, words):
+        if want.startswith("{"):
+            kind = want[1:-1]
+            found[kind] = _check(kind, got)
+        elif want != got:
+            raise ValueError(f"not a shapes-world prompt (expected {want!r}, got {got!r}): {prompt!r}")
+    return Combo(**found)
+
+
+def all_combinations() -> list[Combo]:
+    """Every combination, in a fixed order (shape, then colour, direction, background)."""
+    return [Combo(*c) for c in itertools.product(*(VOCABULARY[k] for k in Combo._fields))]
+
+
+def held_out_split(seed: int = 0, n_held_out: int = 24) -> tuple[list[Combo], list[Combo]]:
+    """(train, held_out): ``n_held_out`` combinations picked at random with ``seed``, the rest for
+    training. Both lists keep the order of :func:`all_combinations`, so the split is a pure
+    function of its arguments."""
+    combos = all_combinations()
+    if not 0 <= n_held_out <= len(combos):
+        raise ValueError(f"n_held_out must be in [0, {len(combos)}], got {n_held_out}")
+    picked = set(np.random.default_rng(seed).choice(len(combos), size=n_held_out, replace=False).tolist())
+    train = [c for i, c in enumerate(combos) if i not in picked]
+    held = [c for i, c in enumerate(combos) if i in picked]
+    return train, held
+
+
+def _inside(shape: str, dx: np.ndarray, dy: np.ndarray, h: float) -> np.ndarray:
+    """Boolean mask of points (dx, dy) relative to the centre that lie inside a circle or triangle.
+    Every shape (the square too, see :func:`_coverage`) fits the box [-h, h]^2, which is what keeps
+    the path inside the frame."""
+    if shape == "circle":
+        return dx * dx + dy * dy <= h * h
+    if shape == "triangle":  # apex up at (0, -h), base from (-h, h) to (h, h)
+        return (dy <= h) & (2.0 * np.abs(dx) <= dy + h)
+    raise ValueError(f"unknown shape {shape!r}")
+
+
+def _coverage(shape: str, cx: np.ndarray, cy: np.ndarray, h: float, size: int) -> np.ndarray:
+    """(frames, size, size) fraction of each pixel covered by the shape centred at (cx, cy)."""
+    if shape == "square":
+        # Exact: the overlap of the pixel [x, x+1] with [c-h, c+h], per axis. Supersampling would
+        # give an axis-aligned edge no partial pixels at all whenever it falls between sub-samples.
+        edges = np.arange(size, dtype=np.float64)
+
+        def overlap(c):
+            lo, hi = np.maximum(edges, c[:, None] - h), np.minimum(edges + 1, c[:, None] + h)
+            return np.clip(hi - lo, 0.0, 1.0)
+
+        return (overlap(cy)[:, :, None] * overlap(cx)[:, None, :]).astype(np.float32)
+    # Supersample: s x s sub-pixel centres per pixel; coverage = fraction of them inside.
+    s = SUPERSAMPLE
+    sub = (np.arange(size * s) + 0.5) / s
+    dx = sub[None, None, :] - cx[:, None, None]
+    dy = sub[None, :, None] - cy[:, None, None]
+    inside = _inside(shape, dx, dy, h).reshape(len(cx), size, s, size, s)
+    return inside.mean(axis=(2, 4), dtype=np.float32)
+
+
+def _rng(rng) -> np.random.Generator:
+    return rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+
+
+def make_clip(combo: Sequence[str], frames: int = 8, size: int = 32, rng=None) -> np.ndarray:
+    """Render one clip of ``combo`` (a :class:`Combo` or 4 words in its order) as float32
+    (frames, size, size, 3) in [0, 1]. ``rng`` is a numpy Generator or a seed; the half-size,
+    travel and start position are drawn from it. 8-16 frames is the designed range."""
+    shape, colour, direction, background = _combo(combo)
+    if frames < 2:
+        raise ValueError(f"a clip needs at least 2 frames to show motion, got {frames}")
+    if size < 16:
+        raise ValueError(f"size must be at least 16, got {size}")
+    rng = _rng(rng)
+    scale = size / 32.0
+    h = rng.uniform(*HALF_SIZE_PX) * scale
+    travel = rng.uniform(*TRAVEL_PX) * scale
+    margin = MARGIN_PX * scale
+    ux, uy = DIRECTIONS[direction]
+
+    # Along the motion axis the whole path must fit; across it only the shape must.
+    lo, hi = margin + h, size - margin - h
+    along = rng.uniform(lo, hi - travel)
+    across = rng.uniform(lo, hi)
+    t = np.arange(frames) / (frames - 1)
+    if ux:
+        start = along if ux > 0 else size - along
+        cx, cy = start + ux * travel * t, np.full(frames, across)
+    else:
+        start = along if uy > 0 else size - along
+        cx, cy = np.full(frames, across), start + uy * travel * t
+
+    cover = _coverage(shape, cx, cy, h, size)
+
+    bg = np.asarray(BACKGROUNDS[background], np.float32)
+    fg = np.asarray(COLOURS[colour], np.float32)
+    cover = cover[..., None]
+    return (bg * (1.0 - cover) + fg * cover).astype(np.float32)
+
+
+def batch(n: int, rng=None, combos: Sequence[Sequence[str]] | None = None,
+          frames: int = 8, size: int = 32) -> tuple[np.ndarray, list[str]]:
+    """``n`` clips of combinations drawn uniformly (with replacement) from ``combos`` (default:
+    all of them). Returns (clips float32 (n, frames, size, size, 3), prompts)."""
+    rng = _rng(rng)
+    combos = all_combinations() if combos is None else [_combo(c) for c in combos]
+    if not combos:
+        raise ValueError("combos is empty")
+    picks = rng.integers(len(combos), size=n)
+    clips = np.empty((n, frames, size, size, 3), np.float32)
+    prompts = []
+    for i, k in enumerate(picks):
+        clips[i] = make_clip(combos[k], frames, size, rng)
+        prompts.append(prompt_for(*combos[k]))
+    return clips, prompts
