@@ -9,8 +9,8 @@ import asyncvid
 from asyncvid.engine.profile import cut_bytes
 from asyncvid.launch import one_line
 from asyncvid.models.tiny import build_svd_pipeline, svd_pipeline_class
-from asyncvid.pipelines.parallel import materialized_parameters
 from asyncvid.pipelines.svd import conditioning_image
+from _workers import gather_stats
 
 # max_guidance_scale > 1: classifier-free guidance, the UNet sees a batch of 2 (uncond, cond)
 CALL = dict(num_frames=8, height=32, width=32, num_inference_steps=4, decode_chunk_size=8, output_type="np",
@@ -45,15 +45,7 @@ def render(options: dict, call: dict | None = None, folder: str | None = None):
     ppipe = asyncvid.parallelize(load_pipeline(folder), **options)
     out = call_pipeline(ppipe, call=call)
     kwargs = dict(CALL, **(call or {}))
-    stats = {
-        "unet_params_held": materialized_parameters(ppipe.unet),
-        "traffic": ppipe.traffic.snapshot(),
-        "ranges": ppipe.plan.ranges,
-        "steps_executed": ppipe.runtime.steps_executed,
-        "cut_bytes_at_call_shape": _cut_bytes_for_call(ppipe, kwargs),
-    }
-    all_stats = [None] * ppipe.topo.world_size
-    torch.distributed.all_gather_object(all_stats, stats)
+    all_stats = gather_stats(ppipe, _cut_bytes_for_call(ppipe, kwargs))
     return {"frames": out.frames, "stats": all_stats} if ppipe.is_driver else None
 
 

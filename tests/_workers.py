@@ -23,19 +23,25 @@ def render(options: dict, call: dict | None = None, calls: int = 1):
         out = ppipe(**kwargs, generator=torch.Generator().manual_seed(0))
         if out is not None:
             results.append(out.frames)
+    all_stats = gather_stats(ppipe, cut_bytes_for_call(ppipe, kwargs))
+    if ppipe.is_driver:
+        return {"frames": results, "stats": all_stats}
+    return None
+
+
+def gather_stats(ppipe, cut_bytes_at_call_shape) -> list[dict]:
+    """Every rank's parameters held, traffic and plan, gathered on every rank."""
     stats = {
         "unet_params_held": materialized_parameters(ppipe.unet),
         "traffic": ppipe.traffic.snapshot(),
         "plan": ppipe.plan.to_dict(),
         "ranges": ppipe.plan.ranges,
         "steps_executed": ppipe.runtime.steps_executed,
-        "cut_bytes_at_call_shape": cut_bytes_for_call(ppipe, kwargs),
+        "cut_bytes_at_call_shape": cut_bytes_at_call_shape,
     }
     all_stats = [None] * ppipe.topo.world_size
     torch.distributed.all_gather_object(all_stats, stats)
-    if ppipe.is_driver:
-        return {"frames": results, "stats": all_stats}
-    return None
+    return all_stats
 
 
 def render_calls(options: dict, calls: list[dict]):
