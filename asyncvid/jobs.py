@@ -2,119 +2,31 @@
 
 Every problem is reported as one :class:`JobFileError` line naming the file, the YAML line, the
 job and the field, e.g. ``jobs.yaml:12: job 2 'circle': frames: Input should be greater than or
-equal to 1 (got 0)``.
+equal to 1 (got 0)``. A job is text-to-video (``t2v``: AnimateDiff, a ``prompt``) or image-to-video
+(``i2v``: Stable Video Diffusion, an ``image`` file relative to the job file); the schema and how
+the kind is decided are in :mod:`asyncvid.render.schema`. Images are checked here, before any model
+loads.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ValidationError
 
 from .errors import AsyncVidError
+from .render.models import BUILTINS
+from .render.schema import (KIND_DEFAULTS, KIND_FIELDS, FieldError, Job, JobOptions, image_problem, job_kind,
+                            other_kind)
 
-NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
-Format = Literal["mp4", "webm", "gif", "av1", "png"]
+__all__ = ["Job", "JobOptions", "JobFile", "JobFileError", "load_job_file", "KIND_FIELDS", "KIND_DEFAULTS"]
 
 
 class JobFileError(AsyncVidError):
     """A job file that cannot be read or does not validate (the message is one line)."""
-
-
-def _multiple_of_8(value: int) -> int:
-    if value % 8:
-        raise ValueError(f"must be a multiple of 8, got {value}")
-    return value
-
-
-def _split(value: Any):
-    """``"auto"`` or, per stage, a list of UNet module names."""
-    if value == "auto":
-        return value
-    ok = isinstance(value, list) and value and all(
-        isinstance(s, list) and s and all(isinstance(n, str) and n for n in s) for s in value)
-    if not ok:
-        raise ValueError(f"must be 'auto' or a list (one per stage) of lists of module names, got {value!r:.60}")
-    return value
-
-
-def _stride(value: int) -> int:
-    if value not in (1, 2):
-        raise ValueError(f"must be 1 or 2, got {value}")
-    return value
-
-
-Size = Annotated[int, Field(ge=8), AfterValidator(_multiple_of_8)]
-Stride = Annotated[int, AfterValidator(_stride)]  # not Literal[1, 2]: that would accept `true`
-Split = Annotated[Any, AfterValidator(_split)]
-
-
-class JobOptions(BaseModel):
-    """Everything a job can set; all optional so that ``defaults`` can be partial."""
-
-    model_config = ConfigDict(strict=True, extra="forbid")
-
-    model: Optional[str] = Field(None, min_length=1)
-    prompt: Optional[str] = None
-    negative_prompt: Optional[str] = None
-    seed: Optional[int] = Field(None, ge=0, lt=2**63)
-    frames: Optional[int] = Field(None, ge=1)
-    width: Optional[Size] = None
-    height: Optional[Size] = None
-    fps: Optional[float] = Field(None, gt=0)
-    steps: Optional[int] = Field(None, ge=1)
-    guidance: Optional[float] = Field(None, ge=0)
-    format: Optional[Format] = None
-    crf: Optional[int] = Field(None, ge=0, le=63)
-    stages: Optional[int] = Field(None, ge=1)
-    stride: Optional[Stride] = None
-    warmup: Optional[int] = Field(None, ge=0)
-    split: Optional[Split] = None
-
-
-class Job(BaseModel):
-    """One resolved job (defaults merged in)."""
-
-    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
-
-    name: str
-    prompt: str
-    negative_prompt: str = ""
-    model: str = Field("tiny-random", min_length=1)
-    seed: int = Field(0, ge=0, lt=2**63)
-    frames: int = Field(16, ge=1)
-    width: Size = 256
-    height: Size = 256
-    fps: float = Field(8.0, gt=0)
-    steps: int = Field(20, ge=1)
-    guidance: float = Field(7.5, ge=0)
-    format: Format = "mp4"
-    crf: int = Field(18, ge=0, le=63)
-    stages: int = Field(1, ge=1)
-    stride: Stride = 1
-    warmup: int = Field(1, ge=0)
-    split: Split = "auto"
-
-    @field_validator("name")
-    @classmethod
-    def _plain_name(cls, name: str) -> str:
-        if not NAME_RE.match(name) or ".." in name or len(name) > 120:
-            raise ValueError(f"must be a plain file name (letters, digits, '_', '-', '.'; no '/', '\\', '..'), got {name!r}")
-        return name
-
-    @model_validator(mode="after")
-    def _check(self) -> "Job":
-        if self.format == "mp4" and self.crf > 51:
-            raise ValueError(f"crf: must be <= 51 for mp4 (H.264), got {self.crf}")
-        if self.stages > 1 and self.warmup < 1:
-            raise ValueError("warmup: must be >= 1 when stages > 1 (the first step seeds every stage)")
-        if isinstance(self.split, list) and len(self.split) != self.stages:
-            raise ValueError(f"split: lists {len(self.split)} stage(s) but stages is {self.stages}")
-        return self
 
 
 @dataclass(frozen=True)
@@ -124,16 +36,31 @@ class JobFile:
     path: Path
     out: Path
     jobs: list[Job]
+    lines: list[dict] = dataclass_field(default_factory=list, compare=False, repr=False)  # per job: field -> line
 
     @property
     def base_dir(self) -> Path:
         return self.path.parent
 
+    def _path(self, value: str) -> str:
+        return str((self.base_dir / Path(value).expanduser()).resolve())
+
     def model_ref(self, job: Job) -> str:
-        """``tiny-random`` or the model folder, relative paths taken from the job file's folder."""
-        if job.model == "tiny-random":
-            return job.model
-        return str((self.base_dir / Path(job.model).expanduser()).resolve())
+        """A built-in name or the model folder, relative paths taken from the job file's folder."""
+        return job.model if job.model in BUILTINS else self._path(job.model)
+
+    def adapter_ref(self, job: Job) -> str | None:
+        return self._path(job.motion_adapter) if job.motion_adapter else None
+
+    def image_path(self, job: Job) -> str | None:
+        return self._path(job.image) if job.image else None
+
+    def where(self, job: Job, field: str | None = None) -> str:
+        """``FILE:LINE: job I 'name'`` for one-line messages about a job (or one of its fields)."""
+        i = self.jobs.index(job)
+        keys = self.lines[i] if i < len(self.lines) else {}
+        line = keys.get(field) or keys.get("")
+        return f"{self.path}:{line}: job {i + 1} {job.name!r}" if line else f"{self.path}: job {i + 1} {job.name!r}"
 
 
 # ---------------------------------------------------------------------------------- line numbers
@@ -254,6 +181,7 @@ def load_job_file(path) -> JobFile:
     if not isinstance(items, list) or not items:
         raise fail("jobs: must be a non-empty list of jobs", lines.top.get("jobs"))
     jobs: list[Job] = []
+    job_lines: list[dict] = []
     seen: dict[str, int] = {}
     for i, item in enumerate(items):
         label = f"job {i + 1}"
@@ -262,15 +190,30 @@ def load_job_file(path) -> JobFile:
         if isinstance(item.get("name"), str):
             label += f" {item['name']!r}"
         try:
-            job = Job.model_validate({**defaults, **item})
+            kind, why = job_kind(defaults, item, path.parent)
+        except FieldError as err:
+            raise fail(f"{label}: {err.field}: {err.message}", lines.job(i, err.field)) from None
+        # defaults may hold fields of both kinds (mixed files); a job takes those of its own kind
+        data = {k: v for k, v in defaults.items() if kind is None or k not in KIND_FIELDS[other_kind(kind)]}
+        data.update(item)
+        if kind is not None:
+            data["task"] = kind
+        try:
+            job = Job.model_validate(data, context={"why": why})
         except ValidationError as err:
             field, msg = _first_error(err)
             top = field.split(".")[0] if field else None
             raise fail(f"{label}: {field}: {msg}" if field else f"{label}: {msg}", lines.job(i, top)) from None
+        if job.task == "i2v":
+            problem = image_problem((path.parent / Path(job.image).expanduser()).resolve())
+            if problem:
+                raise fail(f"{label}: image: {problem}", lines.job(i, "image"))
         key = job.name.lower()  # names are file names: avoid clashes on case-insensitive file systems
         if key in seen:
             raise fail(f"{label}: name: duplicate job name (same as job {seen[key] + 1})", lines.job(i, "name"))
         seen[key] = i
         jobs.append(job)
+        start, keys = lines.jobs[i] if i < len(lines.jobs) else (None, {})
+        job_lines.append({**lines.defaults, **keys, "": start})
     out_dir = (path.parent / Path(out).expanduser()).resolve()
-    return JobFile(path=path.resolve(), out=out_dir, jobs=jobs)
+    return JobFile(path=path.resolve(), out=out_dir, jobs=jobs, lines=job_lines)

@@ -30,6 +30,30 @@ def output_name(name: str, fmt: str) -> str:
     return name + FORMATS[fmt][2]
 
 
+def partial_path(path, fmt: str) -> Path:
+    """Where :class:`VideoWriter` writes ``path`` until it is complete (hidden, never the final name)."""
+    path = Path(path)
+    ext = FORMATS[fmt][2]
+    # keep the real extension last so tools (and PyAV) still recognise the container
+    return path.with_name(f".{path.name.removesuffix(ext)}.partial{ext}")
+
+
+def remove_partial(path, fmt: str) -> list[Path]:
+    """Delete what an interrupted (killed) writer of ``path`` left behind; returns what was removed.
+    Only for leftovers: a writer still running on ``path`` would lose its output."""
+    path = Path(path)
+    removed = []
+    for leftover in (partial_path(path, fmt), path.with_name(f".{path.name}.old")):
+        if leftover.is_dir() and not leftover.is_symlink():
+            shutil.rmtree(leftover, ignore_errors=True)
+        elif leftover.exists() or leftover.is_symlink():
+            leftover.unlink(missing_ok=True)
+        else:
+            continue
+        removed.append(leftover)
+    return removed
+
+
 def to_uint8(frames) -> np.ndarray:
     """(F,H,W,3) uint8 as is; floats in [0,1] scaled by 255, clipped and rounded."""
     frames = np.asarray(frames)
@@ -77,10 +101,9 @@ class VideoWriter:
             raise ValueError(f"fps must be > 0, got {fps}")
         self.path = Path(path)
         self.fps, self.fmt, self.crf, self.preset = fps, fmt, crf, preset
-        self.codec, self.container_format, ext, default_pix = FORMATS[fmt]
+        self.codec, self.container_format, _, default_pix = FORMATS[fmt]
         self.pix_fmt = pix_fmt or default_pix
-        # keep the real extension last so tools (and PyAV) still recognise the container
-        self.tmp_path = self.path.with_name(f".{self.path.name.removesuffix(ext)}.partial{ext}")
+        self.tmp_path = partial_path(self.path, fmt)
         self.frames_written = 0
         self.size: tuple[int, int] | None = None  # (height, width) as written, after padding
         self._container = self._stream = None

@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from asyncvid.cli.main import main
+from asyncvid.jobs import JobFileError, load_job_file
 from asyncvid.video import read_video_info
 
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 ENTRY = """\
   - name: {name}
     prompt: "a red circle moving left"
@@ -56,7 +59,8 @@ def test_render_then_skip_then_force(tmp_path, cache, capsys):
     assert manifest["config"]["steps"] == 2 and manifest["seed"] == 0
     assert len(manifest["config_hash"]) == 64
     assert set(manifest["versions"]) >= {"asyncvid", "torch", "diffusers"}
-    assert manifest["timings"]["total_s"] >= manifest["timings"]["denoise_s"] > 0
+    timings = manifest["timings"]
+    assert timings["wall_s"] >= timings["denoise_s"] + timings["decode_s"] and timings["denoise_s"] > 0
     assert (cache / "models" / "tiny-random" / "model_index.json").is_file()
     assert sorted(p.name for p in out.iterdir()) == ["circle.json", "circle.mp4"]
     before = video.stat()
@@ -140,3 +144,48 @@ def test_render_on_two_devices(tmp_path, capfd):
     assert "job 'bad' failed: split:" in err and "nope" in err
     assert read_video_info(tmp_path / "out" / "good.mp4")["frames"] == 8
     assert json.loads((tmp_path / "out" / "good.json").read_text())["devices"] == 2
+
+
+def test_gpu_example_dry_run_names_the_missing_model_folder(capsys):
+    """examples/gpu.yaml validates; its checkpoints are not downloaded here, which --dry-run reports."""
+    assert main(["render", str(EXAMPLES / "gpu.yaml"), "--dry-run"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1
+    line = (EXAMPLES / "gpu.yaml").read_text().splitlines().index("    model: models/epiCRealism") + 1
+    assert err.startswith(f"asyncvid: error: {EXAMPLES / 'gpu.yaml'}:{line}: job 1 'lighthouse': model: "
+                          f"model folder not found: {EXAMPLES / 'models' / 'epiCRealism'}")
+
+
+def test_i2v_example_dry_run(capsys):
+    import yaml
+
+    assert main(["render", str(EXAMPLES / "i2v.yaml"), "--dry-run", "--out", "/nonexistent/out"]) == 0
+    listed = yaml.safe_load(capsys.readouterr().out)["jobs"]
+    assert [(j["name"], j["task"], j["model"]) for j in listed] == [("disc-drift", "i2v", "tiny-random-svd"),
+                                                                     ("disc-busy", "i2v", "tiny-random-svd")]
+    assert listed[1]["motion_bucket_id"] == 180 and listed[0]["motion_bucket_id"] == 127
+    assert "prompt" not in listed[0] and len(listed[0]["image_sha256"]) == 64
+    assert (EXAMPLES / "assets" / "red-disc.png").stat().st_size < 10_000
+
+
+def test_base_model_plus_motion_adapter(tmp_path):
+    """The hub layout of gpu.yaml's text-to-video jobs: a StableDiffusionPipeline folder and a
+    separate MotionAdapter folder."""
+    from diffusers import StableDiffusionPipeline
+
+    from asyncvid.models.tiny import animatediff_components
+
+    parts = animatediff_components("tiny", seed=0)
+    adapter = parts.pop("motion_adapter")
+    StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None,
+                            requires_safety_checker=False).save_pretrained(tmp_path / "base", safe_serialization=True)
+    adapter.save_pretrained(tmp_path / "adapter", safe_serialization=True)
+    jobs = tmp_path / "jobs.yaml"
+    jobs.write_text(job_yaml(model="base") + "    motion_adapter: adapter\n" + entry("no-adapter", model="base"))
+    with pytest.raises(JobFileError, match=r"jobs.yaml:15: job 2 'no-adapter': model: .* set motion_adapter"):
+        load_job_file(jobs)
+    jobs.write_text(job_yaml(model="base") + "    motion_adapter: adapter\n")
+    assert main(["render", str(jobs), "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    assert read_video_info(tmp_path / "out" / "circle.mp4")["frames"] == 8
+    manifest = json.loads((tmp_path / "out" / "circle.json").read_text())
+    assert manifest["motion_adapter_dir"] == str(tmp_path / "adapter")

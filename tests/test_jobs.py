@@ -129,3 +129,106 @@ def test_missing_file(tmp_path):
         load_job_file(tmp_path / "nope.yaml")
     assert isinstance(info.value, AsyncVidError)
     assert "nope.yaml" in str(info.value)
+
+
+# ----------------------------------------------------------------------------- image-to-video jobs
+I2V = """\
+defaults:
+  frames: 8
+  guidance: 5.0          # text-to-video only: image jobs do not take it from the defaults
+  motion_bucket_id: 90   # image-to-video only: text jobs do not take it from the defaults
+jobs:
+  - name: drift
+    model: tiny-random-svd
+    image: assets/cond.png
+  - name: circle
+    prompt: "a red circle"
+"""
+
+
+def make_image(path, size=(16, 8)):
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, (200, 30, 30)).save(path)
+    return path
+
+
+def svd_folder(tmp_path, name="svd", class_name="StableVideoDiffusionPipeline"):
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / "model_index.json").write_text(f'{{"_class_name": "{class_name}"}}')
+    return folder
+
+
+def test_i2v_job_defaults_and_mixed_defaults(tmp_path):
+    make_image(tmp_path / "assets" / "cond.png")
+    jf = load_job_file(write(tmp_path, I2V))
+    drift, circle = jf.jobs
+    assert drift.task == "i2v" and drift.image == "assets/cond.png"
+    assert (drift.motion_bucket_id, drift.noise_aug_strength, drift.min_guidance, drift.max_guidance) == (90, 0.02, 1.0, 3.0)
+    assert drift.prompt is drift.guidance is drift.negative_prompt is None
+    assert jf.image_path(drift) == str((tmp_path / "assets" / "cond.png").resolve())
+    assert circle.task == "t2v" and circle.guidance == 5.0 and circle.negative_prompt == ""
+    assert circle.motion_bucket_id is None and jf.image_path(circle) is None
+    assert jf.model_ref(drift) == "tiny-random-svd"
+
+
+def test_task_comes_from_the_model_folder(tmp_path):
+    make_image(tmp_path / "cond.png")
+    svd_folder(tmp_path)
+    jf = load_job_file(write(tmp_path, "jobs:\n  - {name: a, model: svd, image: cond.png}\n"
+                                       "  - {name: b, model: missing-folder, image: cond.png}\n"
+                                       "  - {name: c, model: missing-folder, prompt: x}\n"))
+    assert [j.task for j in jf.jobs] == ["i2v", "i2v", "t2v"]  # a missing folder: the fields decide
+
+
+I2V_ERRORS = {  # job text -> (field, words in the message, line)
+    "{name: a, model: tiny-random-svd, image: nope.png}": ("image", "file not found", 2),
+    "{name: a, model: tiny-random-svd, image: notes.txt}": ("image", "not an image file", 2),
+    "{name: a, model: tiny-random-svd, image: assets}": ("image", "not a file", 2),
+    "{name: a, model: tiny-random-svd}": ("image", "Field required for image-to-video jobs", 2),
+    "{name: a, model: tiny-random-svd, image: cond.png, prompt: x}": ("prompt", "only for text-to-video jobs", 2),
+    "{name: a, prompt: x, motion_bucket_id: 3}": ("motion_bucket_id", "only for image-to-video", 2),
+    "{name: a, prompt: x, image: cond.png}": ("image", "tiny-random is text-to-video", 2),
+    "{name: a, image: cond.png, task: t2v}": ("image", "task: t2v", 2),
+    "{name: a, task: i2v, model: tiny-random}": ("task", "tiny-random is text-to-video", 2),
+    "{name: a, task: i2v, model: ad}": ("task", "AnimateDiffPipeline", 2),
+    "{name: a, model: flux, prompt: x}": ("model", "FluxPipeline", 2),
+    "{name: a, task: v2v, prompt: x}": ("task", "'t2v' or 'i2v'", 2),
+    "{name: a, model: tiny-random-svd, image: cond.png, motion_bucket_id: -1}": ("motion_bucket_id", "greater than or equal to 0", 2),
+    "{name: a, model: tiny-random-svd, image: cond.png, noise_aug_strength: -0.1}": ("noise_aug_strength", "greater than or equal to 0", 2),
+    "{name: a, model: tiny-random-svd, image: cond.png, decode_chunk: 0}": ("decode_chunk", "greater than or equal to 1", 2),
+    "{name: a, model: tiny-random-svd, image: cond.png, max_guidance: high}": ("max_guidance", "number", 2),
+    "{name: a, model: tiny-random-svd, image: ''}": ("image", "at least 1 character", 2),
+}
+
+
+@pytest.mark.parametrize("job", sorted(I2V_ERRORS))
+def test_i2v_errors(tmp_path, job):
+    make_image(tmp_path / "cond.png")
+    (tmp_path / "assets").mkdir()
+    (tmp_path / "notes.txt").write_text("not an image")
+    svd_folder(tmp_path, "ad", "AnimateDiffPipeline")
+    svd_folder(tmp_path, "flux", "FluxPipeline")
+    field, words, line = I2V_ERRORS[job]
+    message = load_error(tmp_path, f"jobs:\n  - {job}\n")
+    assert message.startswith(f"{tmp_path / 'jobs.yaml'}:{line}: job 1 'a': {field}: "), message
+    assert words in message
+
+
+def test_image_error_names_the_image_line(tmp_path):
+    message = load_error(tmp_path, "jobs:\n  - name: a\n    model: tiny-random-svd\n    seed: 3\n    image: gone.png\n")
+    assert message == f"{tmp_path / 'jobs.yaml'}:5: job 1 'a': image: file not found: {tmp_path / 'gone.png'}"
+
+
+def test_truncated_image_is_rejected(tmp_path):
+    png = make_image(tmp_path / "cond.png", size=(64, 64)).read_bytes()
+    (tmp_path / "cut.png").write_bytes(png[: len(png) // 2])
+    message = load_error(tmp_path, "jobs:\n  - {name: a, model: tiny-random-svd, image: cut.png}\n")
+    assert "image: not a readable image file" in message or "image: not an image file" in message
+
+
+def test_t2v_without_prompt_names_prompt(tmp_path):
+    message = load_error(tmp_path, "jobs:\n  - {name: a, steps: 2}\n")
+    assert "job 1 'a': prompt: Field required for text-to-video jobs" in message

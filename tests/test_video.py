@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from asyncvid.video import VideoWriter, output_name, read_video_info, to_uint8, write_video
+from asyncvid.video import (VideoWriter, output_name, partial_path, read_video_info, remove_partial, to_uint8,
+                            write_video)
 
 FORMATS = ["mp4", "webm", "gif", "av1", "png"]
 
@@ -128,3 +129,28 @@ def test_bad_input_is_rejected(tmp_path):
     with pytest.raises(ValueError, match="format"):
         VideoWriter(tmp_path / "x.avi", fps=8, fmt="avi")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_partial_path_is_the_writers_and_never_the_final_name(tmp_path, fmt):
+    path = tmp_path / output_name("clip", fmt)
+    writer = VideoWriter(path, fps=8, fmt=fmt)
+    assert writer.tmp_path == partial_path(path, fmt) and partial_path(path, fmt).name.startswith(".clip.partial")
+    writer.abort()
+    # what a killed writer leaves behind: remove_partial cleans it, and nothing else
+    if fmt == "png":
+        partial_path(path, fmt).mkdir()
+        (partial_path(path, fmt) / "frame_00000.png").write_bytes(b"half")
+    else:
+        partial_path(path, fmt).write_bytes(b"half a video")
+    write_video(tmp_path / output_name("other", fmt), moving_gradient(2), fps=8, fmt=fmt)
+    assert remove_partial(path, fmt) == [partial_path(path, fmt)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [output_name("other", fmt)]
+    assert remove_partial(path, fmt) == []
+
+
+def test_remove_partial_also_removes_a_png_folder_moved_aside(tmp_path):
+    path = write_video(tmp_path / "frames", moving_gradient(2), fps=8, fmt="png")
+    (tmp_path / ".frames.old").mkdir()  # a kill between the two renames of a folder replacement
+    assert remove_partial(path, "png") == [tmp_path / ".frames.old"]
+    assert read_video_info(path)["frames"] == 2

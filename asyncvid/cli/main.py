@@ -26,7 +26,11 @@ def add_render_parser(subparsers) -> None:
     p.add_argument("--out", metavar="DIR", help="output folder (default: the file's `out`, relative to the file)")
     p.add_argument("--only", nargs="+", action="extend", metavar="NAME", help="render only these jobs")
     p.add_argument("--force", action="store_true", help="render again even if an up-to-date output exists")
-    p.add_argument("--dry-run", action="store_true", help="print the resolved jobs and exit")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check the file and its model folders, print the resolved jobs and exit")
+    p.add_argument("--profile", action="store_true",
+                   help="print the batch's wall time against its summed denoising time and write them, with "
+                        "per-job timings, to <out>/render_profile.json")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no per-job success lines")
     p.set_defaults(func=cmd_render)
 
@@ -49,21 +53,53 @@ def cmd_render(args) -> int:
         raise AsyncVidError(f"--devices must be >= 1, got {args.devices}")
     jobfile = load_job_file(args.file)
     out = Path(args.out).expanduser().resolve() if args.out else jobfile.out
-    tasks = [make_task(job, jobfile.model_ref(job), out) for job in _select(jobfile.jobs, args.only)]
+    jobs = _select(jobfile.jobs, args.only)
+    tasks = [make_task(job, jobfile.model_ref(job), out, jobfile.image_path(job), jobfile.adapter_ref(job))
+             for job in jobs]
     if args.dry_run:
         import yaml
 
-        jobs = [dict(t.config, output=t.output, up_to_date=is_done(t)) for t in tasks]
-        print(yaml.safe_dump({"file": str(jobfile.path), "out": str(out), "devices": args.devices, "jobs": jobs},
+        _check_folders(jobfile, jobs, tasks)
+        listed = [dict(t.config, output=t.output, up_to_date=is_done(t)) for t in tasks]
+        print(yaml.safe_dump({"file": str(jobfile.path), "out": str(out), "devices": args.devices, "jobs": listed},
                              sort_keys=False, allow_unicode=True), end="")
         return 0
-    return _render(tasks, args)
+    return _render(tasks, args, out)
 
 
-def _render(tasks, args) -> int:
-    from .render import _render_all, is_done, resolve_model
+def _check_folders(jobfile, jobs, tasks) -> None:
+    """--dry-run: a missing model or motion adapter folder is an error (rendering reports it per job)."""
+    from ..render.models import missing_adapter, missing_model
+
+    for job, task in zip(jobs, tasks):
+        problem = missing_model(task.model)
+        field = "model"
+        if problem is None and task.motion_adapter:
+            problem, field = missing_adapter(task.motion_adapter), "motion_adapter"
+        if problem:
+            raise AsyncVidError(f"{jobfile.where(job, field)}: {field}: {problem}")
+
+
+def _clean_partials(tasks, quiet: bool) -> None:
+    """Remove what a killed run left (hidden .partial files): they never carry a final name."""
+    from ..video import remove_partial
+
+    removed = []
+    for task in tasks:
+        removed += remove_partial(task.output, task.config["format"])
+        manifest_tmp = Path(task.manifest).with_name(f".{Path(task.manifest).name}.partial")
+        if manifest_tmp.exists():
+            manifest_tmp.unlink()
+            removed.append(manifest_tmp)
+    if removed and not quiet:
+        print(f"removed {len(removed)} partial file(s) left by an interrupted run")
+
+
+def _render(tasks, args, out: Path) -> int:
+    from .render import _render_all, is_done, resolve
 
     quiet, devices = args.quiet, args.devices
+    _clean_partials(tasks, quiet)
     pending, failed, skipped = [], [], 0
     for task in tasks:
         if not args.force and is_done(task):
@@ -76,27 +112,47 @@ def _render(tasks, args) -> int:
             if stages != devices:
                 raise AsyncVidError(f"stages is {stages} but --devices is {devices}: a job runs one stage per device, "
                                     f"so set `stages: {devices}` or run with --devices {stages}")
-            task.model_dir = resolve_model(task.model)
+            resolve(task)
         except AsyncVidError as exc:
             failed.append(task.name)
             print(f"asyncvid: job {task.name!r} failed: {exc}", file=sys.stderr)
             continue
         pending.append(task)
     rendered = 0
+    profile_path = str(out / "render_profile.json") if args.profile else None
+    if profile_path and os.path.exists(profile_path):
+        os.remove(profile_path)  # a stale profile must not pass for this run's
     if pending:
         sys.stdout.flush()
         if devices == 1:
-            results = _render_all(pending, 1, quiet)
+            results = _render_all(pending, 1, quiet, None, profile_path)
         else:
-            results = _render_group(pending, devices, quiet)
+            results = _render_group(pending, devices, quiet, profile_path)
         rendered = sum(r["status"] == "done" for r in results)
         failed += [r["name"] for r in results if r["status"] != "done"]
     if not quiet:
         print(f"{rendered} rendered, {skipped} skipped, {len(failed)} failed")
+    if profile_path:
+        _print_profile(profile_path)
     return 1 if failed else 0
 
 
-def _render_group(tasks, devices: int, quiet: bool) -> list[dict]:
+def _print_profile(path: str) -> None:
+    import json
+
+    if not os.path.exists(path):
+        print("profile: nothing was rendered")
+        return
+    with open(path, encoding="utf-8") as f:
+        p = json.load(f)
+    ratio = p["wall_over_denoise"]
+    print(f"profile: {p['jobs']} job(s) on {p['devices']} device(s): wall {p['render_wall_s']:.2f} s "
+          f"(+{p['setup_s']:.2f} s loading models) vs denoise {p['denoise_s']:.2f} s"
+          + (f" = {ratio:.3f}x" if ratio else "")
+          + f"; decode {p['decode_s']:.2f} s, encode {p['encode_s']:.2f} s (background) -> {path}")
+
+
+def _render_group(tasks, devices: int, quiet: bool, profile_path: str | None = None) -> list[dict]:
     """Run the render loop on ``devices`` local ranks; jobs the group never finished count as failed."""
     import json
 
@@ -107,7 +163,7 @@ def _render_group(tasks, devices: int, quiet: bool) -> list[dict]:
         results_path = os.path.join(tmp, "results.jsonl")
         error = None
         try:
-            asyncvid.launch_local(_render_all, devices, tasks, devices, quiet, results_path)
+            asyncvid.launch_local(_render_all, devices, tasks, devices, quiet, results_path, profile_path)
         except AsyncVidError as exc:
             error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         results = []

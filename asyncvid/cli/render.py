@@ -1,143 +1,42 @@
-"""The render loop behind ``asyncvid render``: model cache, per-rank rendering, manifests.
+"""The render loop behind ``asyncvid render``: tasks, model cache, per-rank rendering, manifests.
 
 :func:`_render_all` runs in the CLI process for one device, or on every rank under
-:func:`asyncvid.launch_local` for several. Rank 0 drives the pipeline, writes the videos and
-manifests and appends one JSON line per finished job to a results file, so the parent still knows
-which jobs finished if a rank dies part way.
+:func:`asyncvid.launch_local` for several. Rank 0 drives the pipeline: it denoises a job to latents,
+decodes them chunk by chunk and hands the chunks to a background encoder
+(:mod:`asyncvid.render.stream`), then starts the next job while the encoder finishes the file.
+The manifest is written once the video is complete, and one JSON line per finished job goes to a
+results file, so the parent still knows which jobs finished if a rank dies part way.
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import os
-import shutil
 import sys
+import threading
 import time
 import warnings
 from collections import Counter
-from dataclasses import dataclass
-from datetime import datetime, timezone
-from pathlib import Path
 
-os.environ["HF_HUB_OFFLINE"] = "1"  # before diffusers/transformers are imported: never download
-for _var in ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY"):
-    os.environ.setdefault(_var, "error")  # their load-time chatter would bury the one-line job reports
-os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+from ..errors import PlanError
+from ..render.models import (TINY_RANDOM, TINY_RANDOM_SVD, _quiet_environment, cache_dir,  # noqa: F401 - re-exported
+                             ensure_builtin, ensure_tiny_random, load_pipeline, resolve_model)
+from ..render.stream import EncodeJob, Encoder, decode_chunk, decode_chunks, denoise
+from ..render.tasks import (Task, _write_manifest, config_hash, is_done, make_task, one_line,  # noqa: F401 - re-exported
+                            resolve)
 
-from ..errors import AsyncVidError, PlanError
-from ..video import VideoWriter, output_name
-
-TINY_RANDOM = "tiny-random"
-
-
-@dataclass
-class Task:
-    """One job to render: its resolved config (what the manifest hash covers) and where it goes."""
-
-    config: dict
-    config_hash: str
-    model: str  # "tiny-random" or an absolute model folder
-    output: str
-    manifest: str
-    model_dir: str | None = None  # the folder actually loaded, set just before rendering
-
-    @property
-    def name(self) -> str:
-        return self.config["name"]
-
-
-def one_line(exc: BaseException) -> str:
-    """First line of an error; the exception type too unless it is one of ours."""
-    lines = str(exc).strip().splitlines()
-    msg = lines[0] if lines else ""
-    return msg if isinstance(exc, AsyncVidError) else f"{type(exc).__name__}: {msg}"
-
-
-def config_hash(config: dict) -> str:
-    """sha256 of the config as canonical JSON (sorted keys, no whitespace)."""
-    text = json.dumps(config, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def make_task(job, model: str, out: Path) -> Task:
-    config = job.model_dump(mode="json")
-    return Task(config, config_hash(config), model, str(out / output_name(job.name, job.format)),
-                str(out / f"{job.name}.json"))
-
-
-def is_done(task: Task) -> bool:
-    """The video and its manifest exist, and the manifest was written for this exact config."""
-    if not (os.path.exists(task.output) and os.path.isfile(task.manifest)):
-        return False
-    try:
-        with open(task.manifest, encoding="utf-8") as f:
-            return json.load(f).get("config_hash") == task.config_hash
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
-# ---------------------------------------------------------------------------------- models
-def cache_dir() -> Path:
-    return Path(os.environ.get("ASYNCVID_CACHE") or Path.home() / ".cache" / "asyncvid").expanduser()
-
-
-def ensure_tiny_random() -> Path:
-    """Build the random-weight default model once into the cache (temp folder, then rename)."""
-    folder = cache_dir() / "models" / TINY_RANDOM
-    if (folder / "model_index.json").is_file():
-        return folder
-    from ..models.tiny import save_animatediff_pipeline
-
-    _quiet_libraries()
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.with_name(f".{TINY_RANDOM}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_animatediff_pipeline(tmp, "tiny", seed=0)
-    try:
-        os.rename(tmp, folder)
-    except OSError:  # another process finished first (or a broken leftover is in the way)
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not (folder / "model_index.json").is_file():
-            raise AsyncVidError(f"cannot create the model cache at {folder}: remove it and retry") from None
-    return folder
-
-
-def resolve_model(model: str) -> str:
-    """The diffusers folder for a job's model; one-line error if it is missing."""
-    if model == TINY_RANDOM:
-        return str(ensure_tiny_random())
-    if not (Path(model) / "model_index.json").is_file():
-        what = "has no model_index.json" if Path(model).is_dir() else "not found"
-        raise AsyncVidError(f"model folder {what}: {model} (expected a local diffusers pipeline folder)")
-    return model
-
-
-def _quiet_libraries() -> None:
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    for lib in (diffusers_logging, transformers_logging):
-        lib.set_verbosity_error()
-        lib.disable_progress_bar()
-
-
-def load_pipeline(model_dir: str):
-    from diffusers import AnimateDiffPipeline
-
-    _quiet_libraries()
-    pipe = AnimateDiffPipeline.from_pretrained(model_dir)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+_quiet_environment()  # before diffusers/transformers are imported: never download, no chatter
 
 
 # ---------------------------------------------------------------------------------- reporting
 class Reporter:
-    """Rank 0's view: a rich progress bar over jobs, one line per job, and the results file."""
+    """Rank 0's view: a rich progress bar over jobs, one line per job, and the results file.
+    Jobs finish on the encoder thread and fail on either thread, hence the lock."""
 
     def __init__(self, total: int, quiet: bool, results_path: str | None):
         self.quiet, self.results_path, self.results = quiet, results_path, []
+        self.lock = threading.Lock()
         self.progress = None
         if not quiet and total:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -153,16 +52,17 @@ class Reporter:
 
     def finish(self, task: Task, ok: bool, message: str, **extra) -> None:
         result = dict(name=task.name, status="done" if ok else "failed", message=message, **extra)
-        self.results.append(result)
-        if self.results_path:
-            with open(self.results_path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(result) + "\n")
-        if not ok:
-            print(f"asyncvid: job {task.name!r} failed: {message}", file=sys.stderr, flush=True)
-        elif not self.quiet:
-            print(f"done {task.name} -> {task.output} ({message})", flush=True)
-        if self.progress:
-            self.progress.advance(self.bar)
+        with self.lock:
+            self.results.append(result)
+            if self.results_path:
+                with open(self.results_path, "a", encoding="utf-8") as f:
+                    f.write(json.dumps(result) + "\n")
+            if not ok:
+                print(f"asyncvid: job {task.name!r} failed: {message}", file=sys.stderr, flush=True)
+            elif not self.quiet:
+                print(f"done {task.name} -> {task.output} ({message})", flush=True)
+            if self.progress:
+                self.progress.advance(self.bar)
 
     def close(self) -> None:
         if self.progress:
@@ -171,79 +71,103 @@ class Reporter:
 
 
 # ---------------------------------------------------------------------------------- rendering
-def _versions() -> dict:
-    import diffusers
-    import torch
+class Driver:
+    """Rank 0: denoise, decode in chunks, queue the chunks to the encoder; the encoder thread
+    writes the manifest and reports the job once its video is final."""
 
-    from .. import __version__
+    def __init__(self, devices: int, reporter: Reporter):
+        self.devices, self.reporter = devices, reporter
+        self.encoder = Encoder(self._encoded)
+        self.start = time.perf_counter()
+        self.setup_s = 0.0  # model loading and parallelize(), between jobs
+        self.timings: list[dict] = []
 
-    return {"asyncvid": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__}
+    def render(self, pipe, task: Task, fatal_pipe_errors: bool) -> None:
+        """With several devices a failure inside the pipeline call leaves the other ranks mid-call,
+        so it is re-raised to stop the whole group; decoding and encoding failures are per job."""
+        cfg, kind = task.config, task.config["task"]
+        self.reporter.begin(task)
+        start = time.perf_counter()
+        image = None
+        try:
+            if kind == "i2v":  # before the pipeline call: the other ranks are not involved yet
+                from ..pipelines.svd import conditioning_image
+
+                image = conditioning_image(task.image)
+        except Exception as exc:  # noqa: BLE001
+            self.reporter.finish(task, False, one_line(exc))
+            return
+        try:
+            latents = denoise(pipe, cfg, image)
+        except Exception as exc:
+            self.reporter.finish(task, False, one_line(exc))
+            if fatal_pipe_errors:
+                raise
+            return
+        decoding = time.perf_counter()
+        timings = dict(denoise_s=decoding - start, _start=start)
+        self.encoder.begin(EncodeJob(task, task.output, cfg["fps"], cfg["format"], cfg["crf"], timings))
+        try:
+            for frames in decode_chunks(pipe, latents, kind, decode_chunk(cfg)):
+                self.encoder.write(frames)  # waits while the encoder is two chunks behind
+        except BaseException as exc:
+            self.encoder.abort(one_line(exc))
+            if not isinstance(exc, Exception):
+                raise
+            return
+        timings["decode_s"] = time.perf_counter() - decoding
+        self.encoder.end()
+
+    def _encoded(self, job: EncodeJob, error: str | None) -> None:  # on the encoder thread
+        task, t = job.key, job.timings
+        now = time.perf_counter()
+        start = t.pop("_start")
+        t["wall_s"] = now - start
+        timings = {k: round(t.get(k, 0.0), 4) for k in ("denoise_s", "decode_s", "encode_s", "wall_s")}
+        if error is None:
+            try:
+                _write_manifest(task, self.devices, job.frames, timings)
+            except Exception as exc:  # noqa: BLE001
+                error = one_line(exc)
+        # the profile also places each job on the batch's timeline (seconds since the batch began)
+        self.timings.append(dict(name=task.name, ok=error is None, started_s=round(start - self.start, 4),
+                                 done_s=round(now - self.start, 4), **timings))
+        if error is not None:
+            self.reporter.finish(task, False, error)
+            return
+        self.reporter.finish(task, True, f"denoise {timings['denoise_s']:.2f} s, wall {timings['wall_s']:.2f} s",
+                             timings=timings)
+
+    def close(self) -> dict:
+        """Wait for the encoder; the batch's profile (seconds)."""
+        self.encoder.close()
+        wall = time.perf_counter() - self.start
+        sums = {k: round(sum(t[k] for t in self.timings), 4) for k in ("denoise_s", "decode_s", "encode_s")}
+        render_wall = wall - self.setup_s
+        return dict(jobs=sum(t["ok"] for t in self.timings), devices=self.devices, wall_s=round(wall, 4),
+                    setup_s=round(self.setup_s, 4), render_wall_s=round(render_wall, 4), **sums,
+                    wall_over_denoise=round(render_wall / sums["denoise_s"], 4) if sums["denoise_s"] else None,
+                    jobs_timings=self.timings)
 
 
-def _write_manifest(task: Task, devices: int, frames: int, timings: dict) -> None:
-    manifest = dict(name=task.name, output=os.path.basename(task.output), config=task.config,
-                    config_hash=task.config_hash, seed=task.config["seed"], model_dir=task.model_dir,
-                    devices=devices, frames=frames, versions=_versions(), timings=timings,
-                    created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    tmp = os.path.join(os.path.dirname(task.manifest), f".{os.path.basename(task.manifest)}.partial")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(manifest, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, task.manifest)
-
-
-def _generate(pipe, cfg: dict):
-    import torch
-
-    out = pipe(prompt=cfg["prompt"], negative_prompt=cfg["negative_prompt"] or None, num_frames=cfg["frames"],
-               height=cfg["height"], width=cfg["width"], num_inference_steps=cfg["steps"],
-               guidance_scale=cfg["guidance"], output_type="np",
-               generator=torch.Generator().manual_seed(cfg["seed"]))
-    return out.frames[0]
-
-
-def _render_one(pipe, task: Task, devices: int, reporter: Reporter, fatal_pipe_errors: bool) -> None:
-    """Denoise, encode, then write the manifest. With several devices a failure inside the
-    pipeline call leaves the other ranks mid-call, so it is re-raised to stop the whole group."""
-    cfg = task.config
-    reporter.begin(task)
-    start = time.perf_counter()
-    try:
-        frames = _generate(pipe, cfg)
-    except Exception as exc:
-        reporter.finish(task, False, one_line(exc))
-        if fatal_pipe_errors:
-            raise
-        return
-    denoise_s = time.perf_counter() - start
-    try:
-        with VideoWriter(task.output, cfg["fps"], cfg["format"], crf=cfg["crf"]) as writer:
-            writer.write(frames)
-        total_s = time.perf_counter() - start
-        timings = dict(denoise_s=round(denoise_s, 4), encode_s=round(total_s - denoise_s, 4), total_s=round(total_s, 4))
-        _write_manifest(task, devices, len(frames), timings)
-    except Exception as exc:  # noqa: BLE001 - reported per job, the next job still runs
-        reporter.finish(task, False, one_line(exc))
-        return
-    reporter.finish(task, True, f"denoise {denoise_s:.2f} s, total {total_s:.2f} s", timings=timings)
-
-
-def _render_single(tasks: list[Task], reporter: Reporter) -> None:
+def _render_single(tasks: list[Task], driver: Driver) -> None:
     """One device: the plain pipeline (stages=1), loaded once per model and reused."""
     from ..distributed.env import default_device
 
-    pipes: dict[str, object] = {}
+    pipes: dict[tuple, object] = {}
     for task in tasks:
-        try:
-            if task.model_dir not in pipes:
-                pipes[task.model_dir] = load_pipeline(task.model_dir).to(default_device())
-        except Exception as exc:  # noqa: BLE001
-            pipes[task.model_dir] = exc
-        pipe = pipes[task.model_dir]
+        if task.model_key not in pipes:
+            started = time.perf_counter()
+            try:
+                pipes[task.model_key] = load_pipeline(*task.model_key).to(default_device())
+            except Exception as exc:  # noqa: BLE001
+                pipes[task.model_key] = exc
+            driver.setup_s += time.perf_counter() - started
+        pipe = pipes[task.model_key]
         if isinstance(pipe, Exception):
-            reporter.finish(task, False, f"cannot load model {task.model_dir}: {one_line(pipe)}")
+            driver.reporter.finish(task, False, f"cannot load model {task.model_dir}: {one_line(pipe)}")
             continue
-        _render_one(pipe, task, 1, reporter, fatal_pipe_errors=False)
+        driver.render(pipe, task, fatal_pipe_errors=False)
 
 
 def _groups(tasks: list[Task]) -> dict[tuple, list[Task]]:
@@ -251,25 +175,26 @@ def _groups(tasks: list[Task]) -> dict[tuple, list[Task]]:
     groups: dict[tuple, list[Task]] = {}
     for t in tasks:
         c = t.config
-        key = (t.model_dir, c["stages"], c["stride"], c["warmup"], json.dumps(c["split"]))
+        key = (t.model_key, c["stages"], c["stride"], c["warmup"], json.dumps(c["split"]))
         groups.setdefault(key, []).append(t)
     return groups
 
 
-def _render_parallel(tasks: list[Task], devices: int, reporter: Reporter | None) -> None:
+def _render_parallel(tasks: list[Task], devices: int, driver: Driver | None) -> None:
     """Every rank: one ParallelPipeline per group; rank 0 renders, the others serve until closed."""
     import asyncvid
 
     groups = _groups(tasks)
     uses = Counter(key[0] for key in groups)
-    loaded: dict[str, object] = {}
+    loaded: dict[tuple, object] = {}
     for key, group in groups.items():
-        model_dir = key[0]
-        if model_dir not in loaded:
-            loaded[model_dir] = load_pipeline(model_dir)
-        uses[model_dir] -= 1
+        started = time.perf_counter()
+        model_key = key[0]
+        if model_key not in loaded:
+            loaded[model_key] = load_pipeline(*model_key)
+        uses[model_key] -= 1
         # parallelize() moves weights and hooks the UNet: later groups of this model get a copy
-        pipe = loaded.pop(model_dir) if uses[model_dir] == 0 else copy.deepcopy(loaded[model_dir])
+        pipe = loaded.pop(model_key) if uses[model_key] == 0 else copy.deepcopy(loaded[model_key])
         c = group[0].config
         try:
             ppipe = asyncvid.parallelize(pipe, stages=c["stages"], stride=c["stride"], warmup=c["warmup"], split=c["split"])
@@ -278,32 +203,50 @@ def _render_parallel(tasks: list[Task], devices: int, reporter: Reporter | None)
                 raise  # an auto split may fail mid-collective on some ranks only: stop the group
             # an explicit split is checked identically on every rank before any communication,
             # so all ranks can drop just this group and go on with the next one
-            for task in group if reporter else ():
-                reporter.finish(task, False, one_line(exc))
+            for task in group if driver else ():
+                driver.reporter.finish(task, False, one_line(exc))
             continue
         if not ppipe.is_driver:
             ppipe.serve()
             continue
+        driver.setup_s += time.perf_counter() - started
         for task in group:
-            _render_one(ppipe, task, devices, reporter, fatal_pipe_errors=True)
+            driver.render(ppipe, task, fatal_pipe_errors=True)
         ppipe.close()
 
 
-def _render_all(tasks: list[Task], devices: int, quiet: bool = False, results_path: str | None = None):
+def _render_all(tasks: list[Task], devices: int, quiet: bool = False, results_path: str | None = None,
+                profile_path: str | None = None):
     """Render ``tasks`` (each with ``model_dir`` set); runs on every rank when ``devices`` > 1.
 
-    Returns the list of per-job results on rank 0 (``None`` on the other ranks).
+    Returns the list of per-job results on rank 0 (``None`` on the other ranks). With
+    ``profile_path``, rank 0 also writes the batch's timings there (JSON).
     """
-    driver = devices == 1 or int(os.environ.get("RANK", "0")) == 0
+    is_driver = devices == 1 or int(os.environ.get("RANK", "0")) == 0
     if devices > 1:  # torch's object collectives warn about a deprecated pytree API on every rank
         warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
-    reporter = Reporter(len(tasks), quiet, results_path) if driver else None
+    import torch  # noqa: F401 - the first import takes a second: before the batch's clock starts
+
+    reporter = Reporter(len(tasks), quiet, results_path) if is_driver else None
+    driver = Driver(devices, reporter) if is_driver else None
     try:
         if devices == 1:
-            _render_single(tasks, reporter)
+            _render_single(tasks, driver)
         else:
-            _render_parallel(tasks, devices, reporter)
+            _render_parallel(tasks, devices, driver)
     finally:
-        if reporter:
+        if driver:
+            profile = driver.close()  # finishes the videos already denoised, even on the way out
             reporter.close()
+    if driver and profile_path:
+        _write_json(profile_path, profile)
     return reporter.results if reporter else None
+
+
+def _write_json(path: str, data: dict) -> None:
+    tmp = f"{path}.partial"
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)

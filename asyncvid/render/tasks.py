@@ -1,0 +1,103 @@
+"""Render tasks: a job's resolved config and its hash, where its files go, whether it is up to
+date, and its manifest."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from ..errors import AsyncVidError
+from ..video import output_name
+from .models import resolve_adapter, resolve_model
+
+
+@dataclass
+class Task:
+    """One job to render: its resolved config (what the manifest hash covers) and where it goes."""
+
+    config: dict
+    config_hash: str
+    model: str  # a built-in name or an absolute model folder
+    output: str
+    manifest: str
+    image: str | None = None  # i2v: the conditioning image (absolute path)
+    motion_adapter: str | None = None  # t2v: an extra motion adapter folder (absolute path)
+    model_dir: str | None = None  # the folders actually loaded, set just before rendering
+    adapter_dir: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.config["name"]
+
+    @property
+    def model_key(self) -> tuple:
+        return (self.model_dir, self.adapter_dir)
+
+
+def one_line(exc: BaseException) -> str:
+    """First line of an error; the exception type too unless it is one of ours."""
+    lines = str(exc).strip().splitlines()
+    msg = lines[0] if lines else ""
+    return msg if isinstance(exc, AsyncVidError) else f"{type(exc).__name__}: {msg}"
+
+
+def config_hash(config: dict) -> str:
+    """sha256 of the config as canonical JSON (sorted keys, no whitespace)."""
+    text = json.dumps(config, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def make_task(job, model: str, out: Path, image: str | None = None, motion_adapter: str | None = None) -> Task:
+    """The job's config holds only its own kind's fields; an image job's config also holds the
+    image's sha256, so a changed image file is rendered again."""
+    config = job.model_dump(mode="json", exclude_none=True)
+    if image is not None:
+        config["image_sha256"] = hashlib.sha256(Path(image).read_bytes()).hexdigest()
+    return Task(config, config_hash(config), model, str(out / output_name(job.name, job.format)),
+                str(out / f"{job.name}.json"), image, motion_adapter)
+
+
+def is_done(task: Task) -> bool:
+    """The video and its manifest exist, and the manifest was written for this exact config."""
+    if not (os.path.exists(task.output) and os.path.isfile(task.manifest)):
+        return False
+    try:
+        with open(task.manifest, encoding="utf-8") as f:
+            return json.load(f).get("config_hash") == task.config_hash
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def resolve(task: Task) -> None:
+    """Set the folders to load (built-ins are built into the cache); one-line error if missing."""
+    task.model_dir = resolve_model(task.model)
+    task.adapter_dir = resolve_adapter(task.motion_adapter)
+
+
+def _versions() -> dict:
+    import diffusers
+    import torch
+
+    from .. import __version__
+
+    return {"asyncvid": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__}
+
+
+def _write_manifest(task: Task, devices: int, frames: int, timings: dict) -> None:
+    manifest = dict(name=task.name, output=os.path.basename(task.output), config=task.config,
+                    config_hash=task.config_hash, seed=task.config["seed"], model_dir=task.model_dir,
+                    devices=devices, frames=frames, versions=_versions(), timings=timings,
+                    created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    if task.adapter_dir:
+        manifest["motion_adapter_dir"] = task.adapter_dir
+    if task.image:
+        manifest["image"] = task.image
+    tmp = os.path.join(os.path.dirname(task.manifest), f".{os.path.basename(task.manifest)}.partial")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(manifest, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, task.manifest)
