@@ -6,11 +6,13 @@ and how a job's kind (``t2v`` text-to-video or ``i2v`` image-to-video) is decide
 
 from __future__ import annotations
 
+import copy
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import create_model
 
 from ..errors import AsyncVidError
 from .models import BUILTINS, KIND_NAMES, model_kind, pipeline_class_name
@@ -56,37 +58,6 @@ def _stride(value: int) -> int:
 Size = Annotated[int, Field(ge=8), AfterValidator(_multiple_of_8)]
 Stride = Annotated[int, AfterValidator(_stride)]  # not Literal[1, 2]: that would accept `true`
 Split = Annotated[Any, AfterValidator(_split)]
-
-
-class JobOptions(BaseModel):
-    """Everything a job can set; all optional so that ``defaults`` can be partial."""
-
-    model_config = ConfigDict(strict=True, extra="forbid")
-
-    task: Optional[Kind] = None
-    model: Optional[str] = Field(None, min_length=1)
-    motion_adapter: Optional[str] = Field(None, min_length=1)
-    prompt: Optional[str] = None
-    negative_prompt: Optional[str] = None
-    guidance: Optional[float] = Field(None, ge=0)
-    image: Optional[str] = Field(None, min_length=1)
-    motion_bucket_id: Optional[int] = Field(None, ge=0)
-    noise_aug_strength: Optional[float] = Field(None, ge=0)
-    min_guidance: Optional[float] = Field(None, ge=0)
-    max_guidance: Optional[float] = Field(None, ge=0)
-    seed: Optional[int] = Field(None, ge=0, lt=2**63)
-    frames: Optional[int] = Field(None, ge=1)
-    width: Optional[Size] = None
-    height: Optional[Size] = None
-    fps: Optional[float] = Field(None, gt=0)
-    steps: Optional[int] = Field(None, ge=1)
-    decode_chunk: Optional[int] = Field(None, ge=1)
-    format: Optional[Format] = None
-    crf: Optional[int] = Field(None, ge=0, le=63)
-    stages: Optional[int] = Field(None, ge=1)
-    stride: Optional[Stride] = None
-    warmup: Optional[int] = Field(None, ge=0)
-    split: Optional[Split] = None
 
 
 class Job(BaseModel):
@@ -220,3 +191,21 @@ def image_problem(path: Path) -> str | None:
     except Exception as exc:  # noqa: BLE001 - truncated or corrupt files raise various errors
         return f"not a readable image file: {path} ({' '.join(str(exc).split()) or type(exc).__name__})"
     return None
+
+
+def _all_optional(model: type[BaseModel], name: str, exclude: set[str]) -> type[BaseModel]:
+    """``model``'s fields (same types and bounds), each optional with no default: what a partial
+    ``defaults:`` block may set. Derived, so the two can never drift apart."""
+    fields = {}
+    for field_name, info in model.model_fields.items():
+        if field_name in exclude:
+            continue
+        optional = copy.copy(info)
+        optional.default = None
+        optional.default_factory = None
+        fields[field_name] = (Optional[info.annotation], optional)
+    return create_model(name, __config__=ConfigDict(strict=True, extra="forbid"), **fields)
+
+
+#: Everything a job can set, all optional, so that ``defaults`` can be partial.
+JobOptions = _all_optional(Job, "JobOptions", exclude={"name"})
