@@ -182,14 +182,12 @@ def _render_group(tasks, devices: int, quiet: bool, profile_path: str | None = N
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="asyncvid", description="AsyncDiff stage-parallel video diffusion.")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    from .bench import add_bench_parser
+    from .evaluate import add_eval_parser
+
     add_render_parser(subparsers)
-    try:
-        from .bench import add_bench_parser
-    except ModuleNotFoundError as exc:
-        if exc.name != f"{__package__}.bench":  # a missing dependency of bench.py is a real error
-            raise
-    else:
-        add_bench_parser(subparsers)
+    add_bench_parser(subparsers)
+    add_eval_parser(subparsers)
     return parser
 
 

@@ -130,3 +130,23 @@ def score_many(clips: Sequence, prompts: Sequence[str]) -> dict:
         "n": n,
         "per_clip": per_clip,
     }
+
+
+def evaluate_pipeline(pipe, combos, seeds=(0,), steps: int = 25, guidance: float = 5.0, frames: int = 8,
+                      size: int = 32) -> dict:
+    """Render every combination's prompt with ``pipe`` (one batched call per seed) and score the clips."""
+    import torch
+
+    from .world import prompt_for
+
+    prompts = [prompt_for(*c) for c in combos]
+    clips, all_prompts = [], []
+    with torch.no_grad():
+        for seed in seeds:
+            out = pipe(prompt=prompts, num_frames=frames, height=size, width=size, num_inference_steps=steps,
+                       guidance_scale=guidance, output_type="np", generator=torch.Generator().manual_seed(seed))
+            clips += list(out.frames)
+            all_prompts += prompts
+    result = score_many(clips, all_prompts)
+    return {"colour": result["colour"], "direction": result["direction"], "n": result["n"],
+            "steps": steps, "guidance": guidance, "seeds": list(seeds)}

@@ -17,8 +17,11 @@ from ..errors import AsyncVidError
 
 TINY_RANDOM = "tiny-random"
 TINY_RANDOM_SVD = "tiny-random-svd"
-#: built-in model name -> kind; they are random-weight models built into the cache on first use
-BUILTINS = {TINY_RANDOM: "t2v", TINY_RANDOM_SVD: "i2v"}
+SHAPES_T2V = "shapes-t2v"
+#: models shipped inside the package (trained here; see scripts/train_shapes_t2v.py)
+PACKAGED = {SHAPES_T2V: Path(__file__).resolve().parents[1] / "assets" / SHAPES_T2V}
+#: built-in model name -> kind. Random-weight ones are built into the cache on first use.
+BUILTINS = {TINY_RANDOM: "t2v", TINY_RANDOM_SVD: "i2v", SHAPES_T2V: "t2v"}
 #: diffusers pipeline class -> kind. A StableDiffusionPipeline is an AnimateDiff base model: it
 #: needs a ``motion_adapter`` folder next to it.
 CLASS_KINDS = {"AnimateDiffPipeline": "t2v", "StableDiffusionPipeline": "t2v", "StableVideoDiffusionPipeline": "i2v"}
@@ -65,7 +68,12 @@ def cache_dir() -> Path:
 
 
 def ensure_builtin(name: str) -> Path:
-    """Build a random-weight built-in model once into the cache (temp folder, then rename)."""
+    """The folder of a built-in model: packaged ones ship with asyncvid; random-weight ones are
+    built once into the cache (temp folder, then rename)."""
+    if name in PACKAGED:
+        if not (PACKAGED[name] / "model_index.json").is_file():
+            raise AsyncVidError(f"the packaged model {name} is missing from this installation ({PACKAGED[name]})")
+        return PACKAGED[name]
     folder = cache_dir() / "models" / name
     if (folder / "model_index.json").is_file():
         return folder
@@ -153,7 +161,14 @@ def load_pipeline(model_dir: str, adapter_dir: str | None = None):
         elif name == "StableDiffusionPipeline":
             raise AsyncVidError(f"{model_dir} is a StableDiffusionPipeline: set `motion_adapter:` to an "
                                 f"AnimateDiff motion adapter folder")
-        pipe = AnimateDiffPipeline.from_pretrained(model_dir, **extra)
+        # float32 compute whatever the stored dtype (the packaged model is stored in fp16)
+        import torch
+
+        import warnings
+
+        with warnings.catch_warnings():  # newer diffusers renamed torch_dtype; older ones lack the new name
+            warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
+            pipe = AnimateDiffPipeline.from_pretrained(model_dir, torch_dtype=torch.float32, **extra)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

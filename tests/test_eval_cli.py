@@ -1,0 +1,20 @@
+"""`asyncvid eval` scores a model on the held-out shapes prompts and reports step similarity."""
+
+from __future__ import annotations
+
+import json
+
+from asyncvid.cli.main import main
+
+
+def test_eval_reports_adherence_and_similarity(tmp_path, capsys):
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--model", "tiny-random", "--seeds", "1", "--steps", "2", "--compare-random",
+                 "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["adherence"]["n"] == 24
+    assert 0.0 <= report["adherence"]["colour"] <= 1.0
+    for key in ("step_similarity", "step_similarity_random_weights"):
+        sim = report[key]
+        assert sim["steps"] == 2 and -1.0 <= sim["min_cosine"] <= sim["mean_cosine"] <= 1.0
+        assert sim["mean_relative_change"] > 0
