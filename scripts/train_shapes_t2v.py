@@ -136,7 +136,7 @@ def cosine_lr(step: int, total: int, peak: float, warmup: int) -> float:
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def train_vae(work: Path, minutes: float, log) -> "AutoencoderKL":  # noqa: F821
+def train_vae(work: Path, minutes: float, log):
     vae = build_vae()
     ckpt = work / "vae.pt"
     state = {"step": 0, "elapsed": 0.0}

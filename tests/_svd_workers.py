@@ -6,11 +6,10 @@ import numpy as np
 import torch
 
 import asyncvid
-from asyncvid.engine.profile import cut_bytes
 from asyncvid.launch import one_line
 from asyncvid.models.tiny import build_svd_pipeline, svd_pipeline_class
 from asyncvid.pipelines.svd import conditioning_image
-from _workers import gather_stats
+from _workers import cut_bytes_for_call, gather_stats
 
 # max_guidance_scale > 1: classifier-free guidance, the UNet sees a batch of 2 (uncond, cond)
 CALL = dict(num_frames=8, height=32, width=32, num_inference_steps=4, decode_chunk_size=8, output_type="np",
@@ -45,17 +44,8 @@ def render(options: dict, call: dict | None = None, folder: str | None = None):
     ppipe = asyncvid.parallelize(load_pipeline(folder), **options)
     out = call_pipeline(ppipe, call=call)
     kwargs = dict(CALL, **(call or {}))
-    all_stats = gather_stats(ppipe, _cut_bytes_for_call(ppipe, kwargs))
+    all_stats = gather_stats(ppipe, cut_bytes_for_call(ppipe, kwargs))
     return {"frames": out.frames, "stats": all_stats} if ppipe.is_driver else None
-
-
-def _cut_bytes_for_call(ppipe, kwargs):
-    """The plan's per-cut bytes recomputed on the meta device for this call's latent shape (batch 2: CFG)."""
-    adapter = ppipe.runtime.adapter
-    h, w = kwargs["height"] // ppipe.vae_scale_factor, kwargs["width"] // ppipe.vae_scale_factor
-    args, kw = adapter.example_inputs(2, kwargs["num_frames"], h, w, torch.device("cpu"), torch.float32)
-    sizes = cut_bytes(type(adapter), ppipe.unet, args, kw)
-    return [sizes[b - 1] for _, b in ppipe.plan.ranges[:-1]]
 
 
 def render_images(options: dict, images: list[dict]):

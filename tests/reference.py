@@ -6,7 +6,6 @@ produced in the previous round. Installed as the UNet's forward of an ordinary d
 
 from __future__ import annotations
 
-import torch
 
 from asyncvid.models import adapter_for
 

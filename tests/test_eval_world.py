@@ -107,7 +107,7 @@ def test_static_and_blank_clips():
 def test_wrong_prompt_words_score_zero():
     """The scorer reads the clip, not the prompt: another colour or direction word never matches."""
     clips, prompts = _clips(32, 8, 6)
-    colours, directions = VOCABULARY["colour"], VOCABULARY["direction"]
+    colours = VOCABULARY["colour"]
     wrong_colour, wrong_direction = [], []
     for combo in COMBOS:
         other = colours[(colours.index(combo.colour) + 1) % len(colours)]

@@ -29,7 +29,6 @@ def cmd_eval(args) -> int:
     from ..eval.world import held_out_split, prompt_for
     from ..render.models import load_pipeline, resolve_model
 
-    torch.set_num_threads(torch.get_num_threads())
     pipe = load_pipeline(resolve_model(args.model))
     _, held_out = held_out_split()
     report = {"model": args.model, "held_out_prompts": len(held_out),

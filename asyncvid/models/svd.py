@@ -16,7 +16,6 @@ and the (B, n_ids) time ids cross ranks, once per call.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from diffusers import UNetSpatioTemporalConditionModel

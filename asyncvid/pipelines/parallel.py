@@ -7,7 +7,7 @@ the same call serves the driver's denoising loop and returns ``None``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
