@@ -57,7 +57,33 @@ def word_tokenizer():
                 merges.append((left, right))
             left = left + right
             vocab.setdefault(left, len(vocab))
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=MAX_TOKENS)
+    # The loop above lets an earlier word's merge pre-empt a later word's (("r", "i") from "right" splits
+    # "triangle"). Fix-up merges rank after all others, so they join what remains without changing any
+    # other word or any token id (every prefix is already in the vocabulary).
+    ranks = {pair: i for i, pair in enumerate(merges)}
+    for word in words:
+        pieces = _bpe(list(word[:-1]) + [word[-1] + "</w>"], ranks)
+        left = pieces[0]
+        for right in pieces[1:]:
+            if (left, right) not in ranks:
+                ranks[(left, right)] = len(merges)
+                merges.append((left, right))
+            left = left + right
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=MAX_TOKENS)
+    for word in words:
+        if len(tokenizer.tokenize(word)) != 1:
+            raise AssertionError(f"tokenizer splits {word!r} into {tokenizer.tokenize(word)}")
+    return tokenizer
+
+
+def _bpe(pieces: list[str], ranks: dict) -> list[str]:
+    """CLIP's BPE: repeatedly join the adjacent pair with the lowest merge rank."""
+    while len(pieces) > 1:
+        rank, i = min((ranks.get(pair, math.inf), i) for i, pair in enumerate(zip(pieces, pieces[1:])))
+        if rank == math.inf:
+            break
+        pieces = pieces[:i] + [pieces[i] + pieces[i + 1]] + pieces[i + 2:]
+    return pieces
 
 
 def build_vae():
@@ -207,7 +233,7 @@ def evaluate(pipe, combos, seeds=(0,), steps=20, guidance=4.0) -> dict:
     return evaluate_pipeline(pipe, combos, seeds, steps, guidance, FRAMES, SIZE)
 
 
-def train_unet(work: Path, vae, minutes: float, log, eval_every_s: float = 600):
+def train_unet(work: Path, vae, minutes: float, log, stage2_minutes: float = 0.0, eval_every_s: float = 600):
     import copy
 
     tokenizer = word_tokenizer()
@@ -234,17 +260,20 @@ def train_unet(work: Path, vae, minutes: float, log, eval_every_s: float = 600):
     train, held_out = world.held_out_split()
     rng = np.random.default_rng(2000 + state["step"])
     torch.manual_seed(3000 + state["step"])
-    budget = minutes * 60
-    planned = max(1, int(budget / 0.5))
-    start, last_save, last_eval = time.time() - state["elapsed"], time.time(), time.time()
+    stage1, budget = minutes * 60, (minutes + stage2_minutes) * 60
+    planned, planned2 = max(1, int(stage1 / 0.5)), max(1, int((budget - stage1) / 0.85))
+    last_save, last_eval, tick = time.time(), time.time(), time.time()
     sf = vae.config.scaling_factor
 
     def checkpoint():
-        state["elapsed"] = time.time() - start
         _save(ckpt, {"unet": unet.state_dict(), "te": text_encoder.state_dict(), "ema_unet": ema_unet.state_dict(),
                      "ema_te": ema_te.state_dict(), "opt": opt.state_dict(), "state": state})
 
-    while time.time() - start < budget:
+    while state["elapsed"] < budget:
+        stage2 = state["elapsed"] >= stage1
+        if stage2 and "stage2_from_step" not in state:
+            state["stage2_from_step"] = state["step"]
+            log(f"stage 2 from step {state['step']}: plain v-loss, half the batch at high noise")
         clips, prompts = contrast_batch(rng, train, groups=4)
         prompts = ["" if rng.random() < 0.1 else p for p in prompts]
         with torch.no_grad():
@@ -253,14 +282,19 @@ def train_unet(work: Path, vae, minutes: float, log, eval_every_s: float = 600):
         lat = lat.reshape(b, FRAMES, 4, SIZE // 4, SIZE // 4).permute(0, 2, 1, 3, 4)
         noise = torch.randn_like(lat)
         t = torch.randint(0, sched.config.num_train_timesteps, (b,))
+        if stage2:  # the direction is decided at high noise: sample half the batch there
+            t[: b // 2] = torch.randint(sched.config.num_train_timesteps // 2, sched.config.num_train_timesteps, (b // 2,))
         noisy = sched.add_noise(lat, noise, t)
         target = sched.get_velocity(lat, noise, t)
         ehs = encode_prompts(tokenizer, text_encoder, prompts).repeat_interleave(FRAMES, 0)
         pred = unet(noisy, t, encoder_hidden_states=ehs).sample
-        weight = (torch.clamp(snr[t], max=5.0) / (snr[t] + 1)).float()
+        # Stage 1: min-SNR-5. It nearly zeroes the high-noise steps, where the layout (and so the
+        # direction) is chosen, hence stage 2's plain v-loss.
+        weight = torch.ones(b) if stage2 else (torch.clamp(snr[t], max=5.0) / (snr[t] + 1)).float()
         loss = (weight * F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3, 4))).mean()
         for group in opt.param_groups:
-            group["lr"] = cosine_lr(state["step"], planned, 6e-4, 200)
+            group["lr"] = (cosine_lr(state["step"] - state["stage2_from_step"], planned2, 3e-4, 50) if stage2
+                           else cosine_lr(state["step"], planned, 6e-4, 200))
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -271,17 +305,21 @@ def train_unet(work: Path, vae, minutes: float, log, eval_every_s: float = 600):
             for ema, live in ((ema_unet, unet), (ema_te, text_encoder)):
                 for pe, pl in zip(ema.parameters(), live.parameters()):
                     pe.mul_(decay).add_(pl.detach(), alpha=1 - decay)
+        # Only time spent training counts, so a run paused with SIGSTOP keeps its budget.
+        now = time.time()
+        state["elapsed"] += min(now - tick, 10.0)
+        tick = now
         if state["step"] % 50 == 0:
             log(f"unet step {state['step']} loss {loss.item():.4f} lr {opt.param_groups[0]['lr']:.2e} "
-                f"({time.time() - start:.0f} s)")
+                f"({state['elapsed']:.0f} s)")
         if time.time() - last_save > 180:
             checkpoint()
             last_save = time.time()
         if time.time() - last_eval > eval_every_s:
             scores = evaluate(make_pipeline(vae, ema_te, tokenizer, ema_unet), held_out)
-            state["evals"].append({"step": state["step"], "elapsed_s": round(time.time() - start), **scores})
+            state["evals"].append({"step": state["step"], "elapsed_s": round(state["elapsed"]), **scores})
             log(f"eval at step {state['step']}: {scores}")
-            last_eval = time.time()
+            last_eval = tick = time.time()
     checkpoint()
     return make_pipeline(vae, ema_te, tokenizer, ema_unet), state
 
@@ -291,7 +329,8 @@ def main() -> None:
     ap.add_argument("--work", default="runs/shapes", help="checkpoints and logs (resumable)")
     ap.add_argument("--export", default="asyncvid/assets/shapes-t2v", help="where the pipeline folder goes")
     ap.add_argument("--vae-minutes", type=float, default=9)
-    ap.add_argument("--unet-minutes", type=float, default=35)
+    ap.add_argument("--unet-minutes", type=float, default=33)
+    ap.add_argument("--stage2-minutes", type=float, default=90)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -307,7 +346,7 @@ def main() -> None:
         logfile.flush()
 
     vae = train_vae(work, args.vae_minutes, log)
-    pipe, state = train_unet(work, vae, args.unet_minutes, log)
+    pipe, state = train_unet(work, vae, args.unet_minutes, log, args.stage2_minutes)
     _, held_out = world.held_out_split()
     final = evaluate(pipe, held_out, seeds=(0, 1), steps=25, guidance=5.0)
     log(f"final held-out adherence (48 samples, 25 steps, CFG 5): {final}")

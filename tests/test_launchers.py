@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from asyncvid.distributed.env import _first_slurm_host, env_from_slurm
+from asyncvid.distributed.env import _first_slurm_host, env_from_slurm, launched_world_size
 from asyncvid.launch import free_port
 
 EXAMPLE = Path(__file__).parents[1] / "examples" / "parallel_animatediff.py"
@@ -38,10 +38,14 @@ def test_torchrun_two_ranks_matches_local_launcher(tmp_path):
 
 def test_slurm_environment_maps_to_torch_variables():
     env = {"SLURM_PROCID": "3", "SLURM_NTASKS": "4", "SLURM_LOCALID": "1", "SLURM_JOB_ID": "1234",
-           "SLURM_STEP_NODELIST": "gpu[07-08],cpu1"}
+           "SLURM_STEP_ID": "0", "SLURM_STEP_NODELIST": "gpu[07-08],cpu1"}
     mapped = env_from_slurm(env)
     assert mapped == {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "MASTER_ADDR": "gpu07",
                       "MASTER_PORT": str(20000 + 1234)}
     assert env_from_slurm({}) == {}
+    # the sbatch script itself (no step) is one process, not rank 0 of a group
+    batch_script = {k: v for k, v in env.items() if k != "SLURM_STEP_ID"}
+    assert env_from_slurm(batch_script) == {}
+    assert launched_world_size(env) == 4 and launched_world_size(batch_script) == 1
     assert _first_slurm_host("node1") == "node1"
     assert _first_slurm_host("a[1,3]") == "a1"

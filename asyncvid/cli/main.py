@@ -21,10 +21,14 @@ def add_render_parser(subparsers) -> None:
                               description="Render every job of a YAML job file to <out>/<name>.<ext> plus a "
                                           "<name>.json manifest. Jobs whose manifest matches their config are skipped.")
     p.add_argument("file", help="job file (YAML)")
-    p.add_argument("--devices", type=int, default=1, metavar="N",
-                   help="number of devices (ranks); every job's `stages` must equal N (default 1)")
+    p.add_argument("--devices", type=int, metavar="N",
+                   help="number of devices (ranks); every job's `stages` must equal N. Default: the group "
+                        "size when started by srun/torchrun (one process per rank), else 1 (local ranks are "
+                        "spawned for N > 1)")
     p.add_argument("--out", metavar="DIR", help="output folder (default: the file's `out`, relative to the file)")
     p.add_argument("--only", nargs="+", action="extend", metavar="NAME", help="render only these jobs")
+    p.add_argument("--shard", metavar="I/K", type=_shard,
+                   help="render only jobs I, I+K, I+2K, ... of the file (0-based I; Slurm array tasks use this)")
     p.add_argument("--force", action="store_true", help="render again even if an up-to-date output exists")
     p.add_argument("--dry-run", action="store_true",
                    help="check the file and its model folders, print the resolved jobs and exit")
@@ -35,7 +39,19 @@ def add_render_parser(subparsers) -> None:
     p.set_defaults(func=cmd_render)
 
 
-def _select(jobs, only):
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        index, count = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected I/K such as 0/4, got {text!r}") from None
+    if not 0 <= index < count:
+        raise argparse.ArgumentTypeError(f"need 0 <= I < K, got {text!r}")
+    return index, count
+
+
+def _select(jobs, only, shard=None):
+    if shard:
+        jobs = jobs[shard[0]::shard[1]]
     if not only:
         return jobs
     names = {j.name for j in jobs}
@@ -49,11 +65,19 @@ def cmd_render(args) -> int:
     from ..jobs import load_job_file
     from .render import is_done, make_task
 
+    from ..distributed.env import launched_world_size
+
+    launched = launched_world_size()
+    if args.devices is None:
+        args.devices = launched
     if args.devices < 1:
         raise AsyncVidError(f"--devices must be >= 1, got {args.devices}")
+    if launched > 1 and args.devices != launched:
+        raise AsyncVidError(f"--devices is {args.devices} but the launcher started {launched} ranks; "
+                            "leave --devices out under srun/torchrun")
     jobfile = load_job_file(args.file)
     out = Path(args.out).expanduser().resolve() if args.out else jobfile.out
-    jobs = _select(jobfile.jobs, args.only)
+    jobs = _select(jobfile.jobs, args.only, args.shard)
     tasks = [make_task(job, jobfile.model_ref(job), out, jobfile.image_path(job), jobfile.adapter_ref(job))
              for job in jobs]
     if args.dry_run:
@@ -64,6 +88,10 @@ def cmd_render(args) -> int:
         print(yaml.safe_dump({"file": str(jobfile.path), "out": str(out), "devices": args.devices, "jobs": listed},
                              sort_keys=False, allow_unicode=True), end="")
         return 0
+    if launched > 1:
+        from .launched import render_launched
+
+        return render_launched(tasks, args, out)
     return _render(tasks, args, out)
 
 
@@ -95,8 +123,9 @@ def _clean_partials(tasks, quiet: bool) -> None:
         print(f"removed {len(removed)} partial file(s) left by an interrupted run")
 
 
-def _render(tasks, args, out: Path) -> int:
-    from .render import _render_all, is_done, resolve
+def _plan(tasks, args) -> tuple[list, list, int]:
+    """(pending tasks, names of jobs that failed before rendering, number skipped as up to date)."""
+    from .render import is_done, resolve
 
     quiet, devices = args.quiet, args.devices
     _clean_partials(tasks, quiet)
@@ -118,6 +147,14 @@ def _render(tasks, args, out: Path) -> int:
             print(f"asyncvid: job {task.name!r} failed: {exc}", file=sys.stderr)
             continue
         pending.append(task)
+    return pending, failed, skipped
+
+
+def _render(tasks, args, out: Path) -> int:
+    from .render import _render_all
+
+    quiet, devices = args.quiet, args.devices
+    pending, failed, skipped = _plan(tasks, args)
     rendered = 0
     profile_path = str(out / "render_profile.json") if args.profile else None
     if profile_path and os.path.exists(profile_path):
@@ -184,15 +221,25 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     from .bench import add_bench_parser
     from .evaluate import add_eval_parser
+    from .slurm import add_slurm_parser
 
     add_render_parser(subparsers)
     add_bench_parser(subparsers)
     add_eval_parser(subparsers)
+    add_slurm_parser(subparsers)
     return parser
 
 
+def _terminated(signum, frame):
+    """SIGTERM (scancel, a job's time limit, kill) unwinds like Ctrl-C, so partial outputs are removed."""
+    raise KeyboardInterrupt
+
+
 def main(argv=None) -> int:
+    import signal
+
     os.environ["HF_HUB_OFFLINE"] = "1"  # before any diffusers/transformers import: never download
+    signal.signal(signal.SIGTERM, _terminated)
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

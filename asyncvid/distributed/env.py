@@ -31,8 +31,12 @@ def _first_slurm_host(nodelist: str) -> str:
 
 
 def env_from_slurm(environ=os.environ) -> dict[str, str]:
-    """torch.distributed variables derived from an srun step's environment (empty if not under srun)."""
-    if "SLURM_PROCID" not in environ or "SLURM_NTASKS" not in environ:
+    """torch.distributed variables derived from an srun step's environment (empty if not under srun).
+
+    Only a job *step* counts (``SLURM_STEP_ID`` set): an sbatch script itself also has SLURM_PROCID=0
+    and SLURM_NTASKS, but it is one process, not rank 0 of a group.
+    """
+    if not all(k in environ for k in ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_STEP_ID")):
         return {}
     job = int(environ.get("SLURM_JOB_ID", "0"))
     return {
@@ -44,10 +48,50 @@ def env_from_slurm(environ=os.environ) -> dict[str, str]:
     }
 
 
+def launched_world_size(environ=os.environ) -> int:
+    """Ranks in the group a launcher (torchrun, accelerate, srun) started this process in; 1 if none."""
+    if "WORLD_SIZE" in environ:
+        return int(environ["WORLD_SIZE"])
+    return int(env_from_slurm(environ).get("WORLD_SIZE", "1"))
+
+
 def default_device() -> torch.device:
+    """``cuda:LOCAL_RANK`` (modulo the visible GPUs: Slurm's ``--gpus-per-task`` may show each task
+    only its own), else the CPU."""
     if torch.cuda.is_available() and os.environ.get("ASYNCVID_DEVICE", "") != "cpu":
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
     return torch.device("cpu")
+
+
+def gloo_interface(master_addr: str) -> str | None:
+    """The network interface this host uses to reach ``master_addr`` (None for loopback or if unknown).
+
+    gloo otherwise binds to the address the host name resolves to, which on many machines is
+    127.0.0.1 (``/etc/hosts``): fine on one host, but then a rank on another host is told to
+    connect to its own loopback and the group never forms.
+    """
+    import fcntl
+    import ipaddress
+    import socket
+    import struct
+
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect((master_addr, 9))  # UDP: picks the route, sends nothing
+            local = s.getsockname()[0]
+        if ipaddress.ip_address(local).is_loopback:
+            return None
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            for _, name in socket.if_nameindex():
+                try:
+                    packed = fcntl.ioctl(s.fileno(), 0x8915, struct.pack("256s", name.encode()[:15]))  # SIOCGIFADDR
+                except OSError:
+                    continue
+                if socket.inet_ntoa(packed[20:24]) == local:
+                    return name
+    except (OSError, ValueError):
+        return None
+    return None
 
 
 def ensure_process_group(timeout_s: float | None = None) -> None:
@@ -67,6 +111,10 @@ def ensure_process_group(timeout_s: float | None = None) -> None:
     backend = os.environ.get("ASYNCVID_BACKEND") or ("nccl" if device.type == "cuda" else "gloo")
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    if backend == "gloo" and int(os.environ["WORLD_SIZE"]) > 1 and "GLOO_SOCKET_IFNAME" not in os.environ:
+        interface = gloo_interface(os.environ["MASTER_ADDR"])
+        if interface:
+            os.environ["GLOO_SOCKET_IFNAME"] = interface
     if device.type == "cpu" and int(os.environ["WORLD_SIZE"]) > 1 and "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(1)  # a CPU "device" is one process with one thread
     timeout = timedelta(seconds=timeout_s or float(os.environ.get("ASYNCVID_TIMEOUT", "600")))
@@ -87,3 +135,18 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def describe_group() -> str:
+    """One line naming this rank and its group, for logs (and for checking that a group formed)."""
+    import socket
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    members = torch.ones(1)
+    dist.all_reduce(members)  # every member adds 1: equals the world size only if all joined
+    slurm = os.environ.get("SLURM_ARRAY_JOB_ID")
+    where = (f" slurm job {os.environ.get('SLURM_JOB_ID')}" + (f" array {slurm}_{os.environ.get('SLURM_ARRAY_TASK_ID')}"
+                                                                 if slurm else "")) if "SLURM_JOB_ID" in os.environ else ""
+    return (f"rank {rank}/{world} local {os.environ.get('LOCAL_RANK', '0')} host {socket.gethostname()} "
+            f"master {os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')} backend {dist.get_backend()} "
+            f"members {int(members.item())}{where}")

@@ -155,7 +155,7 @@ class ParallelPipeline:
         failed_in_step = False
         try:
             return self.pipe(*args, **kwargs)
-        except Exception:
+        except BaseException:  # also SIGTERM/Ctrl-C: a half-done step leaves nothing to end cleanly
             failed_in_step = self.loop.last_called_step >= 0 and self.runtime.steps_executed > 0
             raise
         finally:

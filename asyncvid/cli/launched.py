@@ -1,0 +1,51 @@
+"""``asyncvid render`` started once per rank by a launcher (``srun``, ``torchrun``).
+
+The ranks form one group from the launcher's environment and each logs one line naming itself and
+the group. Rank 0 alone decides what is left to do (it cleans partial files and checks manifests)
+and broadcasts that list, so ranks that start a little apart on a shared file system cannot
+disagree about which videos are finished. Then every rank runs the render loop.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import AsyncVidError
+
+
+def render_launched(tasks, args, out: Path) -> int:
+    import torch.distributed as dist
+
+    from ..distributed.env import describe_group, ensure_process_group
+    from .main import _plan, _print_profile
+    from .render import _render_all, one_line, resolve
+
+    ensure_process_group()
+    print(f"asyncvid: {describe_group()}", flush=True)
+    rank = dist.get_rank()
+    box = [None]
+    if rank == 0:
+        pending, failed, skipped = _plan(tasks, args)
+        box = [([t.name for t in pending], failed, skipped)]
+    dist.broadcast_object_list(box, src=0)
+    names, failed, skipped = box[0]
+    pending = [t for t in tasks if t.name in set(names)]
+    if rank != 0:
+        for task in pending:  # rank 0 already built any built-in model into the cache
+            resolve(task)
+    profile_path = str(out / "render_profile.json") if args.profile and rank == 0 else None
+    try:
+        results = _render_all(pending, args.devices, args.quiet or rank != 0, None, profile_path) if pending else []
+    except AsyncVidError:
+        raise
+    except Exception as exc:  # a rank died or the network broke: one line, not a traceback per rank
+        raise AsyncVidError(f"rank {rank}: the render group stopped: {one_line(exc)}") from None
+    if rank != 0:
+        return 0
+    rendered = sum(r["status"] == "done" for r in results)
+    failed = failed + [r["name"] for r in results if r["status"] != "done"]
+    if not args.quiet:
+        print(f"{rendered} rendered, {skipped} skipped, {len(failed)} failed", flush=True)
+    if profile_path:
+        _print_profile(profile_path)
+    return 1 if failed else 0

@@ -1,0 +1,162 @@
+"""``asyncvid slurm submit | status | resubmit``: a job file as a Slurm job array."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from pathlib import Path
+
+from ..errors import AsyncVidError
+
+DEFAULT_MAX_TASKS = 8
+
+
+def add_slurm_parser(subparsers) -> None:
+    p = subparsers.add_parser("slurm", help="render a job file as a Slurm job array",
+                              description="Submit a job file as a Slurm job array (each array task = one srun "
+                                          "group of N ranks rendering a shard of the jobs), follow it, and resubmit "
+                                          "what failed. Finished videos are never rendered twice.")
+    sub = p.add_subparsers(dest="slurm_command", required=True, metavar="SUBCOMMAND")
+
+    s = sub.add_parser("submit", help="write the sbatch script beside the outputs and submit it")
+    s.add_argument("file", help="job file (YAML)")
+    s.add_argument("--devices-per-task", type=int, required=True, metavar="N",
+                   help="ranks (devices) per array task; every job's `stages` must equal N")
+    s.add_argument("--tasks", type=int, metavar="K",
+                   help=f"array tasks; task I renders jobs I, I+K, ... (default: jobs, at most {DEFAULT_MAX_TASKS})")
+    s.add_argument("--out", metavar="DIR", help="output folder (default: the file's `out`)")
+    s.add_argument("--partition", metavar="P")
+    s.add_argument("--time", metavar="T", help="time limit per array task, e.g. 2:00:00")
+    s.add_argument("--gpus-per-device", type=int, default=0, metavar="G",
+                   help="GPUs per rank (NCCL); 0 (default) runs CPU ranks over gloo")
+    s.add_argument("--cpus-per-device", type=int, default=1, metavar="C", help="CPUs per rank (default 1)")
+    s.add_argument("--nodes-per-task", type=int, default=1, metavar="M", help="nodes one group spans (default 1)")
+    s.add_argument("--extra-sbatch", default="", metavar='"..."',
+                   help='more sbatch options, e.g. "--account=vid --qos=high"; each becomes an #SBATCH line')
+    s.add_argument("--requeue", action="store_true", help="let Slurm requeue preempted or failed tasks")
+    s.add_argument("--dry-run", action="store_true", help="print the script and exit without submitting")
+    s.set_defaults(func=cmd_submit)
+
+    st = sub.add_parser("status", help="done / running / pending / failed per job, and how to resubmit")
+    st.add_argument("out", metavar="DIR", help="the output folder given to submit")
+    st.set_defaults(func=cmd_status)
+
+    r = sub.add_parser("resubmit", help="submit the kept script again for the array tasks with unfinished jobs")
+    r.add_argument("out", metavar="DIR", help="the output folder given to submit")
+    r.add_argument("--indices", metavar="I,J", help="these array task indices (default: every task with a failed "
+                                                      "or never-run job)")
+    r.set_defaults(func=cmd_resubmit)
+
+
+def _tasks(jobfile, out: Path):
+    from ..render.tasks import make_task
+
+    return [make_task(job, jobfile.model_ref(job), out, jobfile.image_path(job), jobfile.adapter_ref(job))
+            for job in jobfile.jobs]
+
+
+def cmd_submit(args) -> int:
+    from ..jobs import load_job_file
+    from ..slurm import commands
+    from ..slurm.script import SubmitSpec, check_spec, sbatch_script
+    from ..slurm.status import record_submission
+    from .main import _check_folders
+
+    jobfile = load_job_file(args.file)
+    out = Path(args.out).expanduser().resolve() if args.out else jobfile.out
+    try:
+        extra = tuple(shlex.split(args.extra_sbatch))
+    except ValueError as exc:
+        raise AsyncVidError(f"--extra-sbatch: {exc}") from None
+    spec = SubmitSpec(file=jobfile.path.resolve(), out=out, devices=args.devices_per_task,
+                      tasks=args.tasks or min(len(jobfile.jobs), DEFAULT_MAX_TASKS), nodes=args.nodes_per_task,
+                      gpus_per_device=args.gpus_per_device, cpus_per_device=args.cpus_per_device,
+                      partition=args.partition, time=args.time, requeue=args.requeue, extra_sbatch=extra,
+                      python=sys.executable, workdir=Path.cwd())
+    check_spec(spec, {job.name: job.stages for job in jobfile.jobs}, None)
+    _check_folders(jobfile, jobfile.jobs, _tasks(jobfile, out))
+    try:
+        nodes = commands.partition_nodes(args.partition)
+    except AsyncVidError as exc:
+        if not args.dry_run:
+            raise
+        nodes = None
+        print(f"asyncvid: note: cluster limits not checked ({exc})", file=sys.stderr)
+    check_spec(spec, {job.name: job.stages for job in jobfile.jobs}, nodes)
+    script = sbatch_script(spec)
+    if args.dry_run:
+        sys.stdout.write(script)
+        return 0
+    spec.log_dir.mkdir(parents=True, exist_ok=True)
+    tmp = spec.script_path.with_name(f".{spec.script_path.name}.partial")
+    tmp.write_text(script, encoding="utf-8")
+    os.replace(tmp, spec.script_path)
+    job_id = commands.sbatch(str(spec.script_path))
+    record_submission(out, job_id, spec.script_path, spec.file, spec.tasks, list(range(spec.tasks)))
+    print(f"submitted array job {job_id}: {spec.tasks} task(s) x {spec.devices} rank(s) for {len(jobfile.jobs)} "
+          f"job(s) -> {out}\nscript: {spec.script_path}\nfollow: asyncvid slurm status {shlex.quote(str(out))}")
+    return 0
+
+
+def _current(out: Path):
+    """(latest submission record, its job file, render tasks, job ids of that script's submissions)."""
+    from ..jobs import load_job_file
+    from ..slurm.status import load_records
+
+    records = load_records(out)
+    latest = records[-1]
+    jobfile = load_job_file(latest["file"])
+    same = [r["job_id"] for r in records if r["script"] == latest["script"] and r["tasks"] == latest["tasks"]]
+    return latest, _tasks(jobfile, out), same
+
+
+def _states(out: Path):
+    from ..slurm import commands
+    from ..slurm.status import job_states
+
+    latest, tasks, job_ids = _current(out)
+    return latest, job_states(out, tasks, latest["tasks"], commands.array_states(job_ids), job_ids)
+
+
+def cmd_status(args) -> int:
+    from ..slurm.status import to_resubmit
+
+    out = Path(args.out).expanduser().resolve()
+    latest, states = _states(out)
+    width = max(len(s.name) for s in states)
+    for s in states:
+        print(f"{s.name:<{width}}  task {s.index:<3} {s.state:<8} {s.detail}".rstrip())
+    counts = {k: sum(s.state == k for s in states) for k in ("done", "running", "pending", "failed", "not run")}
+    print(", ".join(f"{n} {k}" for k, n in counts.items() if n) + f" ({len(states)} jobs)")
+    missing = to_resubmit(states)
+    if missing:
+        print(f"resubmit: asyncvid slurm resubmit {shlex.quote(str(out))} --indices {','.join(map(str, missing))}")
+    return 0
+
+
+def cmd_resubmit(args) -> int:
+    from ..slurm import commands
+    from ..slurm.status import record_submission, to_resubmit
+
+    out = Path(args.out).expanduser().resolve()
+    latest, states = _states(out)
+    if args.indices:
+        try:
+            indices = sorted({int(i) for i in args.indices.split(",")})
+        except ValueError:
+            raise AsyncVidError(f"--indices: expected comma-separated integers, got {args.indices!r}") from None
+        bad = [i for i in indices if not 0 <= i < latest["tasks"]]
+        if bad:
+            raise AsyncVidError(f"--indices: {bad[0]} is not an array index of this submission (0-{latest['tasks'] - 1})")
+    else:
+        indices = to_resubmit(states)
+    if not indices:
+        print("nothing to resubmit: every job is done or still queued")
+        return 0
+    if not Path(latest["script"]).is_file():
+        raise AsyncVidError(f"the kept script {latest['script']} is gone; submit the job file again")
+    job_id = commands.sbatch(latest["script"], array=",".join(map(str, indices)))
+    record_submission(out, job_id, Path(latest["script"]), Path(latest["file"]), latest["tasks"], indices)
+    print(f"resubmitted array task(s) {','.join(map(str, indices))} as job {job_id}")
+    return 0
