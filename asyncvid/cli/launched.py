@@ -8,6 +8,7 @@ disagree about which videos are finished. Then every rank runs the render loop.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from ..errors import AsyncVidError
@@ -20,8 +21,15 @@ def render_launched(tasks, args, out: Path) -> int:
     from .main import _plan, _print_profile
     from .render import _render_all, one_line, resolve
 
-    ensure_process_group()
-    print(f"asyncvid: {describe_group()}", flush=True)
+    try:
+        ensure_process_group()
+        line = describe_group()
+    except AsyncVidError:
+        raise
+    except Exception as exc:  # an unreachable master, a rank that never came: one line per rank
+        raise AsyncVidError(f"rank {os.environ.get('RANK', '?')} could not join the group at "
+                            f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}: {one_line(exc)}") from None
+    print(f"asyncvid: {line}", flush=True)
     rank = dist.get_rank()
     box = [None]
     if rank == 0:

@@ -1,0 +1,70 @@
+"""The sbatch script and the checks made before submitting (no cluster needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from asyncvid.errors import AsyncVidError
+from asyncvid.slurm.commands import Node, gpus_in_gres
+from asyncvid.slurm.script import SubmitSpec, check_spec, sbatch_script
+
+
+def spec(**kw) -> SubmitSpec:
+    base = dict(file=Path("/data/jobs.yaml"), out=Path("/data/out"), devices=4, tasks=3, python="/venv/bin/python",
+                workdir=Path("/data"))
+    return SubmitSpec(**{**base, **kw})
+
+
+def test_gres_strings():
+    assert gpus_in_gres("gpu:8") == 8
+    assert gpus_in_gres("gpu:a100:4(S:0-1),shard:8") == 4
+    assert gpus_in_gres("gpu:h100:2,gpu:a10:1") == 3
+    assert gpus_in_gres("(null)") == 0
+
+
+def test_gpu_script_requests_gpus_and_shards_by_array_index():
+    text = sbatch_script(spec(gpus_per_device=1, nodes=2, partition="gpu", time="2:00:00", requeue=True,
+                              extra_sbatch=("--account=vid", "--qos=high")))
+    lines = text.splitlines()
+    for expected in ("#SBATCH --array=0-2", "#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=2",
+                     "#SBATCH --gpus-per-task=1", "#SBATCH --partition=gpu", "#SBATCH --time=2:00:00",
+                     "#SBATCH --requeue", "#SBATCH --account=vid", "#SBATCH --qos=high",
+                     "#SBATCH --output=/data/out/slurm/logs/%A_%a.out"):
+        assert expected in lines
+    assert "export ASYNCVID_DEVICE=cpu" not in lines
+    assert lines[-1] == ('srun --kill-on-bad-exit=1 --cpus-per-task=1 --gpus-per-task=1 /venv/bin/python -m asyncvid '
+                         'render /data/jobs.yaml --out /data/out --shard "$SLURM_ARRAY_TASK_ID/3"')
+    # sbatch stops reading directives at the first command: every #SBATCH line comes before it
+    first_command = next(i for i, line in enumerate(lines) if line and not line.startswith("#"))
+    assert max(i for i, line in enumerate(lines) if line.startswith("#SBATCH")) < first_command
+
+
+def test_cpu_script_runs_gloo_ranks_with_their_threads():
+    lines = sbatch_script(spec(cpus_per_device=2)).splitlines()
+    assert "export ASYNCVID_DEVICE=cpu" in lines and "export OMP_NUM_THREADS=2" in lines
+    assert not any("gpus" in line for line in lines)
+    assert sbatch_script(spec(cpus_per_device=2)) == sbatch_script(spec(cpus_per_device=2))  # no dates, no ids
+
+
+@pytest.mark.parametrize("kw, nodes, message", [
+    (dict(devices=3, nodes=2), None, "does not split evenly"),
+    (dict(tasks=9), None, "between 1 and the file's 4"),
+    (dict(), [Node("a", 2, 0)], "4 CPUs, but the nodes of the default partition have at most 2"),
+    (dict(nodes=2), [Node("a", 64, 8)], "--nodes-per-task 2 but the default partition has 1 node(s)"),
+    (dict(gpus_per_device=1, partition="gpu"), [Node("a", 64, 2), Node("b", 64, 2)],
+     "4 device(s) per node x 1 GPU(s) = 4 GPUs, but the nodes of partition 'gpu' have at most 2"),
+])
+def test_checks_fail_with_one_line(kw, nodes, message):
+    with pytest.raises(AsyncVidError) as err:
+        check_spec(spec(**kw), {n: kw.get("devices", 4) for n in "abcd"}, nodes)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_checks_pass_when_the_group_fits():
+    two_nodes = [Node("a", 64, 4), Node("b", 64, 4)]
+    check_spec(spec(gpus_per_device=1, nodes=1), {n: 4 for n in "abcd"}, two_nodes)
+    check_spec(spec(gpus_per_device=2, nodes=2), {n: 4 for n in "abcd"}, two_nodes)  # 2 ranks x 2 GPUs per node
+    with pytest.raises(AsyncVidError, match="job 'b' has stages 2"):
+        check_spec(spec(tasks=2), {"a": 4, "b": 2}, two_nodes)
