@@ -12,72 +12,54 @@ from __future__ import annotations
 import json
 import os
 import platform
-import resource
 import time
 
 import torch
 
 
-def _call_kwargs(cfg: dict) -> dict:
-    size = cfg["latent"] * 2  # the tiny/small presets' VAEs downsample by 2
-    common = dict(num_frames=cfg["frames"], height=size, width=size, num_inference_steps=cfg["steps"],
-                  output_type="latent")
-    if cfg.get("model", "animatediff") == "svd":
-        from PIL import Image
-
-        image = Image.new("RGB", (size, size), (200, 40, 40))
-        # max_guidance_scale > 1: both guidance branches in one batch-2 UNet call, like AnimateDiff's CFG
-        return dict(common, image=image, min_guidance_scale=1.0, max_guidance_scale=2.5, decode_chunk_size=8)
-    return dict(common, prompt="a red circle moving left on a black background", guidance_scale=7.5)
-
-
 def _build(cfg: dict):
-    from .models.tiny import build_animatediff_pipeline, build_svd_pipeline
+    from .planner import build_pipeline
 
-    builder = build_svd_pipeline if cfg.get("model", "animatediff") == "svd" else build_animatediff_pipeline
-    return builder(cfg["preset"], seed=0)
+    return build_pipeline(cfg.get("model", "animatediff"), cfg["preset"])
 
 
 def _timed_call(pipe, cfg: dict) -> list[float]:
-    """Wall-clock time at the end of every step of one call."""
-    marks: list[float] = []
+    from .planner import call_kwargs, timed_call
 
-    def on_step_end(p, i, t, kwargs):
-        marks.append(time.perf_counter())
-        return {}
-
-    start = time.perf_counter()
-    out = pipe(**_call_kwargs(cfg), generator=torch.Generator().manual_seed(0), callback_on_step_end=on_step_end)
-    return [start] + marks if out is not None else []
+    return timed_call(pipe, call_kwargs(pipe, cfg["frames"], cfg["latent"], cfg["steps"]))
 
 
 def _per_step(marks: list[float], warmup: int) -> dict:
     steps = len(marks) - 1
+    warmup = max(1, min(warmup, steps - 1))  # the first step always carries one-off work
     return {
-        "denoise_s": marks[-1] - marks[0],
+        "denoise_s": marks[-1] - marks[0],  # the whole call: one video's denoising
         "per_step_s": (marks[-1] - marks[warmup]) / (steps - warmup),  # steady state, after warm-up
     }
 
 
-def _peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def _measure(pipe, cfg: dict, warmup: int, repeats: int) -> dict:
     _timed_call(pipe, cfg)  # first call: one-off set-up
+    _reset_peak_rss()
     runs = [_per_step(_timed_call(pipe, cfg), warmup) for _ in range(repeats)]
-    return min(runs, key=lambda r: r["per_step_s"])
+    best = min(runs, key=lambda r: r["per_step_s"])
+    return dict(best, peak_rss_mib=_phase_peak_mib())
 
 
-def run_baseline(cfg: dict, threads: int) -> dict:
+def run_baseline(cfg: dict, threads: int, profile: bool = False) -> dict:
+    """The untouched pipeline; with ``profile`` also the unit profile the planner predicts from."""
     torch.set_num_threads(threads)
     pipe = _build(cfg)
-    result = _measure(pipe, cfg, warmup=cfg["warmup"], repeats=cfg["repeats"])
-    result.update(threads=threads, peak_rss_mib=[_peak_rss_mib()])
+    result = _measure(pipe, cfg, warmup=1, repeats=cfg["repeats"])
+    result.update(threads=threads, peak_rss_mib=[result["peak_rss_mib"]])
+    if profile:
+        from .planner import profile_pipeline
+
+        result["profile"] = profile_pipeline(pipe, cfg["frames"], cfg["latent"])
     return result
 
 
-def run_parallel_rank(cfg: dict, stages: int, stride: int) -> dict | None:
+def run_parallel_rank(cfg: dict, stages: int, stride: int, warmup: int = 1) -> dict | None:
     """Runs on every rank (launched by :func:`asyncvid.launch.launch_local`)."""
     import torch.distributed as dist
 
@@ -85,19 +67,25 @@ def run_parallel_rank(cfg: dict, stages: int, stride: int) -> dict | None:
 
     pipe = _build(cfg)
     latent = cfg["latent"]
-    ppipe = parallelize(pipe, stages=stages, stride=stride, warmup=cfg["warmup"], split="auto",
+    ppipe = parallelize(pipe, stages=stages, stride=stride, warmup=warmup, split="auto",
                         profile_shape=dict(frames=cfg["frames"], height=latent, width=latent, batch=2))
     if ppipe.is_driver:
-        result = _measure(ppipe, cfg, warmup=cfg["warmup"], repeats=cfg["repeats"])
+        result = _measure(ppipe, cfg, warmup=warmup, repeats=cfg["repeats"])
         ppipe.close()
+        peak = result["peak_rss_mib"]
     else:
+        _reset_peak_rss()
         ppipe.serve()  # follow the driver's calls until it closes
-    rss = [None] * dist.get_world_size()
-    dist.all_gather_object(rss, _peak_rss_mib())
+        peak = _phase_peak_mib()
+    t = ppipe.traffic
+    rows = [None] * dist.get_world_size()
+    dist.all_gather_object(rows, (peak, t.activation, t.activation + t.control + t.conditioning))
     if not ppipe.is_driver:
         return None
-    result.update(peak_rss_mib=rss, plan=ppipe.plan.to_dict(),
-                  activation_bytes_per_step=max(ppipe.traffic.per_step, default=0))
+    steps = (1 + cfg["repeats"]) * cfg["steps"]  # every call of the run: set-up call + timed calls
+    result.update(peak_rss_mib=[r[0] for r in rows], plan=ppipe.plan.to_dict(),
+                  bytes_sent_per_rank=[r[2] for r in rows],
+                  activation_bytes_per_step=sum(r[1] for r in rows) / steps)
     return result
 
 
@@ -178,34 +166,76 @@ def hardware() -> dict:
 
 
 def run_bench(preset: str = "small", frames: int = 8, latent: int = 16, steps: int = 12, warmup: int = 1,
-              repeats: int = 2, configs: list[tuple[int, int]] | None = None, log=print,
-              model: str = "animatediff") -> dict:
+              repeats: int = 2, configs: list[tuple] | None = None, log=print, model: str = "animatediff",
+              memory: bool = True) -> dict:
+    """Baselines, then every (stages, stride[, warmup]) configuration, each with the planner's
+    prediction from the one-thread profile beside the measurement."""
+    from .engine.predict import LINKS
     from .launch import launch_local
+    from .planner import predict_from
 
     cfg = dict(model=model, preset=preset, frames=frames, latent=latent, steps=steps, warmup=warmup, repeats=repeats)
-    configs = configs or [(1, 1), (1, 2), (2, 1), (2, 2)]
+    configs = [tuple(c) + (warmup,) * (3 - len(c)) for c in (configs or [(1, 1), (1, 2), (2, 1), (2, 2)])]
     report = {"config": dict(cfg, cfg_guidance=True, batch=2), "hardware": hardware(), "results": []}
-    one = launch_local(run_baseline, 1, cfg, 1, threads_per_rank=1)
+    one = launch_local(run_baseline, 1, cfg, 1, True, threads_per_rank=1)
+    profile = report["profile"] = one.pop("profile")
     log(f"baseline 1 process x 1 thread: {one['per_step_s'] * 1000:.1f} ms/step")
     cores = os.cpu_count() or 1
     allc = launch_local(run_baseline, 1, cfg, cores, threads_per_rank=cores)
     log(f"baseline 1 process x {cores} threads: {allc['per_step_s'] * 1000:.1f} ms/step")
     report["baselines"] = {"one_thread": one, "all_cores": allc}
-    if model == "animatediff":  # stage-only loading exists for AnimateDiff folders
-        report["memory"] = run_memory(cfg, sorted({s for s, _ in configs if s > 1}) or [2], log=log)
-    for stages, stride in configs:
-        res = launch_local(run_parallel_rank, stages, cfg, stages, stride)
-        res.update(stages=stages, stride=stride,
+    if memory and model == "animatediff":  # stage-only loading exists for AnimateDiff folders
+        report["memory"] = run_memory(cfg, sorted({c[0] for c in configs if c[0] > 1}) or [2], log=log)
+    for stages, stride, wu in configs:
+        res = launch_local(run_parallel_rank, stages, cfg, stages, stride, wu)
+        ranges = [tuple(r) for r in res["plan"]["ranges"]]
+        pred = predict_from(profile, stages, stride, wu, steps, LINKS["loopback"]) if stages == 1 else \
+            _predict_ranges(profile, stages, stride, wu, steps, ranges)
+        res.update(stages=stages, stride=stride, warmup=wu, shares_cores=stages > cores,
                    speedup_vs_one_thread=one["per_step_s"] / res["per_step_s"],
                    speedup_vs_all_cores=allc["per_step_s"] / res["per_step_s"],
-                   end_to_end_speedup_vs_one_thread=one["denoise_s"] / res["denoise_s"])
+                   end_to_end_speedup_vs_one_thread=one["denoise_s"] / res["denoise_s"],
+                   predicted=dict(per_step_s=pred.per_step_s, speedup_per_step=pred.speedup_per_step,
+                                  speedup_per_video=pred.speedup_per_video, stage_s=pred.stage_s))
         report["results"].append(res)
-        log(f"stages={stages} stride={stride}: {res['per_step_s'] * 1000:.1f} ms/step, "
-            f"{res['speedup_vs_one_thread']:.2f}x vs 1 thread, {res['speedup_vs_all_cores']:.2f}x vs {cores} threads")
+        log(f"stages={stages} stride={stride} warmup={wu}: {res['per_step_s'] * 1000:.1f} ms/step, "
+            f"{res['speedup_vs_one_thread']:.2f}x vs 1 thread (predicted {pred.speedup_per_step:.2f}x), "
+            f"{res['speedup_vs_all_cores']:.2f}x vs {cores} threads")
     return report
 
 
-def write_report(report: dict, path: str | None) -> None:
+def _predict_ranges(profile, stages, stride, warmup, steps, ranges):
+    from .engine.predict import LINKS, predict
+
+    return predict(profile["costs_s"], profile["bytes_after_unit"], stages, stride, warmup, steps,
+                   profile["overhead_s"], LINKS["loopback"], profile.get("eps_bytes", 0), ranges=ranges)
+
+
+def markdown(report: dict) -> str:
+    """The report as a markdown table (per-step and per-video speedups, prediction, bytes, memory)."""
+    one, allc = report["baselines"]["one_thread"], report["baselines"]["all_cores"]
+    cores = report["hardware"]["cores"]
+    rows = ["| configuration | ms/step | s/video | speedup/step vs 1 thread (predicted) | vs 1 process x "
+            f"{cores} threads | speedup/video vs 1 thread (predicted) | activation MiB/step | peak MiB per rank |",
+            "|---|---|---|---|---|---|---|---|",
+            f"| untouched pipeline, 1 thread | {one['per_step_s'] * 1e3:.1f} | {one['denoise_s']:.2f} | 1.00x | | "
+            f"1.00x | | {', '.join(f'{m:.0f}' for m in one['peak_rss_mib'])} |",
+            f"| untouched pipeline, {cores} threads | {allc['per_step_s'] * 1e3:.1f} | {allc['denoise_s']:.2f} | "
+            f"{one['per_step_s'] / allc['per_step_s']:.2f}x | 1.00x | {one['denoise_s'] / allc['denoise_s']:.2f}x | | "
+            f"{', '.join(f'{m:.0f}' for m in allc['peak_rss_mib'])} |"]
+    for r in report["results"]:
+        p = r["predicted"]
+        note = " (cores shared)" if r.get("shares_cores") else ""
+        rows.append(
+            f"| N={r['stages']} S={r['stride']} warm-up {r['warmup']}{note} | {r['per_step_s'] * 1e3:.1f} | "
+            f"{r['denoise_s']:.2f} | {r['speedup_vs_one_thread']:.2f}x ({p['speedup_per_step']:.2f}x) | "
+            f"{r['speedup_vs_all_cores']:.2f}x | {r['end_to_end_speedup_vs_one_thread']:.2f}x "
+            f"({p['speedup_per_video']:.2f}x) | {r['activation_bytes_per_step'] / 2**20:.2f} | "
+            f"{', '.join(f'{m:.0f}' for m in r['peak_rss_mib'])} |")
+    return "\n".join(rows) + "\n"
+
+
+def write_report(report: dict, path: str | None, markdown_path: str | None = None) -> None:
     text = json.dumps(report, indent=2, default=str)
     if path:
         tmp = path + ".tmp"
@@ -214,3 +244,8 @@ def write_report(report: dict, path: str | None) -> None:
         os.replace(tmp, path)
     else:
         print(text)
+    if markdown_path:
+        tmp = markdown_path + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(markdown(report))
+        os.replace(tmp, markdown_path)

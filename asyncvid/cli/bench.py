@@ -1,40 +1,104 @@
-"""``asyncvid bench``: AsyncDiff speed against one-process baselines; JSON out (see asyncvid.bench)."""
+"""``asyncvid bench`` (measured speed, with the planner's prediction beside it) and ``asyncvid plan``
+(predicted speed of N devices from a unit profile)."""
 
 from __future__ import annotations
 
+import re
+
+from ..errors import AsyncVidError
+
+SWEEP = ["1x1", "1x2", "2x1", "2x2", "2x1w3", "2x2w3", "3x1", "3x2", "4x1", "4x2"]
+
 
 def add_bench_parser(subparsers) -> None:
-    p = subparsers.add_parser("bench", help="measure per-step speed of stage/stride configurations (JSON)",
-                              description="Per-step denoising time of stages 1/2 x stride 1/2 against the untouched "
-                                          "pipeline in one process with one thread and with every core. Each rank "
-                                          "runs one thread. Random-weight models built from configs; nothing is "
-                                          "downloaded.")
-    p.add_argument("--model", choices=["animatediff", "svd"], default="animatediff",
-                   help="UNet family: AnimateDiff (text-to-video) or Stable Video Diffusion (image-to-video)")
-    p.add_argument("--preset", choices=["tiny", "small"], default="small", help="model size (default small)")
+    p = subparsers.add_parser("bench", help="measure per-step speed of stage/stride/warm-up configurations (JSON)",
+                              description="Per-step and per-video denoising time of AsyncDiff configurations against "
+                                          "the untouched pipeline in one process with one thread and with every core, "
+                                          "with the planner's prediction beside each speedup. Each rank runs one "
+                                          "thread. Nothing is downloaded.")
+    p.add_argument("--model", default="animatediff",
+                   help="`animatediff` or `svd` (random-weight presets, see --preset), a built-in model such as "
+                        "shapes-t2v, or a local diffusers folder")
+    p.add_argument("--preset", choices=["tiny", "small"], default="small", help="size of the random presets")
     p.add_argument("--frames", type=int, default=8)
     p.add_argument("--latent", type=int, default=16, help="latent height = width (default 16)")
     p.add_argument("--steps", type=int, default=12)
-    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--warmup", type=int, default=1, help="warm-up of configurations that do not name one")
     p.add_argument("--repeats", type=int, default=2, help="timed calls per configuration; the fastest counts")
-    p.add_argument("--configs", nargs="+", metavar="STAGESxSTRIDE", default=["1x1", "1x2", "2x1", "2x2"],
-                   help="configurations to run, e.g. 2x1 2x2 3x1")
+    p.add_argument("--configs", nargs="+", metavar="NxS[wW]", default=["1x1", "1x2", "2x1", "2x2"],
+                   help="configurations: stages x stride, optionally w + warm-up, e.g. 2x1 2x2w3 4x1")
+    p.add_argument("--sweep", action="store_true", help=f"run the standard sweep: {' '.join(SWEEP)}")
+    p.add_argument("--no-memory", action="store_true", help="skip the stage-only loading memory section")
     p.add_argument("--json", metavar="FILE", help="write the report here (default: stdout)")
+    p.add_argument("--markdown", metavar="FILE", help="also write the table as markdown")
     p.set_defaults(func=cmd_bench)
+
+    q = subparsers.add_parser("plan", help="predict the speed of N devices from a unit profile",
+                              description="Profile the UNet's units on this device (or read a saved profile), choose "
+                                          "the split for N devices, and print each stage's share, the bytes per cut "
+                                          "and the predicted per-step time and speedup on the given link.")
+    q.add_argument("model", nargs="?", default="shapes-t2v",
+                   help="`animatediff`/`svd` presets, a built-in model or a local folder (ignored with --profile)")
+    q.add_argument("--devices", type=int, required=True, metavar="N")
+    q.add_argument("--stride", type=int, default=1)
+    q.add_argument("--warmup", type=int, default=1)
+    q.add_argument("--steps", type=int, default=25)
+    q.add_argument("--link", default="loopback", help="nvlink, pcie, ib, ethernet, loopback, or GB/s (default loopback)")
+    q.add_argument("--profile", metavar="FILE", help="read this saved profile instead of profiling")
+    q.add_argument("--save-profile", metavar="FILE", help="write the profile taken here")
+    q.add_argument("--preset", choices=["tiny", "small"], default="small")
+    q.add_argument("--frames", type=int, default=8)
+    q.add_argument("--latent", type=int, help="latent height = width (default: the UNet's sample_size)")
+    q.add_argument("--threads", type=int, default=1, help="threads while profiling on CPU (default 1 = one CPU device)")
+    q.add_argument("--json", metavar="FILE", help="also write the plan and prediction as JSON")
+    q.set_defaults(func=cmd_plan)
+
+
+def parse_config(text: str) -> tuple[int, int, int | None]:
+    match = re.fullmatch(r"(\d+)x(\d+)(?:w(\d+))?", text.lower())
+    if not match:
+        raise AsyncVidError(f"--configs: expected STAGESxSTRIDE[wWARMUP] such as 2x1 or 2x2w3, got {text!r}")
+    stages, stride, warmup = match.groups()
+    return int(stages), int(stride), None if warmup is None else int(warmup)
 
 
 def cmd_bench(args) -> int:
     import sys
 
     from ..bench import run_bench, write_report
-    from ..errors import AsyncVidError
 
-    try:
-        configs = [tuple(int(v) for v in c.lower().split("x")) for c in args.configs]
-        assert all(len(c) == 2 for c in configs)
-    except (ValueError, AssertionError):
-        raise AsyncVidError(f"--configs: expected STAGESxSTRIDE such as 2x1, got {' '.join(args.configs)}") from None
+    configs = [parse_config(c) for c in (SWEEP if args.sweep else args.configs)]
+    configs = [(n, s, args.warmup if w is None else w) for n, s, w in configs]
     report = run_bench(args.preset, args.frames, args.latent, args.steps, args.warmup, args.repeats, configs,
-                       log=lambda line: print(line, file=sys.stderr), model=args.model)
-    write_report(report, args.json)
+                       log=lambda line: print(line, file=sys.stderr), model=args.model, memory=not args.no_memory)
+    write_report(report, args.json, args.markdown)
+    return 0
+
+
+def cmd_plan(args) -> int:
+    import json
+
+    import torch
+
+    from ..engine.predict import parse_link
+    from ..planner import build_pipeline, describe, load_profile, predict_from, profile_pipeline, save_profile
+
+    link = parse_link(args.link)
+    if args.devices < 1:
+        raise AsyncVidError(f"--devices must be >= 1, got {args.devices}")
+    if args.profile:
+        profile = load_profile(args.profile)
+    else:
+        torch.set_num_threads(args.threads)
+        pipe = build_pipeline(args.model, args.preset)
+        latent = args.latent or pipe.unet.config.sample_size
+        profile = profile_pipeline(pipe, args.frames, latent)
+        profile["model"] = args.model
+    if args.save_profile:
+        save_profile(profile, args.save_profile)
+    pred = predict_from(profile, args.devices, args.stride, args.warmup, args.steps, link)
+    print(describe(profile, pred, link))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump({"profile": profile, "link": link.__dict__, "prediction": pred.to_dict()}, f, indent=1)
     return 0

@@ -1,4 +1,5 @@
-"""``asyncvid eval``: prompt adherence of a text-to-video model on the shapes world, from pixels."""
+"""``asyncvid eval``: prompt adherence of a text-to-video model on the shapes world, from pixels;
+with ``--fidelity``, the quality cost of AsyncDiff configurations against the sequential output."""
 
 from __future__ import annotations
 
@@ -16,11 +17,33 @@ def add_eval_parser(subparsers) -> None:
     p.add_argument("--compare-random", action="store_true",
                    help="also measure step similarity of a random-weight UNet and text encoder of the same config")
     p.add_argument("--json", metavar="FILE", help="write the report here (default: stdout)")
+    f = p.add_argument_group("fidelity of accelerated configurations (--fidelity)")
+    f.add_argument("--fidelity", action="store_true",
+                   help="render each configuration and the sequential pipeline from the same seeds and compare: "
+                        "PSNR, SSIM, ST-LPIPS, temporal error (+ CLIP score, + adherence on the shapes world)")
+    f.add_argument("--configs", nargs="+", metavar="NxS[wW]", default=FIDELITY_CONFIGS,
+                   help=f"configurations (default: {' '.join(FIDELITY_CONFIGS)})")
+    f.add_argument("--prompts", type=int, default=12, help="held-out shapes prompts to render (default 12)")
+    f.add_argument("--prompt", action="append", help="prompt(s) for a model outside the shapes world")
+    f.add_argument("--frames", type=int, default=8)
+    f.add_argument("--size", type=int, default=32, help="frame height = width in pixels (default 32)")
+    f.add_argument("--bench", metavar="FILE", help="an `asyncvid bench` JSON of the same model and steps: measured "
+                                                   "speedups (otherwise the planner's predictions)")
+    f.add_argument("--clip", metavar="DIR", help="a local CLIP model folder: also report CLIP score")
+    f.add_argument("--no-lpips", action="store_true", help="skip ST-LPIPS (needs the stlpips-pytorch package)")
+    f.add_argument("--markdown", metavar="FILE", help="write the table as markdown")
+    f.add_argument("--plot", metavar="PNG", help="write the speedup-vs-PSNR plot with its Pareto front")
     p.set_defaults(func=cmd_eval)
+
+
+FIDELITY_CONFIGS = ["2x1w1", "2x1w3", "2x2w1", "2x2w3", "3x1w1", "3x1w3", "3x2w3", "4x1w1", "4x1w3", "4x2w3"]
 
 
 def cmd_eval(args) -> int:
     import json
+
+    if args.fidelity:
+        return cmd_fidelity(args)
 
     import torch
 
@@ -59,3 +82,51 @@ def _random_twin(pipe):
                                motion_adapter=None, scheduler=pipe.scheduler)
     twin.set_progress_bar_config(disable=True)
     return twin
+
+
+def cmd_fidelity(args) -> int:
+    import json
+    import sys
+
+    from ..errors import AsyncVidError
+    from ..eval.fidelity import finite
+    from ..eval.sweep import markdown, plot_points, run_fidelity
+    from ..eval.world import held_out_split, prompt_for
+    from .bench import parse_config
+
+    configs = [parse_config(c) for c in args.configs]
+    configs = [(n, s, 1 if w is None else w) for n, s, w in configs]
+    shapes = args.prompt is None
+    prompts = args.prompt or [prompt_for(*c) for c in held_out_split()[1][: args.prompts]]
+    bench = None
+    if args.bench:
+        try:
+            with open(args.bench, encoding="utf-8") as f:
+                bench = json.load(f)
+        except (OSError, ValueError) as exc:
+            raise AsyncVidError(f"--bench {args.bench}: {exc}") from None
+    report = run_fidelity(args.model, configs, prompts, list(range(args.seeds)), args.steps, args.guidance,
+                          args.frames, args.size, bench, args.clip, not args.no_lpips, shapes,
+                          log=lambda line: print(line, file=sys.stderr))
+    text = json.dumps(finite(report), indent=2)
+    if args.json:
+        _write(args.json, text)
+    else:
+        print(text)
+    if args.markdown:
+        _write(args.markdown, markdown(report))
+    if args.plot:
+        from ..eval.plot import pareto_plot
+
+        pareto_plot(plot_points(report), args.plot, "speedup per video (filled: measured, hollow: predicted)",
+                    "PSNR vs sequential (dB)", f"{args.model}: AsyncDiff speed vs fidelity")
+    return 0
+
+
+def _write(path: str, text: str) -> None:
+    import os
+
+    tmp = f"{path}.partial"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)

@@ -114,6 +114,7 @@ class SplitPlan:
         shares = self.stage_shares()
         return {
             "source": self.source,
+            "ranges": [list(r) for r in self.ranges],
             "stages": [
                 {
                     "stage": k,

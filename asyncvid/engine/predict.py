@@ -1,0 +1,102 @@
+"""Predicted speed of an AsyncDiff configuration from a unit profile: what ``asyncvid plan`` prints
+and what ``asyncvid bench`` shows beside each measured speedup.
+
+Model (per denoising step, one device per stage, each as fast as the profiling device):
+
+* sequential step  = sum of unit costs + ``overhead`` (scheduler, CFG mixing: the pipeline's
+  work outside the UNet, done once per step by the driver);
+* parallel round   = max over stages of the stage's compute (the driver's stage also does the
+  per-step overhead for each of the ``stride`` steps the round serves) + the exposed part of the
+  slowest cut transfer + one control-message latency. A stage receives the next input while it
+  computes the current one, so a transfer only shows where it takes longer than the receiving
+  stage's compute;
+* per step         = round / stride; a video = ``warmup`` sequential steps + the rounds that
+  serve the remaining steps.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from ..errors import AsyncVidError
+from .plan import balanced_ranges
+
+
+@dataclass(frozen=True)
+class Link:
+    name: str
+    bytes_per_s: float
+    latency_s: float
+
+
+#: typical per-direction point-to-point figures; pass a number (GB/s) for your own interconnect
+LINKS = {
+    "nvlink": Link("nvlink", 150e9, 10e-6),
+    "pcie": Link("pcie", 20e9, 20e-6),
+    "ib": Link("infiniband (200 Gb/s)", 22e9, 30e-6),
+    "ethernet": Link("ethernet (10 Gb/s)", 1.1e9, 100e-6),
+    "loopback": Link("gloo over TCP loopback", 2e9, 200e-6),
+}
+
+
+def parse_link(text: str) -> Link:
+    if text in LINKS:
+        return LINKS[text]
+    try:
+        gbps = float(text)
+    except ValueError:
+        raise AsyncVidError(f"--link: expected one of {', '.join(LINKS)} or a bandwidth in GB/s, got {text!r}") from None
+    if gbps <= 0:
+        raise AsyncVidError(f"--link: bandwidth must be positive, got {text!r}")
+    return Link(f"{gbps:g} GB/s", gbps * 1e9, 50e-6)
+
+
+@dataclass
+class Prediction:
+    stages: int
+    stride: int
+    warmup: int
+    steps: int
+    ranges: list[tuple[int, int]]
+    stage_s: list[float]  # compute per stage per round (the driver's includes the per-step overhead)
+    cut_bytes: list[int]  # bytes leaving stage k per round (k < N-1), then eps back to the driver
+    exposed_comm_s: float
+    sequential_step_s: float
+    round_s: float
+    per_step_s: float
+    speedup_per_step: float
+    sequential_video_s: float
+    video_s: float
+    speedup_per_video: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def predict(costs: list[float], bytes_after_unit: list[int], stages: int, stride: int = 1, warmup: int = 1,
+            steps: int = 25, overhead_s: float = 0.0, link: Link = LINKS["loopback"], eps_bytes: int = 0,
+            ranges: list[tuple[int, int]] | None = None) -> Prediction:
+    """Predict one configuration. ``bytes_after_unit[i]`` is the carried state's size after unit i;
+    ``eps_bytes`` what the last stage returns to the driver."""
+    if stages < 1 or stride < 1 or warmup < 0 or steps < 1:
+        raise AsyncVidError("stages, stride and steps must be >= 1 and warmup >= 0")
+    if len(costs) < stages:
+        raise AsyncVidError(f"cannot cut {len(costs)} units into {stages} stages")
+    ranges = ranges or balanced_ranges(costs, stages)
+    compute = [sum(costs[a:b]) for a, b in ranges]
+    sequential = sum(costs) + overhead_s
+    if stages == 1 and stride == 1:
+        stage_s, cuts, exposed, round_s = [sequential], [], 0.0, sequential
+    else:
+        cuts = [bytes_after_unit[b - 1] for _, b in ranges[:-1]] + ([eps_bytes] if stages > 1 else [])
+        receivers = compute[1:] + compute[:1]  # cut k feeds stage k+1; the last feeds the driver
+        exposed = max((max(0.0, c / link.bytes_per_s + link.latency_s - r) for c, r in zip(cuts, receivers)),
+                      default=0.0)
+        stage_s = [compute[0] + overhead_s * stride] + compute[1:]
+        round_s = max(stage_s) + exposed + (link.latency_s if stages > 1 else 0.0)
+    per_step = round_s / stride
+    warm = min(warmup, steps)
+    video = warm * sequential + math.ceil((steps - warm) / stride) * round_s
+    return Prediction(stages, stride, warmup, steps, [tuple(r) for r in ranges], stage_s, cuts, exposed, sequential,
+                      round_s, per_step, sequential / per_step, steps * sequential, video, steps * sequential / video)

@@ -1,0 +1,167 @@
+"""Fidelity of AsyncDiff configurations against the sequential output of the same seeds.
+
+Every configuration (stages N, stride S, warm-up W) renders the same prompts and seeds as the
+untouched pipeline; the initial latents come from the same generator, so any difference is the
+method's. Per configuration: PSNR, SSIM, ST-LPIPS and temporal error against the sequential clips,
+optionally CLIP score (local weights), and for the shapes world prompt adherence from pixels. The
+speed beside each is the measured per-video speedup from an ``asyncvid bench`` report where the
+configuration fits the machine's cores, else the planner's prediction.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+
+import numpy as np
+
+
+def render_rank(model: str, prompts: list[str], seeds: list[int], call: dict, config: tuple[int, int, int] | None,
+                out_path: str) -> None:
+    """Runs on every rank: render ``prompts`` for each seed (one batched call per seed) and, on the
+    driver, save the clips (seed-major) to ``out_path``. ``config`` None = the untouched pipeline."""
+    import torch
+
+    from ..planner import build_pipeline
+
+    pipe = build_pipeline(model)
+    pipe.set_progress_bar_config(disable=True)
+    runner, driver = pipe, True
+    if config is not None:
+        from ..pipelines.parallel import parallelize
+
+        stages, stride, warmup = config
+        latent = call["height"] // pipe.vae_scale_factor
+        runner = parallelize(pipe, stages=stages, stride=stride, warmup=warmup, split="auto",
+                             profile_shape=dict(frames=call["num_frames"], height=latent, width=latent, batch=2))
+        driver = runner.is_driver
+        if not driver:
+            runner.serve()
+            return
+    clips, seconds = [], 0.0
+    with torch.no_grad():
+        for seed in seeds:
+            start = time.perf_counter()
+            out = runner(prompt=prompts, generator=torch.Generator().manual_seed(seed), output_type="np", **call)
+            seconds += time.perf_counter() - start
+            clips += list(out.frames)
+    if config is not None:
+        runner.close()
+    tmp = out_path + ".partial.npz"
+    np.savez(tmp, clips=np.stack(clips), seconds=seconds)
+    os.replace(tmp, out_path)
+
+
+def score(ref: np.ndarray, clips: np.ndarray, prompts: list[str], perceptual, clip_dir: str | None,
+          shapes_world: bool) -> dict:
+    """Metrics of ``clips`` against ``ref`` (both (n, F, H, W, 3)); ``prompts`` per clip."""
+    from .fidelity import clip_score, compare_clips
+
+    rows = [compare_clips(r, c, perceptual) for r, c in zip(ref, clips)]
+    exact = sum(1 for r in rows if r["psnr"] == math.inf)
+    psnrs = [r["psnr"] for r in rows if math.isfinite(r["psnr"])]
+    out = {"clips": len(rows), "identical_clips": exact,
+           "psnr_db": (sum(psnrs) / len(psnrs)) if psnrs else math.inf,
+           "ssim": float(np.mean([r["ssim"] for r in rows])),
+           "lpips": None if perceptual is None else float(np.mean([r["lpips"] for r in rows])),
+           "temporal_error": float(np.mean([r["temporal_error"] for r in rows]))}
+    if clip_dir:
+        out["clip_score"] = float(np.mean([clip_score(c, p, clip_dir) for c, p in zip(clips, prompts)]))
+    if shapes_world:
+        from .adherence import score_many
+
+        adh = score_many(list(clips), prompts)
+        out["adherence"] = {"colour": adh["colour"], "direction": adh["direction"]}
+    return out
+
+
+def speed_for(config: tuple[int, int, int], bench: dict | None, profile: dict | None, steps: int,
+              cores: int) -> tuple[float | None, str]:
+    """(per-video speedup, "measured" | "predicted") for one configuration."""
+    stages, stride, warmup = config
+    if bench and stages <= cores:
+        for r in bench.get("results", []):
+            if (r["stages"], r["stride"], r.get("warmup", 1)) == config and bench["config"]["steps"] == steps:
+                return r["end_to_end_speedup_vs_one_thread"], "measured"
+    if profile:
+        from ..planner import predict_from
+
+        return predict_from(profile, stages, stride, warmup, steps).speedup_per_video, "predicted"
+    return None, "unknown"
+
+
+def markdown(report: dict) -> str:
+    rows = ["| configuration | speedup/video | PSNR dB vs sequential | SSIM | ST-LPIPS | temporal error | "
+            "colour / direction adherence |", "|---|---|---|---|---|---|---|"]
+    ref = report["sequential"]
+    adh = ref.get("adherence")
+    rows.append(f"| sequential (untouched pipeline) | 1.00x | exact | 1.0000 | 0.0000 | 0.0000 | "
+                f"{_adh(adh)} |")
+    for r in report["configs"]:
+        m = r["metrics"]
+        speed = "n/a" if r["speedup"] is None else f"{r['speedup']:.2f}x ({r['speed_source']})"
+        psnr = "exact" if m["psnr_db"] == math.inf else f"{m['psnr_db']:.2f}"
+        lp = "n/a" if m["lpips"] is None else f"{m['lpips']:.4f}"
+        rows.append(f"| N={r['stages']} S={r['stride']} warm-up {r['warmup']} | {speed} | {psnr} | {m['ssim']:.4f} | "
+                    f"{lp} | {m['temporal_error']:.4f} | {_adh(m.get('adherence'))} |")
+    return "\n".join(rows) + "\n"
+
+
+def _adh(adh) -> str:
+    return "n/a" if not adh else f"{100 * adh['colour']:.0f}% / {100 * adh['direction']:.0f}%"
+
+
+def run_fidelity(model: str, configs: list[tuple[int, int, int]], prompts: list[str], seeds: list[int], steps: int,
+                 guidance: float, frames: int, size: int, bench: dict | None = None, clip_dir: str | None = None,
+                 lpips: bool = True, shapes_world: bool = False, log=print) -> dict:
+    """The sequential reference, then every configuration on its own local ranks; scored and paired
+    with its speed. Returns the report (JSON-safe except for ``inf``, see :func:`fidelity.finite`)."""
+    import tempfile
+
+    from ..launch import launch_local
+    from .fidelity import PerceptualDistance
+
+    perceptual = PerceptualDistance() if lpips else None
+    cores = os.cpu_count() or 1
+    call = dict(num_frames=frames, height=size, width=size, num_inference_steps=steps, guidance_scale=guidance)
+    clip_prompts = [p for _ in seeds for p in prompts]  # seed-major, like the saved clips
+    profile = (bench or {}).get("profile")
+    report = {"model": model, "prompts": prompts, "seeds": seeds, "call": call, "configs": []}
+    with tempfile.TemporaryDirectory(prefix="asyncvid-fidelity-") as tmp:
+        ref_path = os.path.join(tmp, "sequential.npz")
+        launch_local(render_rank, 1, model, prompts, seeds, call, None, ref_path, threads_per_rank=cores)
+        ref = np.load(ref_path)["clips"]
+        report["sequential"] = score(ref, ref, clip_prompts, None, clip_dir, shapes_world)
+        log(f"sequential: {len(ref)} clips")
+        if profile is None:
+            from ..planner import build_pipeline, profile_pipeline
+
+            import torch
+
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            pipe = build_pipeline(model)
+            profile = profile_pipeline(pipe, frames, size // pipe.vae_scale_factor)
+            torch.set_num_threads(threads)
+        for config in configs:
+            path = os.path.join(tmp, "run.npz")
+            launch_local(render_rank, config[0], model, prompts, seeds, call, config, path)
+            metrics = score(ref, np.load(path)["clips"], clip_prompts, perceptual, clip_dir, shapes_world)
+            speedup, source = speed_for(config, bench, profile, steps, cores)
+            row = dict(stages=config[0], stride=config[1], warmup=config[2], speedup=speedup, speed_source=source,
+                       shares_cores=config[0] > cores, metrics=metrics)
+            report["configs"].append(row)
+            log(f"N={config[0]} S={config[1]} warm-up {config[2]}: PSNR {metrics['psnr_db']:.2f} dB, "
+                f"SSIM {metrics['ssim']:.4f}, speedup {speedup if speedup is None else round(speedup, 2)} ({source})")
+    return report
+
+
+def plot_points(report: dict) -> list[dict]:
+    """Pareto-plot points: x = per-video speedup, y = PSNR against the sequential output."""
+    points = [dict(x=1.0, y=math.inf, label="sequential", hollow=False)]
+    for r in report["configs"]:
+        if r["speedup"] is not None:
+            points.append(dict(x=r["speedup"], y=r["metrics"]["psnr_db"], hollow=r["speed_source"] != "measured",
+                               label=f"N{r['stages']} S{r['stride']} w{r['warmup']}"))
+    return points

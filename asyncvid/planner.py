@@ -1,0 +1,151 @@
+"""``asyncvid plan``: profile a pipeline's UNet units on this device and predict N-device speed.
+
+A profile holds, for one latent shape: every unit's cost (seconds, on this device and thread
+count), the bytes of the carried state after every unit (exact, from a meta-device walk), the eps
+bytes sent back to the driver, and the pipeline's per-step work outside the UNet (``overhead_s``:
+one timed pipeline call, minus the summed unit costs). It is saved as JSON and read back by
+``--profile``, so a cluster's speed can be predicted from a profile taken on one of its GPUs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from .engine.predict import LINKS, Link, Prediction, predict
+from .errors import AsyncVidError
+
+PROFILE_VERSION = 1
+
+
+def build_pipeline(model: str, preset: str = "small"):
+    """``animatediff`` / ``svd``: random-weight presets built from configs; anything else: a built-in
+    model name or a local diffusers folder (fp32, CPU)."""
+    if model in ("animatediff", "svd"):
+        from .models.tiny import build_animatediff_pipeline, build_svd_pipeline
+
+        return (build_svd_pipeline if model == "svd" else build_animatediff_pipeline)(preset, seed=0)
+    from .render.models import load_pipeline, resolve_model
+
+    return load_pipeline(resolve_model(model))
+
+
+def is_svd(pipe) -> bool:
+    return hasattr(pipe, "image_encoder") and not hasattr(pipe, "text_encoder")
+
+
+def call_kwargs(pipe, frames: int, latent: int, steps: int, guidance: float = 7.5,
+                prompt: str = "a red circle moving left on a black background") -> dict:
+    """One denoising call at ``latent`` x ``latent`` latents, to latents (no VAE decode)."""
+    size = latent * pipe.vae_scale_factor
+    common = dict(num_frames=frames, height=size, width=size, num_inference_steps=steps, output_type="latent")
+    if is_svd(pipe):
+        from PIL import Image
+
+        image = Image.new("RGB", (size, size), (200, 40, 40))
+        # max_guidance_scale > 1: both guidance branches in one batch-2 UNet call, like AnimateDiff's CFG
+        return dict(common, image=image, min_guidance_scale=1.0, max_guidance_scale=2.5, decode_chunk_size=8)
+    return dict(common, prompt=prompt, guidance_scale=guidance)
+
+
+def timed_call(pipe, kwargs: dict, seed: int = 0) -> list[float]:
+    """Wall-clock time at the call's start and at the end of every step (the loop's own callback)."""
+    marks: list[float] = []
+
+    def on_step_end(p, i, t, cb_kwargs):
+        marks.append(time.perf_counter())
+        return {}
+
+    start = time.perf_counter()
+    out = pipe(**kwargs, generator=torch.Generator().manual_seed(seed), callback_on_step_end=on_step_end)
+    return [start] + marks if out is not None else []
+
+
+@torch.no_grad()
+def profile_pipeline(pipe, frames: int, latent: int, batch: int = 2) -> dict:
+    """Unit costs, cut bytes and per-step overhead of ``pipe`` at this shape (``batch`` 2 = CFG)."""
+    from .engine.profile import cut_bytes, initial_bytes, unit_costs
+    from .models import adapter_for
+
+    adapter = adapter_for(pipe.unet)
+    device = next(pipe.unet.parameters()).device
+    dtype = next(pipe.unet.parameters()).dtype
+    extra = {}
+    tokenizer = getattr(pipe, "tokenizer", None)
+    if tokenizer is not None and not is_svd(pipe):
+        extra["text_len"] = min(int(tokenizer.model_max_length), 77)
+    args, kwargs = adapter.example_inputs(batch, frames, latent, latent, device, dtype, **extra)
+    costs = unit_costs(adapter, args, kwargs, use_cache=False)
+    sizes = cut_bytes(type(adapter), pipe.unet, args, kwargs)
+    eps = initial_bytes(adapter, args[0])
+    call = call_kwargs(pipe, frames, latent, steps=4)
+    timed_call(pipe, call)  # one-off set-up
+    marks = timed_call(pipe, call)
+    per_step = (marks[-1] - marks[1]) / (len(marks) - 2)  # steps 2.., after the first
+    return {
+        "version": PROFILE_VERSION,
+        "unet": type(pipe.unet).__name__,
+        "shape": {"batch": batch, "frames": frames, "latent": latent},
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "units": [u.name for u in adapter.units()],
+        "costs_s": costs,
+        "bytes_after_unit": sizes,
+        "eps_bytes": eps,
+        "pipeline_step_s": per_step,
+        "overhead_s": max(0.0, per_step - sum(costs)),
+    }
+
+
+def save_profile(profile: dict, path: str) -> None:
+    tmp = f"{path}.partial"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(profile, f, indent=1)
+    os.replace(tmp, path)
+
+
+def load_profile(path: str) -> dict:
+    try:
+        profile = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise AsyncVidError(f"{path}: profile not found") from None
+    except ValueError as exc:
+        raise AsyncVidError(f"{path}: not a JSON profile ({exc})") from None
+    missing = {"units", "costs_s", "bytes_after_unit", "overhead_s"} - set(profile)
+    if missing or len(profile["units"]) != len(profile["costs_s"]):
+        raise AsyncVidError(f"{path}: not an asyncvid profile (missing {', '.join(sorted(missing)) or 'unit costs'})")
+    return profile
+
+
+def predict_from(profile: dict, stages: int, stride: int = 1, warmup: int = 1, steps: int = 25,
+                 link: Link = LINKS["loopback"]) -> Prediction:
+    return predict(profile["costs_s"], profile["bytes_after_unit"], stages, stride, warmup, steps,
+                   profile["overhead_s"], link, profile.get("eps_bytes", 0))
+
+
+def describe(profile: dict, pred: Prediction, link: Link) -> str:
+    """The plan as text: per-stage share and units, bytes per cut, predicted step time and speedup."""
+    from .engine.plan import compress_names
+
+    units, costs = profile["units"], profile["costs_s"]
+    total = sum(costs)
+    shape = profile["shape"]
+    lines = [f"profile: {profile['unet']} at batch {shape['batch']} x {shape['frames']} frames x "
+             f"{shape['latent']}x{shape['latent']} latents on {profile['device']} ({profile['threads']} thread(s)): "
+             f"UNet {total * 1e3:.1f} ms + {profile['overhead_s'] * 1e3:.1f} ms other work per step",
+             f"split into {pred.stages} stage(s), link {link.name} ({link.bytes_per_s / 1e9:g} GB/s):"]
+    for k, (a, b) in enumerate(pred.ranges):
+        sent = f", sends {pred.cut_bytes[k] / 2**20:.2f} MiB per round" if k < len(pred.cut_bytes) else ""
+        lines.append(f"  stage {k}: {100 * sum(costs[a:b]) / total:5.1f}% ({sum(costs[a:b]) * 1e3:.1f} ms){sent}: "
+                     f"{', '.join(compress_names(units[a:b], units))}")
+    lines.append(f"predicted: {pred.per_step_s * 1e3:.1f} ms/step vs {pred.sequential_step_s * 1e3:.1f} sequential "
+                 f"= {pred.speedup_per_step:.2f}x per step (stride {pred.stride}); a {pred.steps}-step video with "
+                 f"warm-up {pred.warmup}: {pred.video_s:.2f} s vs {pred.sequential_video_s:.2f} s = "
+                 f"{pred.speedup_per_video:.2f}x")
+    if pred.exposed_comm_s > 0:
+        lines.append(f"  communication not hidden by compute: {pred.exposed_comm_s * 1e3:.2f} ms per round")
+    return "\n".join(lines)

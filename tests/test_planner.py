@@ -1,0 +1,87 @@
+"""The planner's arithmetic, `asyncvid plan` on a tiny model, and `asyncvid bench`'s report."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from asyncvid.cli.main import main
+from asyncvid.engine.predict import LINKS, Link, parse_link, predict
+from asyncvid.errors import AsyncVidError
+
+COSTS = [1.0, 2.0, 3.0, 2.0, 1.0, 1.0]
+BYTES = [100, 200, 300, 200, 100, 50]
+
+
+def test_stage_times_add_up_to_the_profile():
+    for n in (1, 2, 3, 4):
+        p = predict(COSTS, BYTES, n, overhead_s=0.5, link=LINKS["nvlink"])
+        covered = [i for a, b in p.ranges for i in range(a, b)]
+        assert covered == list(range(len(COSTS)))  # contiguous, every unit once
+        # the units' costs, plus the per-step overhead that the driver's stage carries
+        assert sum(p.stage_s) == pytest.approx(sum(COSTS) + 0.5)
+        assert p.sequential_step_s == pytest.approx(sum(COSTS) + 0.5)
+
+
+def test_speedup_arithmetic():
+    one = predict(COSTS, BYTES, 1, steps=10, warmup=1)
+    assert one.speedup_per_step == pytest.approx(1.0) and one.speedup_per_video == pytest.approx(1.0)
+    fast = Link("ideal", 1e30, 0.0)
+    two = predict(COSTS, BYTES, 2, steps=10, warmup=1, link=fast)
+    assert two.ranges == [(0, 3), (3, 6)] and two.per_step_s == pytest.approx(6.0)
+    assert two.speedup_per_step == pytest.approx(10 / 6)
+    # a video: 1 sequential step + 9 rounds
+    assert two.video_s == pytest.approx(10 + 9 * 6)
+    s2 = predict(COSTS, BYTES, 2, stride=2, steps=10, warmup=1, link=fast)
+    assert s2.per_step_s == pytest.approx(3.0) and s2.video_s == pytest.approx(10 + 5 * 6)  # ceil(9/2) rounds
+    # a slow link shows: transfer longer than the receiving stage's compute
+    slow = predict(COSTS, BYTES, 2, steps=10, link=Link("slow", 10.0, 0.0))  # 300 B at 10 B/s = 30 s
+    assert slow.exposed_comm_s == pytest.approx(30 - 4.0) and slow.speedup_per_step < two.speedup_per_step
+
+
+def test_links():
+    assert parse_link("pcie") is LINKS["pcie"]
+    assert parse_link("12.5").bytes_per_s == 12.5e9
+    with pytest.raises(AsyncVidError, match="--link"):
+        parse_link("carrier-pigeon")
+    with pytest.raises(AsyncVidError, match="cannot cut 6 units into 7"):
+        predict(COSTS, BYTES, 7)
+
+
+def test_plan_cli_profiles_saves_and_reads_back(tmp_path, capsys):
+    profile, first = tmp_path / "profile.json", tmp_path / "plan.json"
+    args = ["plan", "animatediff", "--preset", "tiny", "--latent", "8", "--devices", "2", "--steps", "10"]
+    assert main(args + ["--save-profile", str(profile), "--json", str(first)]) == 0
+    text = capsys.readouterr().out
+    assert "stage 0:" in text and "stage 1:" in text and "predicted:" in text
+    plan = json.loads(first.read_text())
+    prof, pred = plan["profile"], plan["prediction"]
+    assert len(prof["costs_s"]) == len(prof["units"]) == len(prof["bytes_after_unit"])
+    assert sum(pred["stage_s"]) == pytest.approx(sum(prof["costs_s"]) + prof["overhead_s"])
+    assert pred["cut_bytes"][0] == prof["bytes_after_unit"][pred["ranges"][0][1] - 1] > 0
+    # the saved profile predicts the same without profiling again
+    second = tmp_path / "again.json"
+    assert main(["plan", "--profile", str(profile), "--devices", "2", "--steps", "10", "--json", str(second)]) == 0
+    assert json.loads(second.read_text())["prediction"] == pred
+    (tmp_path / "bad.json").write_text("{}")
+    assert main(["plan", "--profile", str(tmp_path / "bad.json"), "--devices", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "not an asyncvid profile" in err and len(err.strip().splitlines()) == 1
+
+
+def test_bench_reports_every_configuration(tmp_path):
+    out, md = tmp_path / "bench.json", tmp_path / "bench.md"
+    configs = ["1x1", "2x1", "2x2w2"]
+    assert main(["bench", "--preset", "tiny", "--latent", "8", "--frames", "4", "--steps", "4", "--repeats", "1",
+                 "--no-memory", "--configs", *configs, "--json", str(out), "--markdown", str(md)]) == 0
+    report = json.loads(out.read_text())
+    got = [(r["stages"], r["stride"], r["warmup"]) for r in report["results"]]
+    assert got == [(1, 1, 1), (2, 1, 1), (2, 2, 2)]
+    for r in report["results"]:
+        assert len(r["peak_rss_mib"]) == r["stages"] and all(m > 0 for m in r["peak_rss_mib"])
+        assert r["per_step_s"] > 0 and r["predicted"]["speedup_per_step"] > 0
+        assert (r["activation_bytes_per_step"] > 0) == (r["stages"] > 1)
+    assert report["profile"]["units"] and report["baselines"]["one_thread"]["per_step_s"] > 0
+    table = md.read_text()
+    assert table.count("\n| N=") == 3 and "| N=2 S=2 warm-up 2 |" in table
