@@ -98,6 +98,10 @@ def ensure_process_group(timeout_s: float | None = None) -> None:
     """Initialise the default group from the launcher's environment if it is not yet initialised."""
     if dist.is_initialized():
         return
+    import warnings
+
+    # torch's object collectives warn about a deprecated pytree API on every call, on every rank
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
     for key, value in env_from_slurm().items():
         os.environ.setdefault(key, value)
     if "WORLD_SIZE" not in os.environ:

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Regenerate the measurements behind BENCHMARKS.md: speed sweeps (asyncvid bench, with the planner's
+# prediction beside each measured speedup), the fidelity sweep of the default model (asyncvid eval
+# --fidelity) and its Pareto plot. Run it alone on the machine: any other load skews the timings.
+# About 30 minutes on the 2-core development machine.  Usage: scripts/benchmarks.sh [OUT_DIR]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=${1:-benchmarks}
+mkdir -p "$out"
+av=.venv/bin/asyncvid
+# the default model at the quick-start's settings: 8 frames of 32x32 (8x8 latents), 25 steps, CFG
+$av bench --model shapes-t2v --latent 8 --steps 25 --sweep --no-memory \
+    --json "$out/bench-shapes-t2v.json" --markdown "$out/bench-shapes-t2v.md"
+$av eval --fidelity --model shapes-t2v --steps 25 --guidance 5 --prompts 12 --seeds 2 \
+    --bench "$out/bench-shapes-t2v.json" --json "$out/fidelity-shapes-t2v.json" \
+    --markdown "$out/fidelity-shapes-t2v.md" --plot "$out/pareto-shapes-t2v.png"
+# a larger random-weight UNet (34 M parameters), where compute dominates communication
+$av bench --preset small --latent 16 --steps 12 --sweep \
+    --json "$out/bench-small.json" --markdown "$out/bench-small.md"
+echo "done: $out"
