@@ -5,15 +5,19 @@ small AutoencoderKL (32x32 frames -> 8x8x4 latents), a CLIP text encoder (hidden
 a UNetMotionModel (32/64/128 channels) trained jointly with it; the result is a standard
 ``AnimateDiffPipeline`` folder (fp16 safetensors) that stock diffusers loads offline.
 
-Recipe: v-prediction on a scaled_linear schedule rescaled to zero terminal SNR, min-SNR-5
-weighting, 10% empty prompts (for CFG), EMA 0.998, and batches built as *direction contrasts* (the
-same shape, colour and background moving in all four directions), so that the only thing that tells
-the four clips apart is the direction word.
+Recipe: v-prediction on a scaled_linear schedule rescaled to zero terminal SNR, 10% empty prompts
+(for CFG), EMA 0.998, and batches built as *direction contrasts* (the same shape, colour and
+background moving in all four directions), so that the only thing that tells the four clips apart
+is the direction word. Stage 1 (``--unet-minutes``) weights the loss min-SNR-5; that weight all but
+vanishes at high noise, which is where a clip's layout, and so its direction, is decided. Stage 2
+(``--stage2-minutes``) continues with the plain v-loss and half of every batch at t >= T/2.
 
 Time on the 2-core development machine (one process, 2 threads, nothing else running): VAE phase
-``--vae-minutes`` (default 9), UNet phase ``--unet-minutes`` (default 35). Both phases checkpoint
-every few minutes into ``--work`` and resume from there when run again (``--unet-minutes`` is the
-phase's total budget, so a rerun continues until it is used up). Seeded.
+``--vae-minutes`` (default 9), UNet stage 1 ``--unet-minutes`` (default 33), stage 2
+``--stage2-minutes`` (default 90). Every phase checkpoints every few minutes into ``--work`` and
+resumes from there when run again (the minutes are totals, so a rerun continues until they are
+used up; in the UNet stages only time spent training counts, so a run paused with SIGSTOP keeps
+its budget). Seeded.
 
     python scripts/train_shapes_t2v.py --work runs/shapes --export asyncvid/assets/shapes-t2v
 """
