@@ -68,3 +68,15 @@ def test_checks_pass_when_the_group_fits():
     check_spec(spec(gpus_per_device=2, nodes=2), {n: 4 for n in "abcd"}, two_nodes)  # 2 ranks x 2 GPUs per node
     with pytest.raises(AsyncVidError, match="job 'b' has stages 2"):
         check_spec(spec(tasks=2), {"a": 4, "b": 2}, two_nodes)
+
+
+def test_status_of_a_folder_without_submissions_is_one_line(tmp_path, capsys):
+    from asyncvid.cli.main import main
+
+    assert main(["slurm", "status", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"asyncvid: error: {tmp_path}: no asyncvid Slurm submission here (no slurm/submissions.jsonl)"
+    (tmp_path / "slurm").mkdir()
+    (tmp_path / "slurm" / "submissions.jsonl").write_text("{not json\n")
+    assert main(["slurm", "resubmit", str(tmp_path)]) == 2
+    assert "submissions.jsonl:1: not a JSON line" in capsys.readouterr().err
