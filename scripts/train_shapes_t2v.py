@@ -219,6 +219,29 @@ def _save(path: Path, obj) -> None:
     tmp.replace(path)
 
 
+class AttributeProbes(torch.nn.Module):
+    """Linear read-outs of every prompt attribute from the mean text-encoder state (training only).
+
+    Trained jointly, the text encoder let the direction words collapse onto each other (their
+    outputs differed by ~2% of their norm, against ~150% for colour words), so the UNet had nothing
+    to follow: nothing rewarded keeping them apart before the UNet could use them. These probes do.
+    """
+
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.heads = torch.nn.ModuleDict({k: torch.nn.Linear(hidden, len(v)) for k, v in world.VOCABULARY.items()})
+
+    def loss(self, text: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        keep = [i for i, p in enumerate(prompts) if p]
+        pooled = text[keep].mean(dim=1)
+        parsed = [world.parse_prompt(prompts[i]) for i in keep]
+        total = text.new_zeros(())
+        for key, head in self.heads.items():
+            target = torch.tensor([world.VOCABULARY[key].index(getattr(c, key)) for c in parsed])
+            total = total + F.cross_entropy(head(pooled), target)
+        return total
+
+
 def encode_prompts(tokenizer, text_encoder, prompts):
     ids = tokenizer(prompts, padding="max_length", max_length=MAX_TOKENS, truncation=True, return_tensors="pt").input_ids
     return text_encoder(ids)[0]
@@ -237,7 +260,8 @@ def evaluate(pipe, combos, seeds=(0,), steps=20, guidance=4.0) -> dict:
     return evaluate_pipeline(pipe, combos, seeds, steps, guidance, FRAMES, SIZE)
 
 
-def train_unet(work: Path, vae, minutes: float, log, stage2_minutes: float = 0.0, eval_every_s: float = 600):
+def train_unet(work: Path, vae, minutes: float, log, stage2_minutes: float = 0.0, stage3_minutes: float = 0.0,
+               eval_every_s: float = 600):
     import copy
 
     tokenizer = word_tokenizer()
@@ -246,6 +270,8 @@ def train_unet(work: Path, vae, minutes: float, log, stage2_minutes: float = 0.0
     unet = build_unet()
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=6e-4, betas=(0.9, 0.99), weight_decay=0.01)
+    probes = AttributeProbes(text_encoder.config.hidden_size)
+    probe_opt = torch.optim.AdamW(probes.parameters(), lr=1e-3)
     ema_unet, ema_te = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(text_encoder).requires_grad_(False)
     state = {"step": 0, "elapsed": 0.0, "evals": []}
     ckpt = work / "unet.pt"
@@ -257,6 +283,9 @@ def train_unet(work: Path, vae, minutes: float, log, stage2_minutes: float = 0.0
         ema_te.load_state_dict(saved["ema_te"])
         opt.load_state_dict(saved["opt"])
         state = saved["state"]
+        if "probes" in saved:
+            probes.load_state_dict(saved["probes"])
+            probe_opt.load_state_dict(saved["probe_opt"])
     vae.requires_grad_(False)
     sched = train_scheduler()
     alphas = sched.alphas_cumprod
@@ -264,20 +293,26 @@ def train_unet(work: Path, vae, minutes: float, log, stage2_minutes: float = 0.0
     train, held_out = world.held_out_split()
     rng = np.random.default_rng(2000 + state["step"])
     torch.manual_seed(3000 + state["step"])
-    stage1, budget = minutes * 60, (minutes + stage2_minutes) * 60
+    stage1, stage3_at = minutes * 60, (minutes + stage2_minutes) * 60
+    budget = (minutes + stage2_minutes + stage3_minutes) * 60
     planned, planned2 = max(1, int(stage1 / 0.5)), max(1, int((budget - stage1) / 0.85))
     last_save, last_eval, tick = time.time(), time.time(), time.time()
     sf = vae.config.scaling_factor
 
     def checkpoint():
         _save(ckpt, {"unet": unet.state_dict(), "te": text_encoder.state_dict(), "ema_unet": ema_unet.state_dict(),
-                     "ema_te": ema_te.state_dict(), "opt": opt.state_dict(), "state": state})
+                     "ema_te": ema_te.state_dict(), "opt": opt.state_dict(), "state": state,
+                     "probes": probes.state_dict(), "probe_opt": probe_opt.state_dict()})
 
     while state["elapsed"] < budget:
         stage2 = state["elapsed"] >= stage1
         if stage2 and "stage2_from_step" not in state:
             state["stage2_from_step"] = state["step"]
             log(f"stage 2 from step {state['step']}: plain v-loss, half the batch at high noise")
+        stage3 = state["elapsed"] >= stage3_at
+        if stage3 and "stage3_from_step" not in state:
+            state["stage3_from_step"] = state["step"]
+            log(f"stage 3 from step {state['step']}: + attribute probes on the text encoder")
         clips, prompts = contrast_batch(rng, train, groups=4)
         prompts = ["" if rng.random() < 0.1 else p for p in prompts]
         with torch.no_grad():
@@ -290,19 +325,25 @@ def train_unet(work: Path, vae, minutes: float, log, stage2_minutes: float = 0.0
             t[: b // 2] = torch.randint(sched.config.num_train_timesteps // 2, sched.config.num_train_timesteps, (b // 2,))
         noisy = sched.add_noise(lat, noise, t)
         target = sched.get_velocity(lat, noise, t)
-        ehs = encode_prompts(tokenizer, text_encoder, prompts).repeat_interleave(FRAMES, 0)
+        text = encode_prompts(tokenizer, text_encoder, prompts)
+        ehs = text.repeat_interleave(FRAMES, 0)
         pred = unet(noisy, t, encoder_hidden_states=ehs).sample
         # Stage 1: min-SNR-5. It nearly zeroes the high-noise steps, where the layout (and so the
         # direction) is chosen, hence stage 2's plain v-loss.
         weight = torch.ones(b) if stage2 else (torch.clamp(snr[t], max=5.0) / (snr[t] + 1)).float()
         loss = (weight * F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3, 4))).mean()
+        if stage3:
+            loss = loss + 0.05 * probes.loss(text, prompts)
         for group in opt.param_groups:
             group["lr"] = (cosine_lr(state["step"] - state["stage2_from_step"], planned2, 3e-4, 50) if stage2
                            else cosine_lr(state["step"], planned, 6e-4, 200))
         opt.zero_grad()
+        probe_opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
+        if stage3:
+            probe_opt.step()
         state["step"] += 1
         decay = min(0.998, (1 + state["step"]) / (10 + state["step"]))
         with torch.no_grad():
@@ -334,7 +375,8 @@ def main() -> None:
     ap.add_argument("--export", default="asyncvid/assets/shapes-t2v", help="where the pipeline folder goes")
     ap.add_argument("--vae-minutes", type=float, default=9)
     ap.add_argument("--unet-minutes", type=float, default=33)
-    ap.add_argument("--stage2-minutes", type=float, default=90)
+    ap.add_argument("--stage2-minutes", type=float, default=24.69)
+    ap.add_argument("--stage3-minutes", type=float, default=60)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -350,7 +392,7 @@ def main() -> None:
         logfile.flush()
 
     vae = train_vae(work, args.vae_minutes, log)
-    pipe, state = train_unet(work, vae, args.unet_minutes, log, args.stage2_minutes)
+    pipe, state = train_unet(work, vae, args.unet_minutes, log, args.stage2_minutes, args.stage3_minutes)
     _, held_out = world.held_out_split()
     final = evaluate(pipe, held_out, seeds=(0, 1), steps=25, guidance=5.0)
     log(f"final held-out adherence (48 samples, 25 steps, CFG 5): {final}")
