@@ -170,15 +170,15 @@ def run_bench(preset: str = "small", frames: int = 8, latent: int = 16, steps: i
               memory: bool = True) -> dict:
     """Baselines, then every (stages, stride[, warmup]) configuration, each with the planner's
     prediction from the one-thread profile beside the measurement."""
-    from .engine.predict import LINKS
     from .launch import launch_local
-    from .planner import predict_from
 
     cfg = dict(model=model, preset=preset, frames=frames, latent=latent, steps=steps, warmup=warmup, repeats=repeats)
     configs = [tuple(c) + (warmup,) * (3 - len(c)) for c in (configs or [(1, 1), (1, 2), (2, 1), (2, 2)])]
     report = {"config": dict(cfg, cfg_guidance=True, batch=2), "hardware": hardware(), "results": []}
     one = launch_local(run_baseline, 1, cfg, 1, True, threads_per_rank=1)
     profile = report["profile"] = one.pop("profile")
+    link = _link(configs, log)
+    report["link"] = link.__dict__
     log(f"baseline 1 process x 1 thread: {one['per_step_s'] * 1000:.1f} ms/step")
     cores = os.cpu_count() or 1
     allc = launch_local(run_baseline, 1, cfg, cores, threads_per_rank=cores)
@@ -189,8 +189,7 @@ def run_bench(preset: str = "small", frames: int = 8, latent: int = 16, steps: i
     for stages, stride, wu in configs:
         res = launch_local(run_parallel_rank, stages, cfg, stages, stride, wu)
         ranges = [tuple(r) for r in res["plan"]["ranges"]]
-        pred = predict_from(profile, stages, stride, wu, steps, LINKS["loopback"]) if stages == 1 else \
-            _predict_ranges(profile, stages, stride, wu, steps, ranges)
+        pred = _predict_ranges(profile, stages, stride, wu, steps, ranges, link)
         res.update(stages=stages, stride=stride, warmup=wu, shares_cores=stages > cores,
                    speedup_vs_one_thread=one["per_step_s"] / res["per_step_s"],
                    speedup_vs_all_cores=allc["per_step_s"] / res["per_step_s"],
@@ -204,11 +203,24 @@ def run_bench(preset: str = "small", frames: int = 8, latent: int = 16, steps: i
     return report
 
 
-def _predict_ranges(profile, stages, stride, warmup, steps, ranges):
-    from .engine.predict import LINKS, predict
+def _predict_ranges(profile, stages, stride, warmup, steps, ranges, link):
+    from .engine.predict import predict
 
     return predict(profile["costs_s"], profile["bytes_after_unit"], stages, stride, warmup, steps,
-                   profile["overhead_s"], LINKS["loopback"], profile.get("eps_bytes", 0), ranges=ranges)
+                   profile["overhead_s"], link, profile.get("eps_bytes", 0), ranges=ranges)
+
+
+def _link(configs, log):
+    """The link the predictions assume: measured between two local ranks when any configuration
+    has more than one stage."""
+    from .engine.predict import LINKS
+    from .linkprobe import measure_local_link
+
+    if not any(c[0] > 1 for c in configs):
+        return LINKS["loopback"]
+    link = measure_local_link()
+    log(f"link between two local ranks: {link.latency_s * 1e6:.0f} us latency, {link.bytes_per_s / 1e9:.2f} GB/s")
+    return link
 
 
 def markdown(report: dict) -> str:

@@ -40,6 +40,23 @@ def test_speedup_arithmetic():
     assert slow.exposed_comm_s == pytest.approx(30 - 4.0) and slow.speedup_per_step < two.speedup_per_step
 
 
+def test_cpu_links_add_transfers_to_the_stages():
+    link = Link("cpu", 100.0, 0.5, overlaps_compute=False)  # 300 B = 3 s + 0.5 s latency
+    p = predict(COSTS, BYTES, 2, steps=10, link=link, eps_bytes=50)
+    # stage 0: 6 s compute + sends the 300 B cut (3.5 s) + receives the 50 B eps (1.0 s); stage 1 the same
+    # transfers the other way round; plus one control latency per round
+    assert p.round_s == pytest.approx(6 + 3.5 + 1.0 + 0.5)
+    assert p.exposed_comm_s == pytest.approx(4.5)
+
+
+def test_measured_local_link():
+    from asyncvid.linkprobe import measure_local_link
+
+    link = measure_local_link()
+    assert 0 < link.latency_s < 0.1 and link.bytes_per_s > 1e6
+    assert link.overlaps_compute is False  # CPU ranks copy on their own cores
+
+
 def test_links():
     assert parse_link("pcie") is LINKS["pcie"]
     assert parse_link("12.5").bytes_per_s == 12.5e9

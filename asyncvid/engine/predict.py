@@ -5,11 +5,12 @@ Model (per denoising step, one device per stage, each as fast as the profiling d
 
 * sequential step  = sum of unit costs + ``overhead`` (scheduler, CFG mixing: the pipeline's
   work outside the UNet, done once per step by the driver);
-* parallel round   = max over stages of the stage's compute (the driver's stage also does the
-  per-step overhead for each of the ``stride`` steps the round serves) + the exposed part of the
-  slowest cut transfer + one control-message latency. A stage receives the next input while it
-  computes the current one, so a transfer only shows where it takes longer than the receiving
-  stage's compute;
+* parallel round   = max over stages of the stage's time + one control-message latency. A stage's
+  time is its compute (the driver's stage also does the per-step overhead for each of the
+  ``stride`` steps the round serves) plus, on links that do not overlap compute (CPU ranks: the
+  copies run on the rank's own core), its incoming and outgoing transfer (latency + bytes /
+  bandwidth each). On links that do (GPUs: a stage receives the next input while it computes the
+  current one), only the part of the slowest transfer that outlasts the receiving stage's compute;
 * per step         = round / stride; a video = ``warmup`` sequential steps + the rounds that
   serve the remaining steps.
 """
@@ -28,6 +29,7 @@ class Link:
     name: str
     bytes_per_s: float
     latency_s: float
+    overlaps_compute: bool = True
 
 
 #: typical per-direction point-to-point figures; pass a number (GB/s) for your own interconnect
@@ -36,17 +38,23 @@ LINKS = {
     "pcie": Link("pcie", 20e9, 20e-6),
     "ib": Link("infiniband (200 Gb/s)", 22e9, 30e-6),
     "ethernet": Link("ethernet (10 Gb/s)", 1.1e9, 100e-6),
-    "loopback": Link("gloo over TCP loopback", 2e9, 200e-6),
+    # measured with `asyncvid plan --link measure` on the 2-core development machine (gloo, CPU)
+    "loopback": Link("gloo over TCP loopback", 2e9, 200e-6, overlaps_compute=False),
 }
 
 
 def parse_link(text: str) -> Link:
+    if text == "measure":
+        from ..linkprobe import measure_local_link
+
+        return measure_local_link()
     if text in LINKS:
         return LINKS[text]
     try:
         gbps = float(text)
     except ValueError:
-        raise AsyncVidError(f"--link: expected one of {', '.join(LINKS)} or a bandwidth in GB/s, got {text!r}") from None
+        raise AsyncVidError(f"--link: expected one of {', '.join(LINKS)}, measure, or a bandwidth in GB/s, "
+                            f"got {text!r}") from None
     if gbps <= 0:
         raise AsyncVidError(f"--link: bandwidth must be positive, got {text!r}")
     return Link(f"{gbps:g} GB/s", gbps * 1e9, 50e-6)
@@ -90,11 +98,18 @@ def predict(costs: list[float], bytes_after_unit: list[int], stages: int, stride
         stage_s, cuts, exposed, round_s = [sequential], [], 0.0, sequential
     else:
         cuts = [bytes_after_unit[b - 1] for _, b in ranges[:-1]] + ([eps_bytes] if stages > 1 else [])
-        receivers = compute[1:] + compute[:1]  # cut k feeds stage k+1; the last feeds the driver
-        exposed = max((max(0.0, c / link.bytes_per_s + link.latency_s - r) for c, r in zip(cuts, receivers)),
-                      default=0.0)
         stage_s = [compute[0] + overhead_s * stride] + compute[1:]
-        round_s = max(stage_s) + exposed + (link.latency_s if stages > 1 else 0.0)
+        send = [c / link.bytes_per_s + link.latency_s for c in cuts]  # stage k sends cut k
+        if stages == 1:
+            exposed, round_s = 0.0, stage_s[0]
+        elif link.overlaps_compute:
+            receivers = compute[1:] + compute[:1]  # cut k feeds stage k+1; the last feeds the driver
+            exposed = max(max(0.0, t - r) for t, r in zip(send, receivers))
+            round_s = max(stage_s) + exposed + link.latency_s
+        else:  # stage k receives cut k-1 (the driver: the eps) and sends cut k, on its own core
+            busy = [s + send[k] + send[k - 1] for k, s in enumerate(stage_s)]
+            exposed = max(busy) - max(stage_s)
+            round_s = max(busy) + link.latency_s
     per_step = round_s / stride
     warm = min(warmup, steps)
     video = warm * sequential + math.ceil((steps - warm) / stride) * round_s

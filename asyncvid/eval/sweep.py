@@ -85,9 +85,11 @@ def speed_for(config: tuple[int, int, int], bench: dict | None, profile: dict | 
             if (r["stages"], r["stride"], r.get("warmup", 1)) == config and bench["config"]["steps"] == steps:
                 return r["end_to_end_speedup_vs_one_thread"], "measured"
     if profile:
+        from ..engine.predict import LINKS, Link
         from ..planner import predict_from
 
-        return predict_from(profile, stages, stride, warmup, steps).speedup_per_video, "predicted"
+        link = Link(**bench["link"]) if bench and "link" in bench else LINKS["loopback"]
+        return predict_from(profile, stages, stride, warmup, steps, link).speedup_per_video, "predicted"
     return None, "unknown"
 
 
