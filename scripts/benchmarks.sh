@@ -17,4 +17,6 @@ $av eval --fidelity --model shapes-t2v --steps 25 --guidance 5 --prompts 12 --se
 # a larger random-weight UNet (34 M parameters), where compute dominates communication
 $av bench --preset small --latent 16 --steps 12 --sweep \
     --json "$out/bench-small.json" --markdown "$out/bench-small.md"
+$av bench --model svd --preset small --latent 16 --steps 12 --configs 1x1 1x2 2x1 2x2 \
+    --json "$out/bench-svd-small.json" --markdown "$out/bench-svd-small.md"
 echo "done: $out"
