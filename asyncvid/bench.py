@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import time
 
 import torch
 
@@ -171,6 +170,7 @@ def run_bench(preset: str = "small", frames: int = 8, latent: int = 16, steps: i
     """Baselines, then every (stages, stride[, warmup]) configuration, each with the planner's
     prediction from the one-thread profile beside the measurement."""
     from .launch import launch_local
+    from .planner import predict_from
 
     cfg = dict(model=model, preset=preset, frames=frames, latent=latent, steps=steps, warmup=warmup, repeats=repeats)
     configs = [tuple(c) + (warmup,) * (3 - len(c)) for c in (configs or [(1, 1), (1, 2), (2, 1), (2, 2)])]
@@ -189,7 +189,7 @@ def run_bench(preset: str = "small", frames: int = 8, latent: int = 16, steps: i
     for stages, stride, wu in configs:
         res = launch_local(run_parallel_rank, stages, cfg, stages, stride, wu)
         ranges = [tuple(r) for r in res["plan"]["ranges"]]
-        pred = _predict_ranges(profile, stages, stride, wu, steps, ranges, link)
+        pred = predict_from(profile, stages, stride, wu, steps, link, ranges)
         res.update(stages=stages, stride=stride, warmup=wu, shares_cores=stages > cores,
                    speedup_vs_one_thread=one["per_step_s"] / res["per_step_s"],
                    speedup_vs_all_cores=allc["per_step_s"] / res["per_step_s"],
@@ -201,13 +201,6 @@ def run_bench(preset: str = "small", frames: int = 8, latent: int = 16, steps: i
             f"{res['speedup_vs_one_thread']:.2f}x vs 1 thread (predicted {pred.speedup_per_step:.2f}x), "
             f"{res['speedup_vs_all_cores']:.2f}x vs {cores} threads")
     return report
-
-
-def _predict_ranges(profile, stages, stride, warmup, steps, ranges, link):
-    from .engine.predict import predict
-
-    return predict(profile["costs_s"], profile["bytes_after_unit"], stages, stride, warmup, steps,
-                   profile["overhead_s"], link, profile.get("eps_bytes", 0), ranges=ranges)
 
 
 def _link(configs, log):

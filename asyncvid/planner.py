@@ -137,9 +137,10 @@ def load_profile(path: str) -> dict:
 
 
 def predict_from(profile: dict, stages: int, stride: int = 1, warmup: int = 1, steps: int = 25,
-                 link: Link = LINKS["loopback"]) -> Prediction:
+                 link: Link = LINKS["loopback"], ranges: list[tuple[int, int]] | None = None) -> Prediction:
+    """Predict from a saved profile; ``ranges``: a given split (default: the balanced one)."""
     return predict(profile["costs_s"], profile["bytes_after_unit"], stages, stride, warmup, steps,
-                   profile["overhead_s"], link, profile.get("eps_bytes", 0))
+                   profile["overhead_s"], link, profile.get("eps_bytes", 0), ranges)
 
 
 def describe(profile: dict, pred: Prediction, link: Link) -> str:

@@ -68,6 +68,18 @@ def to_uint8(frames) -> np.ndarray:
     return np.clip(np.rint(frames * 255.0), 0, 255).astype(np.uint8)
 
 
+def to_float(frames, dtype=np.float32) -> np.ndarray:
+    """(F,H,W,3) frames as floats in [0, 1]: uint8 divided by 255, floats as they are."""
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"expected frames of shape (F,H,W,3), got {frames.shape}")
+    if frames.dtype == np.uint8:
+        return frames.astype(dtype) / 255.0
+    if not np.issubdtype(frames.dtype, np.floating):
+        raise ValueError(f"frames must be uint8 or float in [0,1], got dtype {frames.dtype}")
+    return np.ascontiguousarray(frames, dtype=dtype)
+
+
 def _pad_even(frames: np.ndarray) -> np.ndarray:
     h, w = frames.shape[1:3]
     if h % 2 == 0 and w % 2 == 0:

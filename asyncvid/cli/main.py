@@ -62,10 +62,10 @@ def _select(jobs, only, shard=None):
 
 
 def cmd_render(args) -> int:
-    from ..jobs import load_job_file
-    from .render import is_done, make_task
-
     from ..distributed.env import launched_world_size
+    from ..jobs import load_job_file
+    from ..render.tasks import tasks_for
+    from .render import is_done
 
     launched = launched_world_size()
     if args.devices is None:
@@ -78,8 +78,7 @@ def cmd_render(args) -> int:
     jobfile = load_job_file(args.file)
     out = Path(args.out).expanduser().resolve() if args.out else jobfile.out
     jobs = _select(jobfile.jobs, args.only, args.shard)
-    tasks = [make_task(job, jobfile.model_ref(job), out, jobfile.image_path(job), jobfile.adapter_ref(job))
-             for job in jobs]
+    tasks = tasks_for(jobfile, out, jobs)
     if args.dry_run:
         import yaml
 

@@ -49,17 +49,11 @@ def add_slurm_parser(subparsers) -> None:
     r.set_defaults(func=cmd_resubmit)
 
 
-def _tasks(jobfile, out: Path):
-    from ..render.tasks import make_task
-
-    return [make_task(job, jobfile.model_ref(job), out, jobfile.image_path(job), jobfile.adapter_ref(job))
-            for job in jobfile.jobs]
-
-
 def cmd_submit(args) -> int:
     from ..jobs import load_job_file
     from ..slurm import commands
     from ..slurm.script import SubmitSpec, check_spec, sbatch_script
+    from ..render.tasks import tasks_for
     from ..slurm.status import record_submission
     from .main import _check_folders
 
@@ -75,7 +69,7 @@ def cmd_submit(args) -> int:
                       partition=args.partition, time=args.time, requeue=args.requeue, extra_sbatch=extra,
                       python=sys.executable, workdir=Path.cwd())
     check_spec(spec, {job.name: job.stages for job in jobfile.jobs}, None)
-    _check_folders(jobfile, jobfile.jobs, _tasks(jobfile, out))
+    _check_folders(jobfile, jobfile.jobs, tasks_for(jobfile, out))
     try:
         nodes = commands.partition_nodes(args.partition)
     except AsyncVidError as exc:
@@ -102,13 +96,14 @@ def cmd_submit(args) -> int:
 def _current(out: Path):
     """(latest submission record, its job file, render tasks, job ids of that script's submissions)."""
     from ..jobs import load_job_file
+    from ..render.tasks import tasks_for
     from ..slurm.status import load_records
 
     records = load_records(out)
     latest = records[-1]
     jobfile = load_job_file(latest["file"])
     same = [r["job_id"] for r in records if r["script"] == latest["script"] and r["tasks"] == latest["tasks"]]
-    return latest, _tasks(jobfile, out), same
+    return latest, tasks_for(jobfile, out), same
 
 
 def _states(out: Path):

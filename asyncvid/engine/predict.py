@@ -38,7 +38,8 @@ LINKS = {
     "pcie": Link("pcie", 20e9, 20e-6),
     "ib": Link("infiniband (200 Gb/s)", 22e9, 30e-6),
     "ethernet": Link("ethernet (10 Gb/s)", 1.1e9, 100e-6),
-    # measured with `asyncvid plan --link measure` on the 2-core development machine (gloo, CPU)
+    # gloo between CPU ranks on one host; `--link measure` gave 1.6-3.7 GB/s and 90-150 us on the 2-core
+    # development machine, so these round figures are on the cautious side
     "loopback": Link("gloo over TCP loopback", 2e9, 200e-6, overlaps_compute=False),
 }
 

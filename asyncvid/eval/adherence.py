@@ -28,6 +28,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..video import to_float
 from .world import BACKGROUNDS, COLOURS, parse_prompt
 
 FG_THRESHOLD = 0.43
@@ -35,15 +36,6 @@ MIN_MOTION_PX = 2.0  # at size 32
 
 _NAMES = tuple(COLOURS)
 _PALETTE = np.asarray([COLOURS[c] for c in _NAMES], np.float32)  # (K, 3)
-
-
-def _as_float(frames) -> np.ndarray:
-    frames = np.asarray(frames)
-    if frames.ndim != 4 or frames.shape[-1] != 3:
-        raise ValueError(f"expected frames of shape (F,H,W,3), got {frames.shape}")
-    if frames.dtype == np.uint8:
-        return frames.astype(np.float32) / 255.0
-    return frames.astype(np.float32, copy=False)
 
 
 def foreground(frames: np.ndarray, background: str) -> tuple[np.ndarray, np.ndarray]:
@@ -95,7 +87,7 @@ def score_clip(frames, prompt: str) -> dict:
     Raises ValueError for a prompt outside the world's vocabulary.
     """
     want = parse_prompt(prompt)
-    frames = _as_float(frames)
+    frames = to_float(frames)
     mask, dist = foreground(frames, want.background)
     if mask.any():
         bg = np.asarray(BACKGROUNDS[want.background], np.float32)

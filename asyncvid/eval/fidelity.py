@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import AsyncVidError
+from ..video import to_float
 
 _C1, _C2 = 0.01 ** 2, 0.03 ** 2  # SSIM constants (K1, K2) at data range 1
 _SSIM_WIN, _SSIM_SIGMA = 11, 1.5
@@ -31,20 +32,8 @@ _CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 _CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-def _as_float(clip) -> np.ndarray:
-    """A float64 ``(F, H, W, 3)`` copy in [0, 1] units."""
-    arr = np.asarray(clip)
-    if arr.ndim != 4 or arr.shape[-1] != 3:
-        raise ValueError(f"expected frames shaped (F, H, W, 3), got {arr.shape}")
-    if arr.dtype == np.uint8:
-        return arr.astype(np.float64) / 255.0
-    if not np.issubdtype(arr.dtype, np.floating):
-        raise ValueError(f"frames must be uint8 or float in [0, 1], got dtype {arr.dtype}")
-    return arr.astype(np.float64)
-
-
 def _pair(ref, test) -> tuple[np.ndarray, np.ndarray]:
-    a, b = _as_float(ref), _as_float(test)
+    a, b = to_float(ref, np.float64), to_float(test, np.float64)
     if a.shape != b.shape:
         raise ValueError(f"clips differ in shape: {a.shape} vs {b.shape}")
     return a, b
@@ -237,7 +226,7 @@ def clip_similarity(frames, prompt: str, model_dir, device: str | torch.device =
     """Mean over frames of the cosine between image and prompt embeddings, in [-1, 1]."""
     device = torch.device(device)
     model, tokenizer = _load_clip(model_dir, device)
-    arr = _as_float(frames)
+    arr = to_float(frames, np.float64)
     text = tokenizer([prompt], padding=True, truncation=True, return_tensors="pt",
                      max_length=model.config.text_config.max_position_embeddings).to(device)
     size = model.config.vision_config.image_size

@@ -61,6 +61,12 @@ def make_task(job, model: str, out: Path, image: str | None = None, motion_adapt
                 str(out / f"{job.name}.json"), image, motion_adapter)
 
 
+def tasks_for(jobfile, out: Path, jobs=None) -> list[Task]:
+    """Tasks of ``jobs`` (default: every job) of a loaded job file, writing into ``out``."""
+    return [make_task(job, jobfile.model_ref(job), out, jobfile.image_path(job), jobfile.adapter_ref(job))
+            for job in (jobfile.jobs if jobs is None else jobs)]
+
+
 def is_done(task: Task) -> bool:
     """The video and its manifest exist, and the manifest was written for this exact config."""
     if not (os.path.exists(task.output) and os.path.isfile(task.manifest)):
