@@ -19,7 +19,7 @@ def add_bench_parser(subparsers) -> None:
     p.add_argument("--model", default="animatediff",
                    help="`animatediff` or `svd` (random-weight presets, see --preset), a built-in model such as "
                         "shapes-t2v, or a local diffusers folder")
-    p.add_argument("--preset", choices=["tiny", "small"], default="small", help="size of the random presets")
+    p.add_argument("--preset", choices=["null", "tiny", "small"], default="small", help="size of the random presets")
     p.add_argument("--frames", type=int, default=8)
     p.add_argument("--latent", type=int, default=16, help="latent height = width (default 16)")
     p.add_argument("--steps", type=int, default=12)
@@ -46,7 +46,7 @@ def add_bench_parser(subparsers) -> None:
     q.add_argument("--link", default="loopback", help="nvlink, pcie, ib, ethernet, loopback, or GB/s (default loopback)")
     q.add_argument("--profile", metavar="FILE", help="read this saved profile instead of profiling")
     q.add_argument("--save-profile", metavar="FILE", help="write the profile taken here")
-    q.add_argument("--preset", choices=["tiny", "small"], default="small")
+    q.add_argument("--preset", choices=["null", "tiny", "small"], default="small")
     q.add_argument("--frames", type=int, default=8)
     q.add_argument("--latent", type=int, help="latent height = width (default: the UNet's sample_size)")
     q.add_argument("--threads", type=int, default=1, help="threads while profiling on CPU (default 1 = one CPU device)")

@@ -15,7 +15,10 @@ import torch
 TINY = dict(block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=32, heads=4)
 #: four levels (64..256): a model large enough that compute dominates per-step overhead (bench).
 SMALL = dict(block_out_channels=(64, 128, 256, 256), layers_per_block=1, cross_attention_dim=64, heads=4)
-PRESETS = {"tiny": TINY, "small": SMALL}
+#: the smallest UNet the blocks allow (8 channels): per-step time is the pipeline's and the engine's own
+#: overhead, not compute (``asyncvid bench --preset null`` at a 2x2 latent).
+NULL = dict(block_out_channels=(8, 8), layers_per_block=1, cross_attention_dim=8, heads=2)
+PRESETS = {"tiny": TINY, "small": SMALL, "null": NULL}
 
 
 def _byte_symbols() -> list[str]:
