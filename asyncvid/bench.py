@@ -17,13 +17,14 @@ import torch
 
 
 def _build(cfg: dict):
-    from .planner import build_pipeline
+    from .catalog.pipelines import build_pipeline
 
     return build_pipeline(cfg.get("model", "animatediff"), cfg["preset"])
 
 
 def _timed_call(pipe, cfg: dict) -> list[float]:
-    from .planner import call_kwargs, timed_call
+    from .catalog.pipelines import call_kwargs
+    from .planner import timed_call
 
     return timed_call(pipe, call_kwargs(pipe, cfg["frames"], cfg["latent"], cfg["steps"]))
 
@@ -140,7 +141,7 @@ def run_memory(cfg: dict, stages_list=(2,), log=print) -> dict:
     import tempfile
 
     from .launch import launch_local
-    from .models.tiny import save_animatediff_pipeline
+    from .catalog.presets import save_animatediff_pipeline
 
     out = {}
     with tempfile.TemporaryDirectory(prefix="asyncvid-bench-") as tmp:

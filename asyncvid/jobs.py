@@ -18,7 +18,7 @@ import yaml
 from pydantic import ValidationError
 
 from .errors import AsyncVidError
-from .render.models import BUILTINS
+from .catalog.builtin import BUILTINS
 from .render.schema import (KIND_DEFAULTS, KIND_FIELDS, FieldError, Job, JobOptions, image_problem, job_kind,
                             other_kind)
 

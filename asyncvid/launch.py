@@ -11,7 +11,6 @@ import faulthandler
 import multiprocessing as mp
 import os
 import pickle
-import socket
 import sys
 import tempfile
 import time
@@ -19,18 +18,7 @@ import traceback
 from pathlib import Path
 
 from .errors import AsyncVidError, RankFailure
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    msg = text[0] if text else ""
-    return msg if isinstance(exc, AsyncVidError) else f"{type(exc).__name__}: {msg}"
+from .utils import free_port, one_line
 
 
 def _rank_main(rank: int, world: int, port: int, workdir: str, threads: int, fn, args) -> None:

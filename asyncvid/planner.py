@@ -16,40 +16,11 @@ from pathlib import Path
 
 import torch
 
+from .catalog.pipelines import call_kwargs, is_svd
 from .engine.predict import LINKS, Link, Prediction, predict
 from .errors import AsyncVidError
 
 PROFILE_VERSION = 1
-
-
-def build_pipeline(model: str, preset: str = "small"):
-    """``animatediff`` / ``svd``: random-weight presets built from configs; anything else: a built-in
-    model name or a local diffusers folder (fp32, CPU)."""
-    if model in ("animatediff", "svd"):
-        from .models.tiny import build_animatediff_pipeline, build_svd_pipeline
-
-        return (build_svd_pipeline if model == "svd" else build_animatediff_pipeline)(preset, seed=0)
-    from .render.models import load_pipeline, resolve_model
-
-    return load_pipeline(resolve_model(model))
-
-
-def is_svd(pipe) -> bool:
-    return hasattr(pipe, "image_encoder") and not hasattr(pipe, "text_encoder")
-
-
-def call_kwargs(pipe, frames: int, latent: int, steps: int, guidance: float = 7.5,
-                prompt: str = "a red circle moving left on a black background") -> dict:
-    """One denoising call at ``latent`` x ``latent`` latents, to latents (no VAE decode)."""
-    size = latent * pipe.vae_scale_factor
-    common = dict(num_frames=frames, height=size, width=size, num_inference_steps=steps, output_type="latent")
-    if is_svd(pipe):
-        from PIL import Image
-
-        image = Image.new("RGB", (size, size), (200, 40, 40))
-        # max_guidance_scale > 1: both guidance branches in one batch-2 UNet call, like AnimateDiff's CFG
-        return dict(common, image=image, min_guidance_scale=1.0, max_guidance_scale=2.5, decode_chunk_size=8)
-    return dict(common, prompt=prompt, guidance_scale=guidance)
 
 
 def timed_call(pipe, kwargs: dict, seed: int = 0) -> list[float]:

@@ -16,7 +16,7 @@ import torch
 from diffusers import AnimateDiffPipeline
 
 import asyncvid
-from asyncvid.models.tiny import build_animatediff_pipeline
+from asyncvid.catalog.presets import build_animatediff_pipeline
 
 
 def main() -> None:

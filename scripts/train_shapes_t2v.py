@@ -45,7 +45,7 @@ def word_tokenizer():
     """Byte-level CLIP BPE whose merges spell every world word as one token."""
     from transformers import CLIPTokenizer
 
-    from asyncvid.models.tiny import _byte_symbols
+    from asyncvid.catalog.presets import _byte_symbols
 
     symbols = _byte_symbols()
     vocab: dict[str, int] = {}

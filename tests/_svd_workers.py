@@ -6,9 +6,10 @@ import numpy as np
 import torch
 
 import asyncvid
-from asyncvid.launch import one_line
-from asyncvid.models.tiny import build_svd_pipeline, svd_pipeline_class
+from asyncvid.catalog.presets import build_svd_pipeline
+from asyncvid.catalog.quiet import svd_pipeline_class
 from asyncvid.pipelines.svd import conditioning_image
+from asyncvid.utils import one_line
 from _workers import cut_bytes_for_call, gather_stats
 
 # max_guidance_scale > 1: classifier-free guidance, the UNet sees a batch of 2 (uncond, cond)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 import asyncvid
-from asyncvid.models.tiny import build_animatediff_pipeline
+from asyncvid.catalog.presets import build_animatediff_pipeline
 from asyncvid.engine.profile import cut_bytes
 from asyncvid.pipelines.parallel import materialized_parameters
 

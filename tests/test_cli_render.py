@@ -173,7 +173,7 @@ def test_base_model_plus_motion_adapter(tmp_path):
     separate MotionAdapter folder."""
     from diffusers import StableDiffusionPipeline
 
-    from asyncvid.models.tiny import animatediff_components
+    from asyncvid.catalog.presets import animatediff_components
 
     parts = animatediff_components("tiny", seed=0)
     adapter = parts.pop("motion_adapter")

@@ -8,7 +8,7 @@ import torch
 
 import _workers
 from asyncvid.launch import launch_local
-from asyncvid.models.tiny import build_animatediff_pipeline
+from asyncvid.catalog.presets import build_animatediff_pipeline
 from reference import AsyncReference
 
 

@@ -12,7 +12,7 @@ from asyncvid.engine.plan import SplitPlan, balanced_ranges, compress_names, ran
 from asyncvid.engine.schedule import PARALLEL, REUSE, SEQUENTIAL, step_action
 from asyncvid.distributed.transport import layout_of, pack, unpack
 from asyncvid.models import adapter_for
-from asyncvid.models.tiny import build_animatediff_pipeline
+from asyncvid.catalog.presets import build_animatediff_pipeline
 
 
 @pytest.fixture(scope="module")

@@ -170,7 +170,7 @@ def tiny_clip(tmp_path_factory):
     """A random 2-layer CLIP and the repo's offline byte-level tokenizer, saved as a folder."""
     from transformers import CLIPConfig, CLIPModel
 
-    from asyncvid.models.tiny import byte_level_tokenizer
+    from asyncvid.catalog.presets import byte_level_tokenizer
 
     tok = byte_level_tokenizer()
     common = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=2)

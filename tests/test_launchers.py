@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from asyncvid.distributed.env import _first_slurm_host, env_from_slurm, launched_world_size
-from asyncvid.launch import free_port
+from asyncvid.utils import free_port
 
 EXAMPLE = Path(__file__).parents[1] / "examples" / "parallel_animatediff.py"
 

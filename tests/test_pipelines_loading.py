@@ -6,7 +6,7 @@ import numpy as np
 
 import _workers
 from asyncvid.launch import launch_local
-from asyncvid.models.tiny import build_animatediff_pipeline
+from asyncvid.catalog.presets import build_animatediff_pipeline
 from reference import AsyncReference
 
 SPLIT2 = [["conv_in", "down_blocks", "mid_block", "up_blocks.0"], ["up_blocks.1", "conv_out"]]
@@ -45,7 +45,7 @@ def test_hub_layout_2d_unet_plus_motion_adapter(tmp_path, one_thread):
     import torch
     from diffusers import AnimateDiffPipeline
 
-    from asyncvid.models.tiny import animatediff_components
+    from asyncvid.catalog.presets import animatediff_components
 
     parts = animatediff_components("tiny", seed=0)
     AnimateDiffPipeline(**parts).save_pretrained(tmp_path / "hub", safe_serialization=True)

@@ -11,7 +11,7 @@ import sys
 import time
 
 from asyncvid.cli.main import main
-from asyncvid.render.models import ensure_builtin
+from asyncvid.catalog.builtin import ensure_builtin
 from asyncvid.video import read_video_info
 
 NAMES = ["j1", "j2", "j3", "j4"]

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from asyncvid.cli.main import main
-from asyncvid.models.tiny import build_animatediff_pipeline, build_svd_pipeline
+from asyncvid.catalog.presets import build_animatediff_pipeline, build_svd_pipeline
 from asyncvid.render.stream import EncodeJob, Encoder, decode_chunk, decode_chunks, denoise
 from asyncvid.video import read_video_info
 

@@ -17,7 +17,7 @@ from asyncvid.errors import AsyncVidError
 from asyncvid.launch import launch_local
 from asyncvid.models import adapter_for
 from asyncvid.models.svd import SpatioTemporalUNetAdapter
-from asyncvid.models.tiny import build_svd_pipeline
+from asyncvid.catalog.presets import build_svd_pipeline
 from asyncvid.pipelines.svd import conditioning_image
 from reference import AsyncReference
 

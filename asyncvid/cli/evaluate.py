@@ -50,7 +50,8 @@ def cmd_eval(args) -> int:
     from ..eval.adherence import evaluate_pipeline
     from ..eval.similarity import step_similarity
     from ..eval.world import held_out_split, prompt_for
-    from ..render.models import load_pipeline, resolve_model
+    from ..catalog.folders import resolve_model
+    from ..catalog.pipelines import load_pipeline
 
     pipe = load_pipeline(resolve_model(args.model))
     _, held_out = held_out_split()

@@ -96,7 +96,7 @@ def cmd_render(args) -> int:
 
 def _check_folders(jobfile, jobs, tasks) -> None:
     """--dry-run: a missing model or motion adapter folder is an error (rendering reports it per job)."""
-    from ..render.models import missing_adapter, missing_model
+    from ..catalog.folders import missing_adapter, missing_model
 
     for job, task in zip(jobs, tasks):
         problem = missing_model(task.model)

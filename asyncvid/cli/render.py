@@ -20,13 +20,13 @@ import warnings
 from collections import Counter
 
 from ..errors import PlanError
-from ..render.models import (TINY_RANDOM, TINY_RANDOM_SVD, _quiet_environment, cache_dir,  # noqa: F401 - re-exported
-                             ensure_builtin, ensure_tiny_random, load_pipeline, resolve_model)
+from ..catalog.pipelines import load_pipeline
+from ..catalog.quiet import quiet_environment
 from ..render.stream import EncodeJob, Encoder, decode_chunk, decode_chunks, denoise
 from ..render.tasks import (Task, _write_manifest, config_hash, is_done, make_task, one_line,  # noqa: F401 - re-exported
                             resolve)
 
-_quiet_environment()  # before diffusers/transformers are imported: never download, no chatter
+quiet_environment()  # before diffusers/transformers are imported: never download, no chatter
 
 
 # ---------------------------------------------------------------------------------- reporting

@@ -23,7 +23,7 @@ def render_rank(model: str, prompts: list[str], seeds: list[int], call: dict, co
     driver, save the clips (seed-major) to ``out_path``. ``config`` None = the untouched pipeline."""
     import torch
 
-    from ..planner import build_pipeline
+    from ..catalog.pipelines import build_pipeline
 
     pipe = build_pipeline(model)
     pipe.set_progress_bar_config(disable=True)
@@ -137,7 +137,8 @@ def run_fidelity(model: str, configs: list[tuple[int, int, int]], prompts: list[
         report["sequential"] = score(ref, ref, clip_prompts, None, clip_dir, shapes_world)
         log(f"sequential: {len(ref)} clips")
         if profile is None:
-            from ..planner import build_pipeline, profile_pipeline
+            from ..catalog.pipelines import build_pipeline
+            from ..planner import profile_pipeline
 
             import torch
 

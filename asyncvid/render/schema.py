@@ -15,7 +15,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInf
 from pydantic import create_model
 
 from ..errors import AsyncVidError
-from .models import BUILTINS, KIND_NAMES, model_kind, pipeline_class_name
+from ..catalog.builtin import BUILTINS
+from ..catalog.folders import KIND_NAMES, model_kind, pipeline_class_name
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 Format = Literal["mp4", "webm", "gif", "av1", "png"]

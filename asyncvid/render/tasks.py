@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..errors import AsyncVidError
 from ..video import output_name
-from .models import resolve_adapter, resolve_model
+from ..catalog.folders import resolve_adapter, resolve_model
 
 
 @dataclass

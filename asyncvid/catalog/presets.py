@@ -1,5 +1,6 @@
-"""Tiny random-weight AnimateDiff pipelines built from configs, for tests, benchmarks and the
-offline default example. Nothing here touches a model hub.
+"""Random-weight AnimateDiff and Stable Video Diffusion pipelines built from configs (presets
+``null``, ``tiny``, ``small``), for tests, benchmarks and the ``tiny-random`` built-ins. Nothing here
+touches a model hub.
 
 The tokenizer is byte-level (every UTF-8 byte is a token), so any prompt tokenizes without a
 vocabulary download.
@@ -141,25 +142,13 @@ SVD_PRESETS = {
 }
 
 
-def svd_pipeline_class():
-    """diffusers' SVD module imports ``transformers.CLIPImageProcessor``, which without torchvision
-    falls back to the PIL backend with a warning; the fallback is what we want, the warning is noise."""
-    from transformers.utils import logging as hf_logging
-
-    level = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
-        from diffusers import StableVideoDiffusionPipeline
-    finally:
-        hf_logging.set_verbosity(level)
-    return StableVideoDiffusionPipeline
-
-
 def build_svd_pipeline(preset: str = "tiny", seed: int = 0):
     """A ``StableVideoDiffusionPipeline`` with random weights (SpatioTemporal UNet, temporal-decoder VAE,
     CLIP vision encoder), nothing downloaded. Latents are half the pixel size (two VAE levels)."""
     from diffusers import AutoencoderKLTemporalDecoder, EulerDiscreteScheduler, UNetSpatioTemporalConditionModel
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    from .quiet import svd_pipeline_class
 
     StableVideoDiffusionPipeline = svd_pipeline_class()
 

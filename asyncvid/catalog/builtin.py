@@ -1,0 +1,50 @@
+"""Built-in models, usable by name anywhere a model folder is: the packaged ``shapes-t2v`` (trained
+here, shipped in ``asyncvid/assets``) and the random-weight ``tiny-random`` / ``tiny-random-svd``,
+built once into the cache on first use."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from ..errors import AsyncVidError
+from ..utils import cache_dir
+
+TINY_RANDOM = "tiny-random"
+TINY_RANDOM_SVD = "tiny-random-svd"
+SHAPES_T2V = "shapes-t2v"
+#: models shipped inside the package (trained here; see scripts/train_shapes_t2v.py)
+PACKAGED = {SHAPES_T2V: Path(__file__).resolve().parents[1] / "assets" / SHAPES_T2V}
+#: built-in model name -> kind. Random-weight ones are built into the cache on first use.
+BUILTINS = {TINY_RANDOM: "t2v", TINY_RANDOM_SVD: "i2v", SHAPES_T2V: "t2v"}
+
+
+def ensure_builtin(name: str) -> Path:
+    """The folder of a built-in model: packaged ones ship with asyncvid; random-weight ones are
+    built once into the cache (temp folder, then rename)."""
+    if name in PACKAGED:
+        if not (PACKAGED[name] / "model_index.json").is_file():
+            raise AsyncVidError(f"the packaged model {name} is missing from this installation ({PACKAGED[name]})")
+        return PACKAGED[name]
+    folder = cache_dir() / "models" / name
+    if (folder / "model_index.json").is_file():
+        return folder
+    from .quiet import quiet_environment, quiet_libraries
+
+    quiet_environment()
+    from .presets import save_animatediff_pipeline, save_svd_pipeline
+
+    quiet_libraries()
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.with_name(f".{name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save = save_svd_pipeline if BUILTINS[name] == "i2v" else save_animatediff_pipeline
+    save(tmp, "tiny", seed=0)
+    try:
+        os.rename(tmp, folder)  # a whole folder: renamed at once, not through utils.atomic_path
+    except OSError:  # another process finished first (or a broken leftover is in the way)
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (folder / "model_index.json").is_file():
+            raise AsyncVidError(f"cannot create the model cache at {folder}: remove it and retry") from None
+    return folder

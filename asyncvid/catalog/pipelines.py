@@ -1,0 +1,66 @@
+"""Pipelines of catalogue models: loading a local folder, building one by name or random preset,
+and the keyword arguments of a benchmark's denoising call."""
+
+from __future__ import annotations
+
+from ..errors import AsyncVidError
+from .folders import pipeline_class_name, resolve_model
+from .quiet import quiet_environment, quiet_libraries, svd_pipeline_class
+
+
+def load_pipeline(model_dir: str, adapter_dir: str | None = None):
+    """A plain diffusers pipeline on the CPU: Stable Video Diffusion or AnimateDiff (a
+    StableDiffusionPipeline base folder needs ``adapter_dir``; for an AnimateDiff folder it replaces
+    the folder's own motion adapter)."""
+    quiet_environment()
+    quiet_libraries()
+    name = pipeline_class_name(model_dir)
+    if name == "StableVideoDiffusionPipeline":
+        pipe = svd_pipeline_class().from_pretrained(model_dir)
+    else:
+        from diffusers import AnimateDiffPipeline, MotionAdapter
+
+        extra = {}
+        if adapter_dir:
+            extra["motion_adapter"] = MotionAdapter.from_pretrained(adapter_dir)
+        elif name == "StableDiffusionPipeline":
+            raise AsyncVidError(f"{model_dir} is a StableDiffusionPipeline: set `motion_adapter:` to an "
+                                f"AnimateDiff motion adapter folder")
+        # float32 compute whatever the stored dtype (the packaged model is stored in fp16)
+        import torch
+
+        import warnings
+
+        with warnings.catch_warnings():  # newer diffusers renamed torch_dtype; older ones lack the new name
+            warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
+            pipe = AnimateDiffPipeline.from_pretrained(model_dir, torch_dtype=torch.float32, **extra)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def build_pipeline(model: str, preset: str = "small"):
+    """``animatediff`` / ``svd``: random-weight presets built from configs; anything else: a built-in
+    model name or a local diffusers folder (fp32, CPU)."""
+    if model in ("animatediff", "svd"):
+        from .presets import build_animatediff_pipeline, build_svd_pipeline
+
+        return (build_svd_pipeline if model == "svd" else build_animatediff_pipeline)(preset, seed=0)
+    return load_pipeline(resolve_model(model))
+
+
+def is_svd(pipe) -> bool:
+    return hasattr(pipe, "image_encoder") and not hasattr(pipe, "text_encoder")
+
+
+def call_kwargs(pipe, frames: int, latent: int, steps: int, guidance: float = 7.5,
+                prompt: str = "a red circle moving left on a black background") -> dict:
+    """One denoising call at ``latent`` x ``latent`` latents, to latents (no VAE decode)."""
+    size = latent * pipe.vae_scale_factor
+    common = dict(num_frames=frames, height=size, width=size, num_inference_steps=steps, output_type="latent")
+    if is_svd(pipe):
+        from PIL import Image
+
+        image = Image.new("RGB", (size, size), (200, 40, 40))
+        # max_guidance_scale > 1: both guidance branches in one batch-2 UNet call, like AnimateDiff's CFG
+        return dict(common, image=image, min_guidance_scale=1.0, max_guidance_scale=2.5, decode_chunk_size=8)
+    return dict(common, prompt=prompt, guidance_scale=guidance)
