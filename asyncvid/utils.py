@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import socket
 import uuid
@@ -27,11 +28,14 @@ def cache_dir() -> Path:
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it is renamed over ``path`` (same file
-    system, so readers see the old file or the new one, never half of one); on failure it is removed."""
+    system, so readers see the old file or the new one, never half of one); on failure it is removed.
+
+    The temporary name is hidden and ends in ``.partial`` (what a killed process leaves behind is
+    found by :func:`partial_leftovers`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # a unique name, created by the caller with the usual permissions (mkstemp would make it 0600)
-    tmp_path = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp_path = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.partial")
     try:
         yield tmp_path
         os.replace(tmp_path, path)
@@ -40,13 +44,20 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def atomic_write(path: str | os.PathLike, data: str | bytes) -> Path:
-    """Write text or bytes to ``path`` atomically (see :func:`atomic_path`)."""
+    """Write bytes, or text as UTF-8, to ``path`` atomically (see :func:`atomic_path`)."""
     with atomic_path(path) as tmp:
         if isinstance(data, bytes):
             tmp.write_bytes(data)
         else:
-            tmp.write_text(data)
+            tmp.write_text(data, encoding="utf-8")
     return Path(path)
+
+
+def partial_leftovers(path: str | os.PathLike) -> list[Path]:
+    """Temporary files of :func:`atomic_path` for ``path`` that a killed process left behind
+    (``.NAME.*partial``, which also matches the older fixed name ``.NAME.partial``)."""
+    path = Path(path)
+    return sorted(path.parent.glob(f".{glob.escape(path.name)}.*partial"))
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -3,6 +3,8 @@ with ``--fidelity``, the quality cost of AsyncDiff configurations against the se
 
 from __future__ import annotations
 
+from ..utils import atomic_write
+
 
 def add_eval_parser(subparsers) -> None:
     p = subparsers.add_parser("eval", help="score prompt adherence (colour, direction) on held-out shapes prompts",
@@ -65,8 +67,7 @@ def cmd_eval(args) -> int:
             _random_twin(pipe), generator=torch.Generator().manual_seed(0), **call)
     text = json.dumps(report, indent=2)
     if args.json:
-        with open(args.json, "w") as f:
-            f.write(text)
+        atomic_write(args.json, text)
     print(text)
     return 0
 
@@ -111,23 +112,14 @@ def cmd_fidelity(args) -> int:
                           log=lambda line: print(line, file=sys.stderr))
     text = json.dumps(finite(report), indent=2)
     if args.json:
-        _write(args.json, text)
+        atomic_write(args.json, text)
     else:
         print(text)
     if args.markdown:
-        _write(args.markdown, markdown(report))
+        atomic_write(args.markdown, markdown(report))
     if args.plot:
         from ..eval.plot import pareto_plot
 
         pareto_plot(plot_points(report), args.plot, "speedup per video (filled: measured, hollow: predicted)",
                     "PSNR vs sequential (dB)", f"{args.model}: AsyncDiff speed vs fidelity")
     return 0
-
-
-def _write(path: str, text: str) -> None:
-    import os
-
-    tmp = f"{path}.partial"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)

@@ -1,252 +1,35 @@
-"""The render loop behind ``asyncvid render``: tasks, model cache, per-rank rendering, manifests.
-
-:func:`_render_all` runs in the CLI process for one device, or on every rank under
-:func:`asyncvid.launch_local` for several. Rank 0 drives the pipeline: it denoises a job to latents,
-decodes them chunk by chunk and hands the chunks to a background encoder
-(:mod:`asyncvid.render.stream`), then starts the next job while the encoder finishes the file.
-The manifest is written once the video is complete, and one JSON line per finished job goes to a
-results file, so the parent still knows which jobs finished if a rank dies part way.
-"""
+"""``asyncvid render FILE``: the argument parser; the work is :func:`asyncvid.render.runner.render_file`."""
 
 from __future__ import annotations
 
-import copy
-import json
-import os
-import sys
-import threading
-import time
-import warnings
-from collections import Counter
-
-from ..errors import PlanError
-from ..catalog.pipelines import load_pipeline
-from ..catalog.quiet import quiet_environment
-from ..render.stream import EncodeJob, Encoder, decode_chunk, decode_chunks, denoise
-from ..render.tasks import (Task, _write_manifest, config_hash, is_done, make_task, one_line,  # noqa: F401 - re-exported
-                            resolve)
-
-quiet_environment()  # before diffusers/transformers are imported: never download, no chatter
+from ..render.select import parse_shard
 
 
-# ---------------------------------------------------------------------------------- reporting
-class Reporter:
-    """Rank 0's view: a rich progress bar over jobs, one line per job, and the results file.
-    Jobs finish on the encoder thread and fail on either thread, hence the lock."""
-
-    def __init__(self, total: int, quiet: bool, results_path: str | None):
-        self.quiet, self.results_path, self.results = quiet, results_path, []
-        self.lock = threading.Lock()
-        self.progress = None
-        if not quiet and total:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-            self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                     TimeElapsedColumn())
-            self.bar = self.progress.add_task("rendering", total=total)
-            self.progress.start()
-
-    def begin(self, task: Task) -> None:
-        if self.progress:
-            self.progress.update(self.bar, description=f"rendering {task.name}")
-
-    def finish(self, task: Task, ok: bool, message: str, **extra) -> None:
-        result = dict(name=task.name, status="done" if ok else "failed", message=message, **extra)
-        with self.lock:
-            self.results.append(result)
-            if self.results_path:
-                with open(self.results_path, "a", encoding="utf-8") as f:
-                    f.write(json.dumps(result) + "\n")
-            if not ok:
-                print(f"asyncvid: job {task.name!r} failed: {message}", file=sys.stderr, flush=True)
-            elif not self.quiet:
-                print(f"done {task.name} -> {task.output} ({message})", flush=True)
-            if self.progress:
-                self.progress.advance(self.bar)
-
-    def close(self) -> None:
-        if self.progress:
-            self.progress.stop()
-            self.progress = None
+def add_render_parser(subparsers) -> None:
+    p = subparsers.add_parser("render", help="render the jobs of a YAML job file",
+                              description="Render every job of a YAML job file to <out>/<name>.<ext> plus a "
+                                          "<name>.json manifest. Jobs whose manifest matches their config are skipped.")
+    p.add_argument("file", help="job file (YAML)")
+    p.add_argument("--devices", type=int, metavar="N",
+                   help="number of devices (ranks); every job's `stages` must equal N. Default: the group "
+                        "size when started by srun/torchrun (one process per rank), else 1 (local ranks are "
+                        "spawned for N > 1)")
+    p.add_argument("--out", metavar="DIR", help="output folder (default: the file's `out`, relative to the file)")
+    p.add_argument("--only", nargs="+", action="extend", metavar="NAME", help="render only these jobs")
+    p.add_argument("--shard", metavar="I/K", type=parse_shard,
+                   help="render only jobs I, I+K, I+2K, ... of the file (0-based I; Slurm array tasks use this)")
+    p.add_argument("--force", action="store_true", help="render again even if an up-to-date output exists")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check the file and its model folders, print the resolved jobs and exit")
+    p.add_argument("--profile", action="store_true",
+                   help="print the batch's wall time against its summed denoising time and write them, with "
+                        "per-job timings, to <out>/render_profile.json")
+    p.add_argument("--quiet", action="store_true", help="no progress bar and no per-job success lines")
+    p.set_defaults(func=cmd_render)
 
 
-# ---------------------------------------------------------------------------------- rendering
-class Driver:
-    """Rank 0: denoise, decode in chunks, queue the chunks to the encoder; the encoder thread
-    writes the manifest and reports the job once its video is final."""
+def cmd_render(args) -> int:
+    from ..render.runner import render_file
 
-    def __init__(self, devices: int, reporter: Reporter):
-        self.devices, self.reporter = devices, reporter
-        self.encoder = Encoder(self._encoded)
-        self.start = time.perf_counter()
-        self.setup_s = 0.0  # model loading and parallelize(), between jobs
-        self.timings: list[dict] = []
-
-    def render(self, pipe, task: Task, fatal_pipe_errors: bool) -> None:
-        """With several devices a failure inside the pipeline call leaves the other ranks mid-call,
-        so it is re-raised to stop the whole group; decoding and encoding failures are per job."""
-        cfg, kind = task.config, task.config["task"]
-        self.reporter.begin(task)
-        start = time.perf_counter()
-        image = None
-        try:
-            if kind == "i2v":  # before the pipeline call: the other ranks are not involved yet
-                from ..pipelines.svd import conditioning_image
-
-                image = conditioning_image(task.image)
-        except Exception as exc:  # noqa: BLE001
-            self.reporter.finish(task, False, one_line(exc))
-            return
-        try:
-            latents = denoise(pipe, cfg, image)
-        except Exception as exc:
-            self.reporter.finish(task, False, one_line(exc))
-            if fatal_pipe_errors:
-                raise
-            return
-        decoding = time.perf_counter()
-        timings = dict(denoise_s=decoding - start, _start=start)
-        self.encoder.begin(EncodeJob(task, task.output, cfg["fps"], cfg["format"], cfg["crf"], timings))
-        try:
-            for frames in decode_chunks(pipe, latents, kind, decode_chunk(cfg)):
-                self.encoder.write(frames)  # waits while the encoder is two chunks behind
-        except BaseException as exc:
-            self.encoder.abort(one_line(exc))
-            if not isinstance(exc, Exception):
-                raise
-            return
-        timings["decode_s"] = time.perf_counter() - decoding
-        self.encoder.end()
-
-    def _encoded(self, job: EncodeJob, error: str | None) -> None:  # on the encoder thread
-        task, t = job.key, job.timings
-        now = time.perf_counter()
-        start = t.pop("_start")
-        t["wall_s"] = now - start
-        timings = {k: round(t.get(k, 0.0), 4) for k in ("denoise_s", "decode_s", "encode_s", "wall_s")}
-        if error is None:
-            try:
-                _write_manifest(task, self.devices, job.frames, timings)
-            except Exception as exc:  # noqa: BLE001
-                error = one_line(exc)
-        # the profile also places each job on the batch's timeline (seconds since the batch began)
-        self.timings.append(dict(name=task.name, ok=error is None, started_s=round(start - self.start, 4),
-                                 done_s=round(now - self.start, 4), **timings))
-        if error is not None:
-            self.reporter.finish(task, False, error)
-            return
-        self.reporter.finish(task, True, f"denoise {timings['denoise_s']:.2f} s, wall {timings['wall_s']:.2f} s",
-                             timings=timings)
-
-    def close(self) -> dict:
-        """Wait for the encoder; the batch's profile (seconds)."""
-        self.encoder.close()
-        wall = time.perf_counter() - self.start
-        sums = {k: round(sum(t[k] for t in self.timings), 4) for k in ("denoise_s", "decode_s", "encode_s")}
-        render_wall = wall - self.setup_s
-        return dict(jobs=sum(t["ok"] for t in self.timings), devices=self.devices, wall_s=round(wall, 4),
-                    setup_s=round(self.setup_s, 4), render_wall_s=round(render_wall, 4), **sums,
-                    wall_over_denoise=round(render_wall / sums["denoise_s"], 4) if sums["denoise_s"] else None,
-                    jobs_timings=self.timings)
-
-
-def _render_single(tasks: list[Task], driver: Driver) -> None:
-    """One device: the plain pipeline (stages=1), loaded once per model and reused."""
-    from ..distributed.env import default_device
-
-    pipes: dict[tuple, object] = {}
-    for task in tasks:
-        if task.model_key not in pipes:
-            started = time.perf_counter()
-            try:
-                pipes[task.model_key] = load_pipeline(*task.model_key).to(default_device())
-            except Exception as exc:  # noqa: BLE001
-                pipes[task.model_key] = exc
-            driver.setup_s += time.perf_counter() - started
-        pipe = pipes[task.model_key]
-        if isinstance(pipe, Exception):
-            driver.reporter.finish(task, False, f"cannot load model {task.model_dir}: {one_line(pipe)}")
-            continue
-        driver.render(pipe, task, fatal_pipe_errors=False)
-
-
-def _groups(tasks: list[Task]) -> dict[tuple, list[Task]]:
-    """Jobs that can share one parallel pipeline: same model and same parallel options."""
-    groups: dict[tuple, list[Task]] = {}
-    for t in tasks:
-        c = t.config
-        key = (t.model_key, c["stages"], c["stride"], c["warmup"], json.dumps(c["split"]))
-        groups.setdefault(key, []).append(t)
-    return groups
-
-
-def _render_parallel(tasks: list[Task], devices: int, driver: Driver | None) -> None:
-    """Every rank: one ParallelPipeline per group; rank 0 renders, the others serve until closed."""
-    import asyncvid
-
-    groups = _groups(tasks)
-    uses = Counter(key[0] for key in groups)
-    loaded: dict[tuple, object] = {}
-    for key, group in groups.items():
-        started = time.perf_counter()
-        model_key = key[0]
-        if model_key not in loaded:
-            loaded[model_key] = load_pipeline(*model_key)
-        uses[model_key] -= 1
-        # parallelize() moves weights and hooks the UNet: later groups of this model get a copy
-        pipe = loaded.pop(model_key) if uses[model_key] == 0 else copy.deepcopy(loaded[model_key])
-        c = group[0].config
-        try:
-            ppipe = asyncvid.parallelize(pipe, stages=c["stages"], stride=c["stride"], warmup=c["warmup"], split=c["split"])
-        except PlanError as exc:
-            if not isinstance(c["split"], list):
-                raise  # an auto split may fail mid-collective on some ranks only: stop the group
-            # an explicit split is checked identically on every rank before any communication,
-            # so all ranks can drop just this group and go on with the next one
-            for task in group if driver else ():
-                driver.reporter.finish(task, False, one_line(exc))
-            continue
-        if not ppipe.is_driver:
-            ppipe.serve()
-            continue
-        driver.setup_s += time.perf_counter() - started
-        for task in group:
-            driver.render(ppipe, task, fatal_pipe_errors=True)
-        ppipe.close()
-
-
-def _render_all(tasks: list[Task], devices: int, quiet: bool = False, results_path: str | None = None,
-                profile_path: str | None = None):
-    """Render ``tasks`` (each with ``model_dir`` set); runs on every rank when ``devices`` > 1.
-
-    Returns the list of per-job results on rank 0 (``None`` on the other ranks). With
-    ``profile_path``, rank 0 also writes the batch's timings there (JSON).
-    """
-    is_driver = devices == 1 or int(os.environ.get("RANK", "0")) == 0
-    if devices > 1:  # torch's object collectives warn about a deprecated pytree API on every rank
-        warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
-    import torch  # noqa: F401 - the first import takes a second: before the batch's clock starts
-
-    reporter = Reporter(len(tasks), quiet, results_path) if is_driver else None
-    driver = Driver(devices, reporter) if is_driver else None
-    try:
-        if devices == 1:
-            _render_single(tasks, driver)
-        else:
-            _render_parallel(tasks, devices, driver)
-    finally:
-        if driver:
-            profile = driver.close()  # finishes the videos already denoised, even on the way out
-            reporter.close()
-    if driver and profile_path:
-        _write_json(profile_path, profile)
-    return reporter.results if reporter else None
-
-
-def _write_json(path: str, data: dict) -> None:
-    tmp = f"{path}.partial"
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
+    return render_file(args.file, devices=args.devices, out=args.out, only=args.only, shard=args.shard,
+                       force=args.force, dry_run=args.dry_run, profile=args.profile, quiet=args.quiet)

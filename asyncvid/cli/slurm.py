@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shlex
 import sys
 from pathlib import Path
@@ -50,12 +49,13 @@ def add_slurm_parser(subparsers) -> None:
 
 
 def cmd_submit(args) -> int:
-    from ..jobs import load_job_file
+    from ..render.batch import check_folders
+    from ..render.jobfile import load_job_file
+    from ..render.tasks import tasks_for
     from ..slurm import commands
     from ..slurm.script import SubmitSpec, check_spec, sbatch_script
-    from ..render.tasks import tasks_for
     from ..slurm.status import record_submission
-    from .main import _check_folders
+    from ..utils import atomic_write
 
     jobfile = load_job_file(args.file)
     out = Path(args.out).expanduser().resolve() if args.out else jobfile.out
@@ -69,7 +69,7 @@ def cmd_submit(args) -> int:
                       partition=args.partition, time=args.time, requeue=args.requeue, extra_sbatch=extra,
                       python=sys.executable, workdir=Path.cwd())
     check_spec(spec, {job.name: job.stages for job in jobfile.jobs}, None)
-    _check_folders(jobfile, jobfile.jobs, tasks_for(jobfile, out))
+    check_folders(jobfile, jobfile.jobs, tasks_for(jobfile, out))
     try:
         nodes = commands.partition_nodes(args.partition)
     except AsyncVidError as exc:
@@ -83,9 +83,7 @@ def cmd_submit(args) -> int:
         sys.stdout.write(script)
         return 0
     spec.log_dir.mkdir(parents=True, exist_ok=True)
-    tmp = spec.script_path.with_name(f".{spec.script_path.name}.partial")
-    tmp.write_text(script, encoding="utf-8")
-    os.replace(tmp, spec.script_path)
+    atomic_write(spec.script_path, script)
     job_id = commands.sbatch(str(spec.script_path))
     record_submission(out, job_id, spec.script_path, spec.file, spec.tasks, list(range(spec.tasks)))
     print(f"submitted array job {job_id}: {spec.tasks} task(s) x {spec.devices} rank(s) for {len(jobfile.jobs)} "
@@ -95,7 +93,7 @@ def cmd_submit(args) -> int:
 
 def _current(out: Path):
     """(latest submission record, its job file, render tasks, job ids of that script's submissions)."""
-    from ..jobs import load_job_file
+    from ..render.jobfile import load_job_file
     from ..render.tasks import tasks_for
     from ..slurm.status import load_records
 

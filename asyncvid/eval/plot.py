@@ -8,11 +8,11 @@ and ``hollow`` True when the speed was predicted rather than measured.
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
+
+from ..utils import atomic_path
 
 SIZE = (900, 600)
 MARGIN = dict(left=80, right=40, top=60, bottom=80)
@@ -146,19 +146,6 @@ def pareto_plot(points: list[dict], path, x_label: str, y_label: str, title: str
             label = f"{label} (exact)" if label else "exact"
         canvas.text((xy[0] + RADIUS + 3, xy[1] - RADIUS - 2), label, "ld")
     canvas.legend()
-    return _save_atomic(canvas.img, Path(path))
-
-
-def _save_atomic(img: Image.Image, path: Path) -> Path:
-    """Save under a temporary name in the same folder, then rename: readers never see half a PNG."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            img.save(fh, format="PNG")
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a plot is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return path
+    with atomic_path(path) as tmp:  # readers never see half a PNG
+        canvas.img.save(tmp, format="PNG")
+    return Path(path)

@@ -16,6 +16,8 @@ import time
 
 import numpy as np
 
+from ..utils import atomic_path
+
 
 def render_rank(model: str, prompts: list[str], seeds: list[int], call: dict, config: tuple[int, int, int] | None,
                 out_path: str) -> None:
@@ -48,9 +50,8 @@ def render_rank(model: str, prompts: list[str], seeds: list[int], call: dict, co
             clips += list(out.frames)
     if config is not None:
         runner.close()
-    tmp = out_path + ".partial.npz"
-    np.savez(tmp, clips=np.stack(clips), seconds=seconds)
-    os.replace(tmp, out_path)
+    with atomic_path(out_path) as tmp, open(tmp, "wb") as f:  # a file object: savez would add ".npz" to a name
+        np.savez(f, clips=np.stack(clips), seconds=seconds)
 
 
 def score(ref: np.ndarray, clips: np.ndarray, prompts: list[str], perceptual, clip_dir: str | None,

@@ -1,7 +1,7 @@
 """The job schema of ``asyncvid render``: the fields a job can set, their defaults and checks,
 and how a job's kind (``t2v`` text-to-video or ``i2v`` image-to-video) is decided.
 
-:mod:`asyncvid.jobs` reads the YAML file and turns every problem into one line with its place.
+:mod:`.jobfile` reads the YAML file and turns every problem into one line with its place.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Render tasks: a job's resolved config and its hash, where its files go, whether it is up to
-date, and its manifest."""
+date, the model folders it loads, and its manifest."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..errors import AsyncVidError
-from ..video import output_name
 from ..catalog.folders import resolve_adapter, resolve_model
+from ..utils import atomic_write
+from ..video import output_name
 
 
 @dataclass
@@ -36,13 +36,6 @@ class Task:
     @property
     def model_key(self) -> tuple:
         return (self.model_dir, self.adapter_dir)
-
-
-def one_line(exc: BaseException) -> str:
-    """First line of an error; the exception type too unless it is one of ours."""
-    lines = str(exc).strip().splitlines()
-    msg = lines[0] if lines else ""
-    return msg if isinstance(exc, AsyncVidError) else f"{type(exc).__name__}: {msg}"
 
 
 def config_hash(config: dict) -> str:
@@ -93,7 +86,8 @@ def _versions() -> dict:
     return {"asyncvid": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__}
 
 
-def _write_manifest(task: Task, devices: int, frames: int, timings: dict) -> None:
+def write_manifest(task: Task, devices: int, frames: int, timings: dict) -> None:
+    """``<name>.json`` beside the video, once the video is final: what :func:`is_done` checks."""
     manifest = dict(name=task.name, output=os.path.basename(task.output), config=task.config,
                     config_hash=task.config_hash, seed=task.config["seed"], model_dir=task.model_dir,
                     devices=devices, frames=frames, versions=_versions(), timings=timings,
@@ -102,8 +96,4 @@ def _write_manifest(task: Task, devices: int, frames: int, timings: dict) -> Non
         manifest["motion_adapter_dir"] = task.adapter_dir
     if task.image:
         manifest["image"] = task.image
-    tmp = os.path.join(os.path.dirname(task.manifest), f".{os.path.basename(task.manifest)}.partial")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(manifest, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, task.manifest)
+    atomic_write(task.manifest, json.dumps(manifest, indent=2) + "\n")

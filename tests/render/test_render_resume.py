@@ -10,9 +10,13 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from asyncvid.cli.main import main
 from asyncvid.catalog.builtin import ensure_builtin
 from asyncvid.video import read_video_info
+
+pytestmark = [pytest.mark.multiprocess]  # the CLI in a subprocess
 
 NAMES = ["j1", "j2", "j3", "j4"]
 # ~1 s of denoising per job on 2 CPU cores

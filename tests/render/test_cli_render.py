@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from asyncvid.cli.main import main
-from asyncvid.jobs import JobFileError, load_job_file
+from asyncvid.render.jobfile import JobFileError, load_job_file
 from asyncvid.video import read_video_info
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 ENTRY = """\
   - name: {name}
     prompt: "a red circle moving left"
@@ -77,18 +77,32 @@ def test_render_then_skip_then_force(tmp_path, cache, capsys):
 
 
 def test_changed_config_is_not_up_to_date(tmp_path):
-    from asyncvid.cli.render import _write_manifest, is_done, make_task
-    from asyncvid.jobs import load_job_file
+    from asyncvid.render.tasks import is_done, make_task, write_manifest
 
     (tmp_path / "jobs.yaml").write_text(job_yaml())
     jf = load_job_file(tmp_path / "jobs.yaml")
     task = make_task(jf.jobs[0], "tiny-random", tmp_path)
     (tmp_path / "circle.mp4").write_bytes(b"video")
-    _write_manifest(task, 1, 8, {})
+    write_manifest(task, 1, 8, {})
     assert is_done(task)
     (tmp_path / "jobs.yaml").write_text(job_yaml().replace("steps: 2", "steps: 3"))
     changed = make_task(load_job_file(tmp_path / "jobs.yaml").jobs[0], "tiny-random", tmp_path)
     assert changed.config_hash != task.config_hash and not is_done(changed)
+
+
+def test_partial_leftovers_are_cleaned(tmp_path, capsys):
+    """What a killed run left beside a job's video and manifest goes; other files stay."""
+    from asyncvid.render.batch import clean_partials
+    from asyncvid.render.tasks import make_task
+
+    (tmp_path / "jobs.yaml").write_text(job_yaml())
+    task = make_task(load_job_file(tmp_path / "jobs.yaml").jobs[0], "tiny-random", tmp_path)
+    leftovers = [".circle.partial.mp4", ".circle.json.123.0a1b2c3d.partial", ".circle.json.partial"]
+    for name in leftovers + ["circle.mp4", ".other.json.partial"]:
+        (tmp_path / name).write_text("")
+    clean_partials([task], quiet=False)
+    assert capsys.readouterr().out == "removed 3 partial file(s) left by an interrupted run\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.json.partial", "circle.mp4", "jobs.yaml"]
 
 
 def test_failed_job_does_not_stop_the_others(tmp_path, capsys):
@@ -123,6 +137,7 @@ def test_only_unknown_name(tmp_path, capsys):
     assert capsys.readouterr().err.startswith("asyncvid: error: --only: no job named 'nope'")
 
 
+@pytest.mark.multiprocess  # the CLI in a subprocess
 def test_bad_file_exits_2_with_one_line(tmp_path):
     jobs = tmp_path / "jobs.yaml"
     jobs.write_text(job_yaml().replace("frames: 8", "frames: 0"))
@@ -135,6 +150,7 @@ def test_bad_file_exits_2_with_one_line(tmp_path):
     assert "jobs.yaml:6:" in lines[0] and "frames" in lines[0]
 
 
+@pytest.mark.multiprocess
 def test_render_on_two_devices(tmp_path, capfd):
     """Two local ranks: a bad explicit split fails only its own job; the next job still renders."""
     jobs = tmp_path / "jobs.yaml"

@@ -17,6 +17,8 @@ import pytest
 
 from asyncvid.video import read_video_info
 
+pytestmark = [pytest.mark.multiprocess, pytest.mark.root]
+
 JOBS = """\
 out: out
 jobs:

@@ -116,11 +116,11 @@ def test_encoder_queue_is_bounded(tmp_path):
 
 # ----------------------------------------------------------------------------- timings and --profile
 def test_timings_and_profile(tmp_path, monkeypatch, capsys):
-    from asyncvid.cli import render
+    from asyncvid.render import loop
 
     loads = []
-    real_load = render.load_pipeline
-    monkeypatch.setattr(render, "load_pipeline", lambda *a: loads.append(a) or real_load(*a))
+    real_load = loop.load_pipeline
+    monkeypatch.setattr(loop, "load_pipeline", lambda *a: loads.append(a) or real_load(*a))
     image().save(tmp_path / "cond.png")
     jobs = tmp_path / "jobs.yaml"
     jobs.write_text("defaults: {frames: 4, width: 32, height: 32, steps: 1, decode_chunk: 2}\njobs:\n"

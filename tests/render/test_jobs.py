@@ -1,4 +1,4 @@
-"""asyncvid.jobs: job file loading, defaults, and one-line validation errors."""
+"""asyncvid.render.jobfile: job file loading, defaults, and one-line validation errors."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import textwrap
 import pytest
 
 from asyncvid.errors import AsyncVidError
-from asyncvid.jobs import JobFileError, load_job_file
+from asyncvid.render.jobfile import JobFileError, load_job_file
 
 GOOD = """\
 defaults:

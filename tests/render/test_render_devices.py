@@ -11,6 +11,8 @@ from PIL import Image
 from asyncvid.cli.main import main
 from asyncvid.video import read_video_info
 
+pytestmark = [pytest.mark.multiprocess]
+
 JOBS = """\
 defaults: {frames: 8, width: 32, height: 32, steps: 2, stages: 2, fps: 8}
 jobs:

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from PIL import Image
 
 from asyncvid.cli.main import main
+
+pytestmark = [pytest.mark.multiprocess]  # every configuration on its own local ranks
 
 
 def test_fidelity_sweep_reports_exact_and_asynchronous_configs(tmp_path):

@@ -20,8 +20,9 @@ import pytest
 from asyncvid.cli.main import main
 from asyncvid.video import read_video_info
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CLUSTER = ROOT / "scripts" / "slurm-cluster.sh"
+pytestmark = [pytest.mark.multiprocess, pytest.mark.slurm, pytest.mark.root]
 
 JOBS = """\
 out: out

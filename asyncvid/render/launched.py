@@ -12,14 +12,16 @@ import os
 from pathlib import Path
 
 from ..errors import AsyncVidError
+from ..utils import one_line
+from .batch import RenderOptions, plan, profile_path, summarize
+from .tasks import Task, resolve
 
 
-def render_launched(tasks, args, out: Path) -> int:
+def render_launched(tasks: list[Task], options: RenderOptions, out: Path) -> int:
     import torch.distributed as dist
 
     from ..distributed.env import describe_group, ensure_process_group
-    from .main import _plan, _print_profile
-    from .render import _render_all, one_line, resolve
+    from .loop import render_all
 
     try:
         ensure_process_group()
@@ -33,7 +35,7 @@ def render_launched(tasks, args, out: Path) -> int:
     rank = dist.get_rank()
     box = [None]
     if rank == 0:
-        pending, failed, skipped = _plan(tasks, args)
+        pending, failed, skipped = plan(tasks, options)
         box = [([t.name for t in pending], failed, skipped)]
     dist.broadcast_object_list(box, src=0)
     names, failed, skipped = box[0]
@@ -41,19 +43,13 @@ def render_launched(tasks, args, out: Path) -> int:
     if rank != 0:
         for task in pending:  # rank 0 already built any built-in model into the cache
             resolve(task)
-    profile_path = str(out / "render_profile.json") if args.profile and rank == 0 else None
+    profile = profile_path(out, options) if rank == 0 else None
     try:
-        results = _render_all(pending, args.devices, args.quiet or rank != 0, None, profile_path) if pending else []
+        results = render_all(pending, options.devices, options.quiet or rank != 0, None, profile) if pending else []
     except AsyncVidError:
         raise
     except Exception as exc:  # a rank died or the network broke: one line, not a traceback per rank
         raise AsyncVidError(f"rank {rank}: the render group stopped: {one_line(exc)}") from None
     if rank != 0:
         return 0
-    rendered = sum(r["status"] == "done" for r in results)
-    failed = failed + [r["name"] for r in results if r["status"] != "done"]
-    if not args.quiet:
-        print(f"{rendered} rendered, {skipped} skipped, {len(failed)} failed", flush=True)
-    if profile_path:
-        _print_profile(profile_path)
-    return 1 if failed else 0
+    return summarize(results, failed, skipped, options, profile)

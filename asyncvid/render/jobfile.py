@@ -4,8 +4,7 @@ Every problem is reported as one :class:`JobFileError` line naming the file, the
 job and the field, e.g. ``jobs.yaml:12: job 2 'circle': frames: Input should be greater than or
 equal to 1 (got 0)``. A job is text-to-video (``t2v``: AnimateDiff, a ``prompt``) or image-to-video
 (``i2v``: Stable Video Diffusion, an ``image`` file relative to the job file); the schema and how
-the kind is decided are in :mod:`asyncvid.render.schema`. Images are checked here, before any model
-loads.
+the kind is decided are in :mod:`.schema`. Images are checked here, before any model loads.
 """
 
 from __future__ import annotations
@@ -17,12 +16,11 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
-from .errors import AsyncVidError
-from .catalog.builtin import BUILTINS
-from .render.schema import (KIND_DEFAULTS, KIND_FIELDS, FieldError, Job, JobOptions, image_problem, job_kind,
-                            other_kind)
+from ..catalog.builtin import BUILTINS
+from ..errors import AsyncVidError
+from .schema import KIND_FIELDS, FieldError, Job, JobOptions, image_problem, job_kind, other_kind
 
-__all__ = ["Job", "JobOptions", "JobFile", "JobFileError", "load_job_file", "KIND_FIELDS", "KIND_DEFAULTS"]
+__all__ = ["JobFile", "JobFileError", "load_job_file"]
 
 
 class JobFileError(AsyncVidError):
