@@ -24,7 +24,7 @@ def _build(cfg: dict):
 
 def _timed_call(pipe, cfg: dict) -> list[float]:
     from .catalog.pipelines import call_kwargs
-    from .planner import timed_call
+    from .planner.report import timed_call
 
     return timed_call(pipe, call_kwargs(pipe, cfg["frames"], cfg["latent"], cfg["steps"]))
 
@@ -53,7 +53,7 @@ def run_baseline(cfg: dict, threads: int, profile: bool = False) -> dict:
     result = _measure(pipe, cfg, warmup=1, repeats=cfg["repeats"])
     result.update(threads=threads, peak_rss_mib=[result["peak_rss_mib"]])
     if profile:
-        from .planner import profile_pipeline
+        from .planner.report import profile_pipeline
 
         result["profile"] = profile_pipeline(pipe, cfg["frames"], cfg["latent"])
     return result
@@ -114,7 +114,7 @@ def run_load_rank(folder: str, stages: int, cfg: dict) -> dict | None:
     from diffusers import AnimateDiffPipeline  # noqa: F401  (imports before the baseline reading)
 
     from .pipelines.animatediff import AsyncAnimateDiffPipeline
-    from .pipelines.parallel import materialized_parameters
+    from .pipelines.placement import materialized_parameters
 
     before = _rss_now_mib()
     _reset_peak_rss()
@@ -171,7 +171,7 @@ def run_bench(preset: str = "small", frames: int = 8, latent: int = 16, steps: i
     """Baselines, then every (stages, stride[, warmup]) configuration, each with the planner's
     prediction from the one-thread profile beside the measurement."""
     from .launch import launch_local
-    from .planner import predict_from
+    from .planner.report import predict_from
 
     cfg = dict(model=model, preset=preset, frames=frames, latent=latent, steps=steps, warmup=warmup, repeats=repeats)
     configs = [tuple(c) + (warmup,) * (3 - len(c)) for c in (configs or [(1, 1), (1, 2), (2, 1), (2, 2)])]
@@ -207,8 +207,7 @@ def run_bench(preset: str = "small", frames: int = 8, latent: int = 16, steps: i
 def _link(configs, log):
     """The link the predictions assume: measured between two local ranks when any configuration
     has more than one stage."""
-    from .engine.predict import LINKS
-    from .linkprobe import measure_local_link
+    from .planner.links import LINKS, measure_local_link
 
     if not any(c[0] > 1 for c in configs):
         return LINKS["loopback"]

@@ -6,8 +6,8 @@ import torch
 
 import asyncvid
 from asyncvid.catalog.presets import build_animatediff_pipeline
-from asyncvid.engine.profile import cut_bytes
-from asyncvid.pipelines.parallel import materialized_parameters
+from asyncvid.pipelines.placement import materialized_parameters
+from asyncvid.planner.profile import cut_bytes
 
 CALL = dict(prompt="a red circle moving left", num_frames=8, height=32, width=32, num_inference_steps=4,
             guidance_scale=7.5, output_type="np")
@@ -60,8 +60,8 @@ def cut_bytes_for_call(ppipe, kwargs):
     """The plan's per-cut bytes recomputed (on the meta device) for this call's latent shape."""
     adapter = ppipe.runtime.adapter
     h, w = kwargs["height"] // ppipe.vae_scale_factor, kwargs["width"] // ppipe.vae_scale_factor
-    args, kw = adapter.example_inputs(2, kwargs["num_frames"], h, w, torch.device("cpu"), torch.float32)
-    sizes = cut_bytes(type(adapter), ppipe.unet, args, kw)
+    call = adapter.example_call(2, kwargs["num_frames"], h, w, torch.device("cpu"), torch.float32)
+    sizes = cut_bytes(type(adapter), ppipe.unet, call)
     return [sizes[b - 1] for _, b in ppipe.plan.ranges[:-1]]
 
 

@@ -39,7 +39,7 @@ class AsyncReference:
                 outs.append(state)
         else:
             if self.stride == 2 and (s - self.warmup) % 2 == 1:
-                return self.adapter.output(self.eps, call.return_dict)
+                return self.adapter.wrap_output(self.eps, call.return_dict)
             if self.stride == 1:
                 t = t_of(s - 1) if self.time_shift else call.timestep
             else:
@@ -49,8 +49,8 @@ class AsyncReference:
             for k in range(1, n):
                 outs.append(self._stage(k, call, t, self.outputs[k - 1]))
         self.outputs = outs
-        self.eps = outs[-1].h
-        return self.adapter.output(self.eps, call.return_dict)
+        self.eps = self.adapter.prediction(outs[-1])
+        return self.adapter.wrap_output(self.eps, call.return_dict)
 
     def install(self):
         self.pipe.unet.forward = self.forward

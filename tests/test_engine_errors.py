@@ -40,7 +40,7 @@ def test_bad_configuration_fails_before_work(nprocs, options, expected):
 
 
 def test_more_stages_than_units_is_rejected():
-    from asyncvid.engine.plan import balanced_ranges
+    from asyncvid.engine.split import balanced_ranges
 
     with pytest.raises(AsyncVidError, match="cannot cut 3 units into 4 stages"):
         balanced_ranges([1.0, 2.0, 3.0], 4)

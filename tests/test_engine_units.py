@@ -8,7 +8,7 @@ import random
 import pytest
 import torch
 
-from asyncvid.engine.plan import SplitPlan, balanced_ranges, compress_names, ranges_from_names
+from asyncvid.engine.split import SplitPlan, balanced_ranges, compress_names, ranges_from_names
 from asyncvid.engine.schedule import PARALLEL, REUSE, SEQUENTIAL, step_action
 from asyncvid.distributed.transport import layout_of, pack, unpack
 from asyncvid.models import adapter_for

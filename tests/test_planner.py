@@ -7,7 +7,8 @@ import json
 import pytest
 
 from asyncvid.cli.main import main
-from asyncvid.engine.predict import LINKS, Link, parse_link, predict
+from asyncvid.planner.links import LINKS, LinkModel, parse_link
+from asyncvid.planner.predict import predict
 from asyncvid.errors import AsyncVidError
 
 COSTS = [1.0, 2.0, 3.0, 2.0, 1.0, 1.0]
@@ -27,7 +28,7 @@ def test_stage_times_add_up_to_the_profile():
 def test_speedup_arithmetic():
     one = predict(COSTS, BYTES, 1, steps=10, warmup=1)
     assert one.speedup_per_step == pytest.approx(1.0) and one.speedup_per_video == pytest.approx(1.0)
-    fast = Link("ideal", 1e30, 0.0)
+    fast = LinkModel("ideal", 1e30, 0.0)
     two = predict(COSTS, BYTES, 2, steps=10, warmup=1, link=fast)
     assert two.ranges == [(0, 3), (3, 6)] and two.per_step_s == pytest.approx(6.0)
     assert two.speedup_per_step == pytest.approx(10 / 6)
@@ -36,12 +37,12 @@ def test_speedup_arithmetic():
     s2 = predict(COSTS, BYTES, 2, stride=2, steps=10, warmup=1, link=fast)
     assert s2.per_step_s == pytest.approx(3.0) and s2.video_s == pytest.approx(10 + 5 * 6)  # ceil(9/2) rounds
     # a slow link shows: transfer longer than the receiving stage's compute
-    slow = predict(COSTS, BYTES, 2, steps=10, link=Link("slow", 10.0, 0.0))  # 300 B at 10 B/s = 30 s
+    slow = predict(COSTS, BYTES, 2, steps=10, link=LinkModel("slow", 10.0, 0.0))  # 300 B at 10 B/s = 30 s
     assert slow.exposed_comm_s == pytest.approx(30 - 4.0) and slow.speedup_per_step < two.speedup_per_step
 
 
 def test_cpu_links_add_transfers_to_the_stages():
-    link = Link("cpu", 100.0, 0.5, overlaps_compute=False)  # 300 B = 3 s + 0.5 s latency
+    link = LinkModel("cpu", 100.0, 0.5, overlaps_compute=False)  # 300 B = 3 s + 0.5 s latency
     p = predict(COSTS, BYTES, 2, steps=10, link=link, eps_bytes=50)
     # stage 0: 6 s compute + sends the 300 B cut (3.5 s) + receives the 50 B eps (1.0 s); stage 1 the same
     # transfers the other way round; plus one control latency per round
@@ -50,7 +51,7 @@ def test_cpu_links_add_transfers_to_the_stages():
 
 
 def test_measured_local_link():
-    from asyncvid.linkprobe import measure_local_link
+    from asyncvid.planner.links import measure_local_link
 
     link = measure_local_link()
     assert 0 < link.latency_s < 0.1 and link.bytes_per_s > 1e6

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import _svd_workers as W
-from asyncvid.engine.profile import cut_bytes
+from asyncvid.planner.profile import cut_bytes
 from asyncvid.errors import AsyncVidError
 from asyncvid.launch import launch_local
 from asyncvid.models import adapter_for
@@ -89,8 +89,8 @@ def test_units_chain_is_bit_exact(unet, shape, one_thread):
 def test_cut_bytes_on_a_weightless_unet(unet):
     """The engine's meta copy must not trip over SVD's CPU-born AlphaBlender.mix_factor."""
     adapter = adapter_for(unet)
-    args, kwargs = adapter.example_inputs(2, 8, 16, 16, torch.device("cpu"), torch.float32)
-    sizes = cut_bytes(SpatioTemporalUNetAdapter, unet, args, kwargs)
+    call = adapter.example_call(2, 8, 16, 16, torch.device("cpu"), torch.float32)
+    sizes = cut_bytes(SpatioTemporalUNetAdapter, unet, call)
     assert len(sizes) == len(UNITS)
     assert sizes[0] == 2 * 8 * 32 * 16 * 16 * 4  # conv_in's output is the hidden state and the first skip: once
     assert sizes[-1] == 2 * 8 * 4 * 16 * 16 * 4  # the prediction

@@ -80,9 +80,9 @@ def cmd_plan(args) -> int:
 
     import torch
 
-    from ..engine.predict import parse_link
+    from ..planner.links import parse_link
     from ..catalog.pipelines import build_pipeline
-    from ..planner import describe, load_profile, predict_from, profile_pipeline, save_profile
+    from ..planner.report import describe, load_profile, predict_from, profile_pipeline, save_profile
 
     link = parse_link(args.link)
     if args.devices < 1:

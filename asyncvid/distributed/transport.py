@@ -1,11 +1,13 @@
-"""Point-to-point transfer of carried states, and the small control messages of the engine.
+"""Point-to-point transfer: carried states between stages, step messages and conditioning trees.
 
 A state (a list of tensors) is packed into one flat buffer per dtype, so a cut costs one message per
 dtype. Tensors that are the same object (``conv_in``'s output is both the hidden state and the
 first skip) travel once. The receiver needs the layout (shapes, dtypes, aliases) before the first
 transfer of a call; it is sent once, as a control message, and then reused for every step.
 
-Every byte sent is counted, split into ``activation`` (boundary tensors) and ``control``.
+Every byte sent is counted, split into ``activation`` (boundary tensors), ``control`` (step messages,
+layouts, tree structures) and ``conditioning`` (tensors of conditioning trees and per-step extras).
+Nothing here is collective: no rank ever waits for the whole group.
 """
 
 from __future__ import annotations
@@ -91,7 +93,7 @@ class Traffic:
                 "activation_bytes_per_step": list(self.per_step)}
 
 
-class Link:
+class StateLink:
     """One direction of one edge (this rank -> peer, or peer -> this rank) for carried states."""
 
     def __init__(self, peer: int, device: torch.device, traffic: Traffic):
@@ -110,7 +112,7 @@ class Link:
         if self.layout is None:
             self.layout = layout_of(tensors)
             payload = pickle.dumps(self.layout)
-            dist.send_object_list([self.layout], dst=self.peer, device=self._object_device())
+            dist.send_object_list([self.layout], dst=self.peer, device=_object_device(self.device))
             self.traffic.control += len(payload) + 8
         buffers = pack(tensors, self.layout)
         for buf in buffers:
@@ -123,7 +125,7 @@ class Link:
     def irecv(self) -> "PendingState":
         if self.layout is None:
             box = [None]
-            dist.recv_object_list(box, src=self.peer, device=self._object_device())
+            dist.recv_object_list(box, src=self.peer, device=_object_device(self.device))
             self.layout = box[0]
         buffers = [torch.empty(n, dtype=d, device=self.device) for d, n in self.layout.groups().items()]
         works = [dist.irecv(buf, src=self.peer) for buf in buffers]
@@ -134,8 +136,6 @@ class Link:
             work.wait()
         self._pending.clear()
 
-    def _object_device(self):
-        return self.device if self.device.type == "cuda" else None
 
 
 @dataclass
@@ -150,33 +150,56 @@ class PendingState:
         return unpack(self.buffers, self.layout)
 
 
-def broadcast_tree(tree, src: int, group, device: torch.device, traffic: Traffic | None = None):
-    """Broadcast a nested structure of tensors and plain values from ``src`` to the group.
+def send_message(message: torch.Tensor, dst: int, traffic: Traffic, keep: list) -> None:
+    """Send a step message without waiting; ``keep`` holds the pending work until the caller drains it."""
+    keep.append((dist.isend(message, dst=dst), message))
+    traffic.control += message.numel() * message.element_size()
+    traffic.messages += 1
+
+
+def recv_message(src: int, size: int, device: torch.device) -> torch.Tensor:
+    buf = torch.empty(size, dtype=torch.int64, device=device)
+    dist.recv(buf, src=src)
+    return buf
+
+
+def send_tree(tree, dst: int, device: torch.device, traffic: Traffic | None = None, kind: str = "conditioning") -> None:
+    """Send a nested structure of tensors and plain values to ``dst`` (point to point).
 
     Non-tensor leaves travel pickled with the structure; tensors travel as tensors, so on NCCL they
-    stay on the GPU.
+    stay on the GPU. Tensor bytes are counted as ``kind`` (``conditioning`` or ``control``).
     """
-    from torch.utils._pytree import tree_flatten, tree_unflatten
+    from torch.utils._pytree import tree_flatten
 
-    is_src = dist.get_rank() == src
-    if is_src:
-        leaves, spec = tree_flatten(tree)
-        meta = [("T", tuple(x.shape), x.dtype) if torch.is_tensor(x) else ("V", x) for x in leaves]
-        box = [(meta, spec)]
-    else:
-        box = [None]
-    dist.broadcast_object_list(box, src=src, group=group, device=device if device.type == "cuda" else None)
+    leaves, spec = tree_flatten(tree)
+    meta = [("T", tuple(x.shape), x.dtype) if torch.is_tensor(x) else ("V", x) for x in leaves]
+    dist.send_object_list([(meta, spec)], dst=dst, device=_object_device(device))
+    if traffic is not None:
+        traffic.control += len(pickle.dumps((meta, spec))) + 8
+    for x in leaves:
+        if torch.is_tensor(x):
+            tensor = x.to(device).contiguous()
+            dist.send(tensor, dst=dst)
+            if traffic is not None:
+                setattr(traffic, kind, getattr(traffic, kind) + tensor.numel() * tensor.element_size())
+
+
+def recv_tree(src: int, device: torch.device):
+    from torch.utils._pytree import tree_unflatten
+
+    box = [None]
+    dist.recv_object_list(box, src=src, device=_object_device(device))
     meta, spec = box[0]
-    if is_src and traffic is not None:
-        traffic.control += len(pickle.dumps(box[0])) + 8
     out = []
-    for i, item in enumerate(meta):
+    for item in meta:
         if item[0] == "V":
             out.append(item[1])
             continue
-        tensor = leaves[i].to(device).contiguous() if is_src else torch.empty(item[1], dtype=item[2], device=device)
-        dist.broadcast(tensor, src=src, group=group)
-        if is_src and traffic is not None:
-            traffic.conditioning += tensor.numel() * tensor.element_size()
-        out.append(leaves[i] if is_src else tensor)
+        tensor = torch.empty(item[1], dtype=item[2], device=device)
+        dist.recv(tensor, src=src)
+        out.append(tensor)
     return tree_unflatten(out, spec)
+
+
+def _object_device(device: torch.device):
+    return device if device.type == "cuda" else None

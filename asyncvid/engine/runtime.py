@@ -1,34 +1,40 @@
-"""The stage runtime: one instance per rank, executing that rank's stage for every denoising step.
+"""The stage runtime: one per rank, running that rank's stage for every denoiser call.
 
-The driver (global rank 0, stage 0) runs the diffusers pipeline; its UNet forward is replaced by
-:meth:`StageRuntime.driver_forward`, which tells the other stages what to do with one small control
-broadcast per executed step, runs stage 0 and returns the last stage's prediction. Workers sit in
-:meth:`StageRuntime.serve_call`. Only carried states cross ranks, point to point:
+It works on tensors only. The driver (stage 0 of its stage group) calls :meth:`StageRuntime.begin`
+once per denoising pass and :meth:`StageRuntime.drive` once per denoiser call; the other stages sit
+in :meth:`StageRuntime.follow`. Only what the workers cannot know travels, point to point (see
+``distributed/protocol.py``): the pass's timesteps once, one small step message per executed call,
+the conditioning when its version changes, and the carried states across the cuts.
 
 * sequential (warm-up) step: stage k receives stage k-1's output of this step, runs, sends on;
-* parallel step: stage k posts the receive for stage k-1's output of *this* step, runs on the
-  output it received in the *previous* step, sends its own output on, then completes the receive.
-  Compute and transfer overlap; the last stage's output (the prediction) goes to the driver.
+* parallel step: stage k runs on what stage k-1 produced in the *previous* round, sends its output
+  on, then completes the receive of stage k-1's output of this round.
+
+Workers run ahead: as soon as a parallel round's input is in, a worker computes its next call from
+the schedule (the same pure function the driver uses), *before* the driver's step message arrives,
+so the driver's own per-step work (guidance, scheduler, callbacks) overlaps the workers' compute.
+Nothing leaves a worker before the message has confirmed the call; when the message disagrees
+(other step, timestep or call tag, new conditioning, extra inputs), the speculative result is
+dropped and the call computed again, so the outcome never depends on the guess.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
-import torch.distributed as dist
 
+from ..distributed.protocol import FIELDS, Op, StepMessage
 from ..distributed.topology import Topology
-from ..distributed.transport import Link, Traffic, broadcast_tree
+from ..distributed.transport import (PendingState, StateLink, Traffic, recv_message, recv_tree, send_message,
+                                     send_tree)
 from ..errors import AsyncVidError
-from ..models.base import UNetAdapter
-from .plan import SplitPlan
+from .adapter import DenoiserCall, StageAdapter
+from .conditioning import ConditioningVersion
 from .schedule import PARALLEL, REUSE, SEQUENTIAL, StepAction, step_action
+from .split import SplitPlan
 from .units import Carried, run_units
-
-OP_STEP, OP_END_CALL, OP_SHUTDOWN, OP_UNDO = 1.0, 2.0, 3.0, 4.0
-_DTYPES = [torch.int64, torch.int32, torch.float32, torch.float64, torch.float16, torch.bfloat16]
-_KINDS = [SEQUENTIAL, PARALLEL]
 
 
 @dataclass(frozen=True)
@@ -36,6 +42,7 @@ class AsyncOptions:
     stride: int = 1
     warmup: int = 1
     time_shift: bool = False
+    speculate: bool = True  # workers compute their next call before its message arrives
 
     def validate(self, stages: int) -> None:
         if self.stride not in (1, 2):
@@ -47,173 +54,235 @@ class AsyncOptions:
 
 
 @dataclass
-class LoopPosition:
-    """Where the pipeline's denoising loop is; maintained by the pipeline wrapper."""
+class _CallStream:
+    """Everything that belongs to one call tag: its links, stale input, conditioning, last prediction."""
 
-    step: int = 0
-    timesteps: torch.Tensor | None = None
-    last_called_step: int = -1
+    links: dict[str, StateLink]
+    version: ConditioningVersion = field(default_factory=ConditioningVersion)
+    cond_version: int = 0
+    cond: Any = None
+    sample_shape: torch.Size | None = None
+    prev_input: Carried | None = None
+    last_eps: torch.Tensor | None = None
+
+
+@dataclass
+class _Speculation:
+    key: tuple
+    out: Carried
 
 
 class StageRuntime:
-    def __init__(self, adapter: UNetAdapter, plan: SplitPlan, topo: Topology, device: torch.device, options: AsyncOptions):
-        self.adapter, self.plan, self.topo, self.device, self.options = adapter, plan, topo, device, options
-        a, b = plan.ranges[topo.stage]
+    def __init__(self, adapter: StageAdapter, split: SplitPlan, topo: Topology, device: torch.device,
+                 options: AsyncOptions):
+        self.adapter, self.split, self.topo, self.device, self.options = adapter, split, topo, device, options
+        a, b = split.ranges[topo.stage]
         self.units = adapter.units()[a:b]
         self.traffic = Traffic()
-        n, k = topo.stages, topo.stage
-        self.n_stages, self.stage = n, k
+        self.n_stages, self.stage = topo.stages, topo.stage
         self.driver_rank = topo.stage_rank(0)
-        self.recv_prev = Link(topo.stage_rank(k - 1), device, self.traffic) if k > 0 else None
-        self.send_next = Link(topo.stage_rank(k + 1), device, self.traffic) if k < n - 1 else None
-        self.send_eps = Link(self.driver_rank, device, self.traffic) if (n > 1 and k == n - 1) else None
-        self.recv_eps = Link(topo.stage_rank(n - 1), device, self.traffic) if (n > 1 and k == 0) else None
-        self._links = [l for l in (self.recv_prev, self.send_next, self.send_eps, self.recv_eps) if l]
-        self.prev_input: Carried | None = None
-        self.cond = None
-        self.sample_shape = None
-        self._last_eps = None
-        self._cond_ids = None
+        self.worker_ranks = [topo.stage_rank(k) for k in range(1, topo.stages)]
+        self.timesteps: torch.Tensor | None = None
+        self.total = 0
+        self.streams: dict[int, _CallStream] = {}
         self.steps_executed = 0
+        self._sent: list = []  # driver: step messages in flight
+        self._tag_pattern: list[int] = [0]  # workers: the call tags of one step, as last seen
+        self._tags_this_step: list[int] = []
 
     # ------------------------------------------------------------------ shared
-    def _reset_loop(self) -> None:
-        for link in self._links:
-            link.reset()
-        self.prev_input = None
-        self._last_eps = None
+    def _stream(self, tag: int) -> _CallStream:
+        stream = self.streams.get(tag)
+        if stream is None:
+            n, k, rank = self.n_stages, self.stage, self.topo.stage_rank
+            links = {}
+            if k > 0:
+                links["recv_prev"] = StateLink(rank(k - 1), self.device, self.traffic)
+            if k < n - 1:
+                links["send_next"] = StateLink(rank(k + 1), self.device, self.traffic)
+            if n > 1 and k == n - 1:
+                links["send_eps"] = StateLink(self.driver_rank, self.device, self.traffic)
+            if n > 1 and k == 0:
+                links["recv_eps"] = StateLink(rank(n - 1), self.device, self.traffic)
+            stream = self.streams[tag] = _CallStream(links)
+        return stream
 
-    def _execute(self, action: StepAction, timestep: torch.Tensor, sample: torch.Tensor | None) -> Carried | None:
-        """Run this rank's stage for one step; on the driver return the prediction state."""
-        n, k = self.n_stages, self.stage
-        before = self.traffic.activation
-        ctx = self.adapter.context(self.sample_shape, timestep, self.cond)
-        pending = None
-        if k == 0:
-            inp = self.adapter.input_state(sample)
-        elif action.kind == SEQUENTIAL:
-            inp = Carried.from_tensors(self.recv_prev.irecv().wait())
-            self.prev_input = inp
-        else:
-            if self.prev_input is None:
-                raise AsyncVidError("parallel step without a previous input: the loop must start with a warm-up step")
-            inp = self.prev_input
-            if not action.last_round:
-                pending = self.recv_prev.irecv()
-        out = run_units(self.units, ctx, inp)
-        if k < n - 1 and (action.kind == SEQUENTIAL or not action.last_round):
-            self.send_next.isend(out.tensors())
-        if self.send_eps is not None:
-            self.send_eps.isend(out.tensors())
-        if pending is not None:
-            self.prev_input = Carried.from_tensors(pending.wait())
+    def _new_pass(self, timesteps: torch.Tensor) -> None:
+        for stream in self.streams.values():
+            for link in stream.links.values():
+                link.reset()
+            stream.prev_input, stream.last_eps = None, None
+        self.timesteps, self.total = timesteps, len(timesteps)
+        self._tags_this_step = []
+
+    def _action(self, step: int) -> StepAction:
+        o = self.options
+        return step_action(step, self.total, o.warmup, o.stride, o.time_shift)
+
+    def _compute(self, stream: _CallStream, timestep: torch.Tensor, state: Carried, extras=None) -> Carried:
+        cond = stream.cond if not extras else {**stream.cond, **extras}
+        ctx = self.adapter.context(stream.sample_shape, timestep, cond)
+        return run_units(self.units, ctx, state)
+
+    def _send_on(self, stream: _CallStream, action: StepAction, out: Carried) -> None:
+        if "send_next" in stream.links and (action.kind == SEQUENTIAL or not action.last_round):
+            stream.links["send_next"].isend(out.tensors())
+        if "send_eps" in stream.links:
+            stream.links["send_eps"].isend([self.adapter.prediction(out)])
+
+    def _count_step(self, before: int) -> None:
         self.steps_executed += 1
         self.traffic.per_step.append(self.traffic.activation - before)
-        if k != 0:
-            return None
-        return out if n == 1 else Carried.from_tensors(self.recv_eps.irecv().wait())
 
-    def _control(self, values: list[float] | None = None) -> list[float]:
-        msg = torch.zeros(8, dtype=torch.float64, device=self.device)
-        if values is not None:
-            msg[: len(values)] = torch.tensor(values, dtype=torch.float64)
-            self.traffic.control += msg.numel() * 8
-        if self.n_stages > 1:
-            dist.broadcast(msg, src=self.driver_rank, group=self.topo.stage_group)
-        return msg.tolist()
-
-    def _share_cond(self, payload):
-        if self.n_stages == 1:
-            return payload
-        return broadcast_tree(payload, self.driver_rank, self.topo.stage_group, self.device, self.traffic)
+    def _wait_links(self) -> None:
+        for stream in self.streams.values():
+            for link in stream.links.values():
+                link.wait()
 
     # ------------------------------------------------------------------ driver
-    def driver_forward(self, args: tuple, kwargs: dict, loop: LoopPosition):
-        call = self.adapter.split_call(args, kwargs)
-        timesteps = loop.timesteps
-        total = len(timesteps)
-        step = loop.step
-        if step >= total:  # the pipeline restarted its loop (e.g. FreeInit): a fresh denoising pass
-            step = loop.step = 0
-        if step == loop.last_called_step:
-            raise AsyncVidError(f"the UNet was called twice in denoising step {step}; pipelines that call the "
-                                "denoiser more than once per step (split CFG) are not supported")
-        loop.last_called_step = step
-        action = step_action(step, total, self.options.warmup, self.options.stride, self.options.time_shift)
-        if step == 0:
-            self._reset_loop()
-            self._cond_ids = None
+    def _tell_workers(self, message: StepMessage, timestep: torch.Tensor | None = None, tree=None,
+                      kind: str = "conditioning") -> None:
+        for work, _ in self._sent:
+            work.wait()
+        self._sent.clear()
+        for rank in self.worker_ranks:
+            send_message(message.encode(self.device, timestep), rank, self.traffic, self._sent)
+            if tree is not None:
+                send_tree(tree, rank, self.device, self.traffic, kind)
+
+    def begin(self, timesteps: torch.Tensor) -> None:
+        """Driver: a new denoising pass over ``timesteps`` starts (every pipeline call, every FreeInit pass)."""
+        timesteps = timesteps.detach().reshape(-1)
+        self._new_pass(timesteps)
+        self._tell_workers(StepMessage(Op.BEGIN, total=len(timesteps)), tree={"timesteps": timesteps}, kind="control")
+
+    def drive(self, step: int, call: DenoiserCall, tag: int = 0) -> torch.Tensor:
+        """Driver: the prediction for denoiser call ``tag`` of step ``step`` of the current pass."""
+        if self.timesteps is None or not 0 <= step < self.total:
+            raise AsyncVidError(f"denoiser call for step {step} outside the current pass of {self.total} steps")
+        action = self._action(step)
+        stream = self._stream(tag)
         if action.kind == REUSE:
-            return self.adapter.output(self._last_eps, call.return_dict)
+            if stream.last_eps is None:
+                raise AsyncVidError(f"step {step} reuses a prediction that call tag {tag} never made")
+            return stream.last_eps
         timestep = call.timestep
         if action.t_index != step:
-            timestep = timesteps[action.t_index].reshape(1).to(device=timestep.device, dtype=timestep.dtype)
-        cond_ids = (tuple(call.sample.shape), call.sample.dtype, _identity(call.cond))
-        changed = cond_ids != self._cond_ids
-        self._control([OP_STEP, step, float(timestep.item()), _DTYPES.index(timestep.dtype),
-                       _KINDS.index(action.kind), float(action.last_round), float(changed)])
+            timestep = self.timesteps[action.t_index].reshape(1).to(device=timestep.device, dtype=timestep.dtype)
+        changed = stream.version.update((tuple(call.sample.shape), call.cond))
+        tree = None
         if changed:
-            payload = self._share_cond({"cond": call.cond, "shape": tuple(call.sample.shape)})
-            self.cond, self.sample_shape, self._cond_ids = payload["cond"], torch.Size(payload["shape"]), cond_ids
-        eps = self._execute(action, timestep, call.sample).h
-        self._last_eps = eps
-        return self.adapter.output(eps, call.return_dict)
+            stream.cond, stream.sample_shape = call.cond, call.sample.shape
+            stream.cond_version = stream.version.version
+            tree = {"cond": call.cond, "shape": tuple(call.sample.shape)}
+        message = StepMessage(Op.STEP, step, action.t_index, tag, stream.cond_version, 0,
+                              timestep_dtype=timestep.dtype, total=self.total)
+        if self.worker_ranks:
+            self._tell_workers(message, timestep, tree)
+        before = self.traffic.activation
+        out = self._compute(stream, timestep, self.adapter.input_state(call.sample))
+        self._send_on(stream, action, out)
+        if "recv_eps" in stream.links:
+            eps = stream.links["recv_eps"].irecv().wait()[0]
+        else:
+            eps = self.adapter.prediction(out)
+        self._count_step(before)
+        stream.last_eps = eps
+        return eps
 
     def end_call(self) -> None:
-        for link in self._links:
-            link.wait()
-        self._control([OP_END_CALL])
+        """Driver: the pipeline call is over (also after an interrupted loop)."""
+        self._wait_links()
+        if self.worker_ranks:
+            self._tell_workers(StepMessage(Op.END_CALL))
 
-    def shutdown(self) -> None:
-        self._control([OP_SHUTDOWN])
-
-    def gather_weights(self) -> None:
-        """Undo the weight release: every stage sends its units' tensors to the driver, which
-        re-materialises them. Collective: the driver announces it, workers answer from serve_call."""
-        if self.topo.is_driver:
-            self._control([OP_UNDO])
-        unet = self.adapter.unet
-        for i, unit in enumerate(self.adapter.units()):
-            owner = self.topo.stage_rank(self.plan.stage_of(i))
-            if owner == self.driver_rank:
-                continue
-            for name in unit.modules:
-                module = unet.get_submodule(name)
-                if self.topo.rank == owner:
-                    for tensor in module.state_dict().values():
-                        dist.send(tensor.contiguous(), dst=self.driver_rank)
-                elif self.topo.is_driver:
-                    module.to_empty(device=self.device)
-                    for tensor in module.state_dict(keep_vars=True).values():
-                        dist.recv(tensor.data, src=owner)
+    def release_workers(self, op: Op = Op.SHUTDOWN) -> None:
+        """Driver: end the workers' :meth:`follow` loop for good (``SHUTDOWN``) or for a weight gather (``UNDO``)."""
+        if self.worker_ranks:
+            self._tell_workers(StepMessage(op))
+            for work, _ in self._sent:
+                work.wait()
+            self._sent.clear()
 
     # ------------------------------------------------------------------ workers
-    def serve_call(self) -> bool:
-        """Follow the driver through one pipeline call. Returns False when told to shut down."""
+    def follow(self) -> Op:
+        """Worker: follow the driver through one pipeline call; returns ``END_CALL``, ``SHUTDOWN`` or ``UNDO``."""
+        guess: _Speculation | None = None
         while True:
-            op, step, t_value, t_dtype, kind, last, changed, _ = self._control()
-            if op == OP_END_CALL:
-                for link in self._links:
-                    link.wait()
-                return True
-            if op == OP_SHUTDOWN:
-                return False
-            if op == OP_UNDO:
-                self.gather_weights()
-                return False
-            if int(step) == 0:
-                self._reset_loop()
-            if changed:
-                payload = self._share_cond(None)
-                self.cond, self.sample_shape = payload["cond"], torch.Size(payload["shape"])
-            dtype = _DTYPES[int(t_dtype)]
-            timestep = torch.tensor([t_value], dtype=torch.float64, device=self.device).to(dtype)
-            self._execute(StepAction(_KINDS[int(kind)], -1, bool(last)), timestep, None)
+            message = StepMessage.decode(recv_message(self.driver_rank, FIELDS, self.device))
+            if message.op == Op.BEGIN:
+                self._new_pass(recv_tree(self.driver_rank, self.device)["timesteps"])
+                guess = None
+                continue
+            if message.op != Op.STEP:
+                self._wait_links()
+                return message.op
+            guess = self._follow_step(message, guess)
 
+    def _follow_step(self, message: StepMessage, guess: _Speculation | None) -> _Speculation | None:
+        stream = self._stream(message.call_tag)
+        if message.cond_version != stream.cond_version:
+            payload = recv_tree(self.driver_rank, self.device)
+            stream.cond, stream.sample_shape = payload["cond"], torch.Size(payload["shape"])
+            stream.cond_version = message.cond_version
+        extras = recv_tree(self.driver_rank, self.device) if message.routes_extras_to(self.stage) else None
+        self._note_tag(message)
+        action = self._action(message.step)
+        if action.kind == REUSE or action.t_index != message.t_index:
+            raise AsyncVidError(f"step message for step {message.step} (t_index {message.t_index}) disagrees with "
+                                f"this rank's schedule ({action}): every rank must use the same options")
+        timestep = message.timestep_tensor(self.device)
+        before = self.traffic.activation
+        pending: PendingState | None = None
+        if action.kind == SEQUENTIAL:
+            stream.prev_input = Carried.from_tensors(stream.links["recv_prev"].irecv().wait())
+            out = self._compute(stream, timestep, stream.prev_input, extras)
+        else:
+            if stream.prev_input is None:
+                raise AsyncVidError("parallel step without a previous input: the loop must start with a warm-up step")
+            key = self._key(message.step, message.call_tag, timestep, stream)
+            if guess is not None and guess.key == key and not extras:
+                out = guess.out
+            else:
+                out = self._compute(stream, timestep, stream.prev_input, extras)
+            if not action.last_round:
+                pending = stream.links["recv_prev"].irecv()
+        self._send_on(stream, action, out)
+        if pending is not None:
+            stream.prev_input = Carried.from_tensors(pending.wait())
+        self._count_step(before)
+        if not self.options.speculate or extras:
+            return None
+        return self._speculate(message)
 
-def _identity(tree) -> tuple:
-    """Object identities of the tensors in ``tree``: a changed tensor object means re-send."""
-    from torch.utils._pytree import tree_flatten
+    def _key(self, step: int, tag: int, timestep: torch.Tensor, stream: _CallStream) -> tuple:
+        return (step, tag, timestep.dtype, float(timestep.reshape(-1)[0]), stream.cond_version)
 
-    leaves, _ = tree_flatten(tree)
-    return tuple(id(x) if torch.is_tensor(x) else repr(x) for x in leaves)
+    def _note_tag(self, message: StepMessage) -> None:
+        if self._tags_this_step and message.call_tag in self._tags_this_step:  # a new step began
+            self._tag_pattern = self._tags_this_step
+            self._tags_this_step = []
+        self._tags_this_step.append(message.call_tag)
+
+    def _next_call(self, message: StepMessage) -> tuple[int, int] | None:
+        """The (step, tag) the driver will most likely ask for next, from the schedule and the tag pattern."""
+        pattern = self._tag_pattern
+        if message.call_tag in pattern and pattern.index(message.call_tag) + 1 < len(pattern):
+            return message.step, pattern[pattern.index(message.call_tag) + 1]
+        step = message.step + 1
+        while step < self.total and self._action(step).kind == REUSE:
+            step += 1
+        return (step, pattern[0]) if step < self.total else None
+
+    def _speculate(self, message: StepMessage) -> _Speculation | None:
+        nxt = self._next_call(message)
+        if nxt is None:
+            return None
+        step, tag = nxt
+        action = self._action(step)
+        stream = self.streams.get(tag)
+        if action.kind != PARALLEL or stream is None or stream.prev_input is None or stream.cond is None:
+            return None
+        timestep = self.timesteps[action.t_index].reshape(1).to(device=self.device, dtype=message.timestep_dtype)
+        out = self._compute(stream, timestep, stream.prev_input)
+        return _Speculation(self._key(step, tag, timestep, stream), out)

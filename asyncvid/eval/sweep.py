@@ -86,10 +86,10 @@ def speed_for(config: tuple[int, int, int], bench: dict | None, profile: dict | 
             if (r["stages"], r["stride"], r.get("warmup", 1)) == config and bench["config"]["steps"] == steps:
                 return r["end_to_end_speedup_vs_one_thread"], "measured"
     if profile:
-        from ..engine.predict import LINKS, Link
-        from ..planner import predict_from
+        from ..planner.links import LINKS, LinkModel
+        from ..planner.report import predict_from
 
-        link = Link(**bench["link"]) if bench and "link" in bench else LINKS["loopback"]
+        link = LinkModel(**bench["link"]) if bench and "link" in bench else LINKS["loopback"]
         return predict_from(profile, stages, stride, warmup, steps, link).speedup_per_video, "predicted"
     return None, "unknown"
 
@@ -139,7 +139,7 @@ def run_fidelity(model: str, configs: list[tuple[int, int, int]], prompts: list[
         log(f"sequential: {len(ref)} clips")
         if profile is None:
             from ..catalog.pipelines import build_pipeline
-            from ..planner import profile_pipeline
+            from ..planner.report import profile_pipeline
 
             import torch
 

@@ -1,33 +1,34 @@
-"""Per-UNet-family adapters. ``adapter_for(unet)`` picks one by the UNet's class."""
+"""Model-family adapters, one file each. ``adapter_for(model)`` picks one by the model's class."""
 
 from __future__ import annotations
 
-from .base import UNetAdapter, UNetCall
+from ..engine.adapter import StageAdapter
 
-_ADAPTERS: list[type[UNetAdapter]] = []
+_ADAPTERS: list[type[StageAdapter]] = []
 
 
-def register_adapter(cls: type[UNetAdapter]) -> type[UNetAdapter]:
-    _ADAPTERS.append(cls)
+def register_adapter(cls: type[StageAdapter]) -> type[StageAdapter]:
+    """Make a family adapter known to :func:`adapter_for` (third-party families call this too)."""
+    if cls not in _ADAPTERS:
+        _ADAPTERS.append(cls)
     return cls
 
 
-def adapter_for(unet) -> UNetAdapter:
+def adapter_for(model) -> StageAdapter:
     _load_builtin()
     for cls in _ADAPTERS:
-        if cls.matches(unet):
-            return cls(unet)
-    known = ", ".join(c.unet_class.__name__ for c in _ADAPTERS)
-    raise TypeError(f"asyncvid has no adapter for {type(unet).__name__} (supported: {known})")
+        if cls.matches(model):
+            return cls(model)
+    known = ", ".join(c.model_class.__name__ for c in _ADAPTERS)
+    raise TypeError(f"asyncvid has no adapter for {type(model).__name__} (supported: {known})")
 
 
 def _load_builtin() -> None:
-    if _ADAPTERS:
-        return
     from .motion import MotionUNetAdapter
+    from .svd import SpatioTemporalUNetAdapter
 
     register_adapter(MotionUNetAdapter)
-    from .svd import SpatioTemporalUNetAdapter; register_adapter(SpatioTemporalUNetAdapter)  # noqa: E702
+    register_adapter(SpatioTemporalUNetAdapter)
 
 
-__all__ = ["UNetAdapter", "UNetCall", "adapter_for", "register_adapter"]
+__all__ = ["StageAdapter", "adapter_for", "register_adapter"]

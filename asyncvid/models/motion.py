@@ -15,8 +15,8 @@ from diffusers import UNetMotionModel
 from diffusers.models.unets.unet_motion_model import UNetMotionOutput
 from diffusers.utils.torch_utils import apply_freeu
 
+from ..engine.adapter import DenoiserCall, StageAdapter, as_timestep_tensor
 from ..engine.units import Carried, Unit
-from .base import UNetAdapter, UNetCall, as_timestep_tensor
 
 
 @dataclass
@@ -35,12 +35,12 @@ def _freeu_enabled(block) -> bool:
     )
 
 
-class MotionUNetAdapter(UNetAdapter):
-    unet_class = UNetMotionModel
+class MotionUNetAdapter(StageAdapter):
+    model_class = UNetMotionModel
     shared_modules = ("time_proj", "time_embedding", "add_time_proj", "add_embedding", "encoder_hid_proj")
 
     # ----- call and context ---------------------------------------------------------------
-    def split_call(self, args: tuple, kwargs: dict) -> UNetCall:
+    def split_call(self, args: tuple, kwargs: dict) -> DenoiserCall:
         names = ("sample", "timestep", "encoder_hidden_states", "timestep_cond", "attention_mask",
                  "cross_attention_kwargs", "added_cond_kwargs", "down_block_additional_residuals",
                  "mid_block_additional_residual", "return_dict")
@@ -58,10 +58,10 @@ class MotionUNetAdapter(UNetAdapter):
             "added_cond_kwargs": bound.get("added_cond_kwargs"),
         }
         timestep = as_timestep_tensor(bound["timestep"], sample.device)
-        return UNetCall(sample, timestep, cond, bound.get("return_dict", True))
+        return DenoiserCall(sample, timestep, cond, bound.get("return_dict", True))
 
     def context(self, sample_shape, timestep, cond) -> MotionContext:
-        unet = self.unet
+        unet = self.model
         batch, num_frames = sample_shape[0], sample_shape[2]
         up_factor = 2**unet.num_upsamplers
         attention_mask = cond.get("attention_mask")
@@ -90,18 +90,18 @@ class MotionUNetAdapter(UNetAdapter):
             forward_upsample_size=any(s % up_factor != 0 for s in sample_shape[-2:]),
         )
 
-    def output(self, eps: torch.Tensor, return_dict: bool):
+    def wrap_output(self, eps: torch.Tensor, return_dict: bool):
         return UNetMotionOutput(sample=eps) if return_dict else (eps,)
 
-    def example_inputs(self, batch, frames, height, width, device, dtype, text_len: int = 77):
-        cfg = self.unet.config
+    def example_call(self, batch, frames, height, width, device, dtype, text_len: int = 77) -> DenoiserCall:
+        cfg = self.model.config
         sample = torch.randn(batch, cfg.in_channels, frames, height, width, device=device, dtype=dtype)
         ehs = torch.randn(batch * frames, text_len, cfg.cross_attention_dim, device=device, dtype=dtype)
-        return (sample, torch.tensor(500, device=device)), {"encoder_hidden_states": ehs}
+        return self.split_call((sample, torch.tensor(500, device=device)), {"encoder_hidden_states": ehs})
 
     # ----- units --------------------------------------------------------------------------
     def units(self) -> list[Unit]:
-        unet = self.unet
+        unet = self.model
         units = [Unit("conv_in", ("conv_in",), self._conv_in)]
         for i, block in enumerate(unet.down_blocks):
             units += self._down_units(f"down_blocks.{i}", block)
@@ -116,11 +116,11 @@ class MotionUNetAdapter(UNetAdapter):
     def _conv_in(self, ctx: MotionContext, st: Carried) -> Carried:
         x = st.h  # (B, C, F, H, W)
         x = x.permute(0, 2, 1, 3, 4).reshape((x.shape[0] * ctx.num_frames, -1) + x.shape[3:])
-        h = self.unet.conv_in(x)
+        h = self.model.conv_in(x)
         return Carried(h, (h,))
 
     def _conv_out(self, ctx: MotionContext, st: Carried) -> Carried:
-        unet, h = self.unet, st.h
+        unet, h = self.model, st.h
         if unet.conv_norm_out:
             h = unet.conv_act(unet.conv_norm_out(h))
         h = unet.conv_out(h)
@@ -128,7 +128,7 @@ class MotionUNetAdapter(UNetAdapter):
         return Carried(h, st.skips)
 
     def _mid(self, ctx: MotionContext, st: Carried) -> Carried:
-        mid = self.unet.mid_block
+        mid = self.model.mid_block
         kwargs = dict(encoder_hidden_states=ctx.encoder_hidden_states, attention_mask=ctx.attention_mask,
                       cross_attention_kwargs=ctx.cross_attention_kwargs)
         if hasattr(mid, "motion_modules"):

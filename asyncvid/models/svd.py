@@ -21,8 +21,8 @@ import torch
 from diffusers import UNetSpatioTemporalConditionModel
 from diffusers.models.unets.unet_spatio_temporal_condition import UNetSpatioTemporalConditionOutput
 
+from ..engine.adapter import DenoiserCall, StageAdapter, as_timestep_tensor
 from ..engine.units import Carried, Unit
-from .base import UNetAdapter, UNetCall, as_timestep_tensor
 
 
 @dataclass
@@ -34,12 +34,12 @@ class SpatioTemporalContext:
     forward_upsample_size: bool
 
 
-class SpatioTemporalUNetAdapter(UNetAdapter):
-    unet_class = UNetSpatioTemporalConditionModel
+class SpatioTemporalUNetAdapter(StageAdapter):
+    model_class = UNetSpatioTemporalConditionModel
     shared_modules = ("time_proj", "time_embedding", "add_time_proj", "add_embedding")
 
     # ----- call and context ---------------------------------------------------------------
-    def split_call(self, args: tuple, kwargs: dict) -> UNetCall:
+    def split_call(self, args: tuple, kwargs: dict) -> DenoiserCall:
         names = ("sample", "timestep", "encoder_hidden_states", "added_time_ids", "return_dict")
         bound = dict(zip(names, args))
         bound.update(kwargs)
@@ -55,10 +55,10 @@ class SpatioTemporalUNetAdapter(UNetAdapter):
             "sample_dtype": sample.dtype,
         }
         timestep = as_timestep_tensor(bound["timestep"], sample.device)
-        return UNetCall(sample, timestep, cond, bound.get("return_dict", True))
+        return DenoiserCall(sample, timestep, cond, bound.get("return_dict", True))
 
     def context(self, sample_shape, timestep, cond) -> SpatioTemporalContext:
-        unet = self.unet
+        unet = self.model
         batch, num_frames = sample_shape[0], sample_shape[1]
         dtype = cond["sample_dtype"]
         added_time_ids = cond["added_time_ids"]
@@ -80,14 +80,14 @@ class SpatioTemporalUNetAdapter(UNetAdapter):
             forward_upsample_size=any(s % up_factor != 0 for s in sample_shape[-2:]),
         )
 
-    def output(self, eps: torch.Tensor, return_dict: bool):
+    def wrap_output(self, eps: torch.Tensor, return_dict: bool):
         return UNetSpatioTemporalConditionOutput(sample=eps) if return_dict else (eps,)
 
-    def example_inputs(self, batch, frames, height, width, device, dtype):
+    def example_call(self, batch, frames, height, width, device, dtype) -> DenoiserCall:
         """Latent (B, F, in_channels, H, W), a continuous timestep as the SVD scheduler gives
         (0.25 * log(sigma), float32), the image embedding (B, 1, D) and the added time ids
         (B, n) = (fps - 1, motion bucket, noise augmentation) for the default SVD call."""
-        cfg = self.unet.config
+        cfg = self.model.config
         cross = cfg.cross_attention_dim if isinstance(cfg.cross_attention_dim, int) else cfg.cross_attention_dim[0]
         n_ids = cfg.projection_class_embeddings_input_dim // cfg.addition_time_embed_dim
         sample = torch.randn(batch, frames, cfg.in_channels, height, width, device=device, dtype=dtype)
@@ -95,11 +95,11 @@ class SpatioTemporalUNetAdapter(UNetAdapter):
         ids = torch.tensor([6.0, 127.0, 0.02] + [0.0] * max(n_ids - 3, 0), device=device, dtype=dtype)[:n_ids]
         added_time_ids = ids.repeat(batch, 1)
         timestep = torch.tensor(0.5, device=device, dtype=torch.float32)
-        return (sample, timestep), {"encoder_hidden_states": ehs, "added_time_ids": added_time_ids}
+        return self.split_call((sample, timestep), {"encoder_hidden_states": ehs, "added_time_ids": added_time_ids})
 
     # ----- units --------------------------------------------------------------------------
     def units(self) -> list[Unit]:
-        unet = self.unet
+        unet = self.model
         units = [Unit("conv_in", ("conv_in",), self._conv_in)]
         for i, block in enumerate(unet.down_blocks):
             units += self._down_units(f"down_blocks.{i}", block)
@@ -110,17 +110,17 @@ class SpatioTemporalUNetAdapter(UNetAdapter):
         return units
 
     def _conv_in(self, ctx: SpatioTemporalContext, st: Carried) -> Carried:
-        h = self.unet.conv_in(st.h.flatten(0, 1))  # (B, F, C, H, W) -> (B*F, C, H, W)
+        h = self.model.conv_in(st.h.flatten(0, 1))  # (B, F, C, H, W) -> (B*F, C, H, W)
         return Carried(h, (h,))
 
     def _conv_out(self, ctx: SpatioTemporalContext, st: Carried) -> Carried:
-        unet = self.unet
+        unet = self.model
         h = unet.conv_out(unet.conv_act(unet.conv_norm_out(st.h)))
         h = h.reshape(-1, ctx.num_frames, *h.shape[1:])  # back to (B, F, C, H, W)
         return Carried(h, st.skips)
 
     def _mid(self, ctx: SpatioTemporalContext, st: Carried) -> Carried:
-        h = self.unet.mid_block(hidden_states=st.h, temb=ctx.emb, encoder_hidden_states=ctx.encoder_hidden_states,
+        h = self.model.mid_block(hidden_states=st.h, temb=ctx.emb, encoder_hidden_states=ctx.encoder_hidden_states,
                                 image_only_indicator=ctx.image_only_indicator)
         return Carried(h, st.skips)
 

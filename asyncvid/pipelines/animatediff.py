@@ -18,8 +18,8 @@ from ..distributed.topology import Topology
 from ..engine.runtime import AsyncOptions
 from ..errors import AsyncVidError
 from ..models import adapter_for
-from .loading import TensorSource, load_modules, weight_files
-from .parallel import ParallelPipeline, ProfileShape, assemble, make_plan
+from .parallel import ParallelPipeline, ProfileShape, assemble, choose_split
+from .placement import TensorSource, load_modules, stage_modules, weight_files
 
 
 def _meta_motion_unet(folder: Path):
@@ -61,12 +61,8 @@ class AsyncAnimateDiffPipeline:
         unet, files = _meta_motion_unet(folder)
         adapter = adapter_for(unet)
         dtype = torch_dtype or torch.float32
-        plan = make_plan(adapter, split, stages, topo, device, ProfileShape.parse(profile_shape), dtype)
-        keep = list(adapter.shared_modules)
-        for i, unit in enumerate(adapter.units()):
-            if plan.stage_of(i) == topo.stage:
-                keep += unit.modules
-        load_modules(unet, keep, TensorSource(files), device, torch_dtype)
+        plan = choose_split(adapter, split, stages, topo, device, ProfileShape.parse(profile_shape), dtype)
+        load_modules(unet, stage_modules(adapter, plan, topo.stage), TensorSource(files), device, torch_dtype)
         if topo.is_driver:
             pipe = AnimateDiffPipeline.from_pretrained(folder, unet=unet, motion_adapter=None, torch_dtype=torch_dtype)
             pipe.to(device) if device.type != "cpu" else None

@@ -11,17 +11,18 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from diffusers.hooks import HookRegistry, ModelHook
 
 from ..distributed.env import default_device, ensure_process_group
+from ..distributed.protocol import Op
 from ..distributed.topology import Topology
-from ..engine.plan import SplitPlan, balanced_ranges, ranges_from_names
-from ..engine.profile import cut_bytes, unit_costs
-from ..engine.runtime import AsyncOptions, LoopPosition, StageRuntime
+from ..engine.runtime import AsyncOptions, StageRuntime
+from ..engine.split import SplitPlan, balanced_ranges, ranges_from_names
 from ..errors import AsyncVidError
 from ..models import adapter_for
+from ..planner.profile import cut_bytes, unit_costs
+from . import hook
+from .placement import gather_weights, release_weights
 
-HOOK_NAME = "asyncvid.async_stages"
 UNIT_ALIASES = {"conv_norm_out": "conv_out", "conv_act": "conv_out"}
 
 
@@ -43,25 +44,14 @@ class ProfileShape:
         return cls(**value)
 
 
-class _StagesHook(ModelHook):
-    """Replaces the UNet forward on the driver by the distributed stage runtime."""
-
-    def __init__(self, runtime: StageRuntime, loop: LoopPosition, pipe):
-        super().__init__()
-        self.runtime, self.loop, self.pipe = runtime, loop, pipe
-
-    def new_forward(self, module, *args, **kwargs):
-        self.loop.timesteps = self.pipe.scheduler.timesteps  # read per call: users may swap schedulers
-        return self.runtime.driver_forward(args, kwargs, self.loop)
-
-
-def make_plan(adapter, split, stages: int, topo: Topology, device, shape: ProfileShape, dtype) -> SplitPlan:
+def choose_split(adapter, split, stages: int, topo: Topology, device, shape: ProfileShape, dtype) -> SplitPlan:
+    """The split from explicit module names, or ``"auto"``: balanced from a unit profile taken on the
+    driver and shared with every rank (so all ranks cut the same way)."""
     names = [u.name for u in adapter.units()]
-    unet = adapter.unet
-    h = shape.height or unet.config.sample_size
-    w = shape.width or unet.config.sample_size
-    args, kwargs = adapter.example_inputs(shape.batch, shape.frames, h, w, torch.device("cpu"), dtype)
-    sizes = cut_bytes(type(adapter), unet, args, kwargs)
+    model = adapter.model
+    h = shape.height or model.config.sample_size
+    w = shape.width or model.config.sample_size
+    sizes = cut_bytes(type(adapter), model, adapter.example_call(shape.batch, shape.frames, h, w, torch.device("cpu"), dtype))
     if isinstance(split, str):
         if split != "auto":
             raise AsyncVidError(f"split must be 'auto' or a list of module-name lists, got {split!r}")
@@ -73,8 +63,7 @@ def make_plan(adapter, split, stages: int, topo: Topology, device, shape: Profil
                 raise AsyncVidError(f"cannot cut {len(names)} units into {stages} stages")
             box = [None]
             if topo.is_driver:
-                ex_args, ex_kwargs = adapter.example_inputs(shape.batch, shape.frames, h, w, device, dtype)
-                box = [unit_costs(adapter, ex_args, ex_kwargs)]
+                box = [unit_costs(adapter, adapter.example_call(shape.batch, shape.frames, h, w, device, dtype))]
             if topo.world_size > 1:
                 dist.broadcast_object_list(box, src=0, device=device if device.type == "cuda" else None)
             costs = box[0]
@@ -88,49 +77,15 @@ def make_plan(adapter, split, stages: int, topo: Topology, device, shape: Profil
     return plan
 
 
-def release_weights(pipe, adapter, plan: SplitPlan, topo: Topology, device) -> None:
-    """Keep only this rank's stage (plus shared modules) of the UNet; workers drop the other components."""
-    unet = adapter.unet
-    keep = set(adapter.shared_modules)
-    for i, unit in enumerate(adapter.units()):
-        if plan.stage_of(i) == topo.stage:
-            keep.update(unit.modules)
-    for i, unit in enumerate(adapter.units()):
-        if plan.stage_of(i) != topo.stage:
-            for name in unit.modules:
-                if name not in keep:
-                    unet.get_submodule(name).to("meta")
-    for name in keep:
-        module = _get(unet, name)
-        if module is not None:
-            module.to(device)
-    for name, component in pipe.components.items():
-        if isinstance(component, torch.nn.Module) and component is not unet:
-            component.to(device if topo.is_driver else "meta")
-
-
-def _get(root, name):
-    try:
-        return root.get_submodule(name)
-    except AttributeError:
-        return None
-
-
-def materialized_parameters(module: torch.nn.Module) -> int:
-    """Number of parameters this process really holds (meta parameters excluded)."""
-    return sum(p.numel() for p in module.parameters() if not p.is_meta)
-
-
 class ParallelPipeline:
-    """A diffusers pipeline whose UNet runs as AsyncDiff stages across the process group."""
+    """A diffusers pipeline whose denoiser runs as AsyncDiff stages across the process group."""
 
-    def __init__(self, pipe, runtime: StageRuntime, topo: Topology, plan: SplitPlan):
-        self.pipe, self.runtime, self.topo, self.plan = pipe, runtime, topo, plan
-        self.loop = LoopPosition()
+    def __init__(self, pipe, adapter, runtime: StageRuntime, topo: Topology, plan: SplitPlan):
+        self.pipe, self.adapter, self.runtime, self.topo, self.plan = pipe, adapter, runtime, topo, plan
+        self.loop = hook.LoopPosition()
         self._closed = False
         if topo.is_driver:
-            registry = HookRegistry.check_if_exists_or_initialize(pipe.unet)
-            registry.register_hook(_StagesHook(runtime, self.loop, pipe), HOOK_NAME)
+            hook.install(adapter.model, hook.StagesHook(runtime, adapter, self.loop, pipe))
 
     @property
     def is_driver(self) -> bool:
@@ -147,16 +102,19 @@ class ParallelPipeline:
         if self._closed:
             raise AsyncVidError("this ParallelPipeline was closed")
         if not self.is_driver:
-            if not self.runtime.serve_call():
+            op = self.runtime.follow()
+            if op == Op.UNDO:
+                gather_weights(self.adapter, self.plan, self.topo, self.runtime.device)
+            if op != Op.END_CALL:
                 self._closed = True
             return None
         kwargs["callback_on_step_end"] = self._track_steps(kwargs)
-        self.loop.step, self.loop.last_called_step = 0, -1
+        self.loop.restart()
         failed_in_step = False
         try:
             return self.pipe(*args, **kwargs)
         except BaseException:  # also SIGTERM/Ctrl-C: a half-done step leaves nothing to end cleanly
-            failed_in_step = self.loop.last_called_step >= 0 and self.runtime.steps_executed > 0
+            failed_in_step = self.loop.in_pass and self.runtime.steps_executed > 0
             raise
         finally:
             if not failed_in_step:
@@ -171,7 +129,7 @@ class ParallelPipeline:
         loop = self.loop
 
         def on_step_end(p, i, t, cb_kwargs):
-            loop.step = i + 1
+            loop.step_ended(i)
             return user_cb(p, i, t, cb_kwargs) if user_cb is not None else {}
 
         return on_step_end
@@ -184,7 +142,7 @@ class ParallelPipeline:
     def close(self) -> None:
         """Driver: release the workers from :meth:`serve`."""
         if self.is_driver and not self._closed:
-            self.runtime.shutdown()
+            self.runtime.release_workers(Op.SHUTDOWN)
         self._closed = True
 
     def undo(self):
@@ -196,8 +154,9 @@ class ParallelPipeline:
             return None
         if self._closed:
             raise AsyncVidError("this ParallelPipeline was closed")
-        self.runtime.gather_weights()
-        HookRegistry.check_if_exists_or_initialize(self.pipe.unet).remove_hook(HOOK_NAME)
+        self.runtime.release_workers(Op.UNDO)
+        gather_weights(self.adapter, self.plan, self.topo, self.runtime.device)
+        hook.remove(self.adapter.model)
         self._closed = True
         return self.pipe
 
@@ -207,11 +166,11 @@ class ParallelPipeline:
 
 def parallelize(pipe, stages: int = 2, stride: int = 1, warmup: int = 1, split="auto", time_shift: bool = False,
                 profile_shape=None, release: bool = True) -> ParallelPipeline:
-    """Run ``pipe``'s UNet as ``stages`` AsyncDiff stages, one per rank of the process group.
+    """Run ``pipe``'s denoiser as ``stages`` AsyncDiff stages, one per rank of the process group.
 
     Every rank calls this with the same arguments (the group is created from the torchrun /
     accelerate / srun environment if needed). ``split`` is ``"auto"`` (balanced from a profile of
-    ``profile_shape``) or a list, per stage, of module names relative to the UNet.
+    ``profile_shape``) or a list, per stage, of module names relative to the denoiser.
     """
     options = AsyncOptions(stride=stride, warmup=warmup, time_shift=time_shift)
     options.validate(stages)
@@ -219,7 +178,7 @@ def parallelize(pipe, stages: int = 2, stride: int = 1, warmup: int = 1, split="
     topo = Topology.create(stages)
     device = default_device()
     adapter = adapter_for(pipe.unet)
-    plan = make_plan(adapter, split, stages, topo, device, ProfileShape.parse(profile_shape), pipe.unet.dtype)
+    plan = choose_split(adapter, split, stages, topo, device, ProfileShape.parse(profile_shape), pipe.unet.dtype)
     return assemble(pipe, adapter, plan, topo, device, options, release)
 
 
@@ -228,4 +187,4 @@ def assemble(pipe, adapter, plan, topo, device, options: AsyncOptions, release: 
     if release:
         release_weights(pipe, adapter, plan, topo, device)
     runtime = StageRuntime(adapter, plan, topo, device, options)
-    return ParallelPipeline(pipe, runtime, topo, plan)
+    return ParallelPipeline(pipe, adapter, runtime, topo, plan)

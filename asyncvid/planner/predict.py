@@ -21,44 +21,8 @@ import math
 from dataclasses import asdict, dataclass
 
 from ..errors import AsyncVidError
-from .plan import balanced_ranges
-
-
-@dataclass(frozen=True)
-class Link:
-    name: str
-    bytes_per_s: float
-    latency_s: float
-    overlaps_compute: bool = True
-
-
-#: typical per-direction point-to-point figures; pass a number (GB/s) for your own interconnect
-LINKS = {
-    "nvlink": Link("nvlink", 150e9, 10e-6),
-    "pcie": Link("pcie", 20e9, 20e-6),
-    "ib": Link("infiniband (200 Gb/s)", 22e9, 30e-6),
-    "ethernet": Link("ethernet (10 Gb/s)", 1.1e9, 100e-6),
-    # gloo between CPU ranks on one host; `--link measure` gave 1.6-3.7 GB/s and 90-150 us on the 2-core
-    # development machine, so these round figures are on the cautious side
-    "loopback": Link("gloo over TCP loopback", 2e9, 200e-6, overlaps_compute=False),
-}
-
-
-def parse_link(text: str) -> Link:
-    if text == "measure":
-        from ..linkprobe import measure_local_link
-
-        return measure_local_link()
-    if text in LINKS:
-        return LINKS[text]
-    try:
-        gbps = float(text)
-    except ValueError:
-        raise AsyncVidError(f"--link: expected one of {', '.join(LINKS)}, measure, or a bandwidth in GB/s, "
-                            f"got {text!r}") from None
-    if gbps <= 0:
-        raise AsyncVidError(f"--link: bandwidth must be positive, got {text!r}")
-    return Link(f"{gbps:g} GB/s", gbps * 1e9, 50e-6)
+from ..engine.split import balanced_ranges
+from .links import LINKS, LinkModel
 
 
 @dataclass
@@ -84,7 +48,7 @@ class Prediction:
 
 
 def predict(costs: list[float], bytes_after_unit: list[int], stages: int, stride: int = 1, warmup: int = 1,
-            steps: int = 25, overhead_s: float = 0.0, link: Link = LINKS["loopback"], eps_bytes: int = 0,
+            steps: int = 25, overhead_s: float = 0.0, link: LinkModel = LINKS["loopback"], eps_bytes: int = 0,
             ranges: list[tuple[int, int]] | None = None) -> Prediction:
     """Predict one configuration. ``bytes_after_unit[i]`` is the carried state's size after unit i;
     ``eps_bytes`` what the last stage returns to the driver."""

@@ -10,19 +10,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import time
-from pathlib import Path
 
 import torch
 
 from ..distributed.transport import layout_of
-from ..models.base import UNetAdapter
-from .units import Carried
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("ASYNCVID_CACHE", Path.home() / ".cache" / "asyncvid")) / "profiles"
+from ..engine.adapter import DenoiserCall, StageAdapter
+from ..engine.units import Carried
+from ..utils import atomic_write, cache_dir
 
 
 def _materialized(module: torch.nn.Module) -> bool:
@@ -55,19 +50,18 @@ def _materialize(unet: torch.nn.Module, names, device):
             module.to("meta")
 
 
-def _walk(adapter: UNetAdapter, args: tuple, kwargs: dict, timed: bool, reps: int = 2) -> tuple[list[int], list[float]]:
+def _walk(adapter: StageAdapter, call: DenoiserCall, timed: bool, reps: int = 2) -> tuple[list[int], list[float]]:
     """Run every unit once; return bytes of the state after each unit and (if ``timed``) seconds per unit."""
-    call = adapter.split_call(args, kwargs)
     device = call.sample.device
     real = timed and device.type != "meta"
-    with _materialize(adapter.unet, adapter.shared_modules if real else (), device):
+    with _materialize(adapter.model, adapter.shared_modules if real else (), device):
         ctx = adapter.context(call.sample.shape, call.timestep, call.cond)
 
     state = adapter.input_state(call.sample)
     out_bytes, costs = [], []
     for unit in adapter.units():
         if timed:
-            with _materialize(adapter.unet, unit.modules, device), _materialize(adapter.unet, adapter.shared_modules, device):
+            with _materialize(adapter.model, unit.modules, device), _materialize(adapter.model, adapter.shared_modules, device):
                 state, cost = _time_unit(unit, ctx, state, reps)
             costs.append(cost)
         else:
@@ -85,7 +79,7 @@ def _time_unit(unit, ctx, state, reps):
 
 
 @torch.no_grad()
-def cut_bytes(adapter_cls: type[UNetAdapter], unet: torch.nn.Module, args: tuple, kwargs: dict) -> list[int]:
+def cut_bytes(adapter_cls: type[StageAdapter], unet: torch.nn.Module, call: DenoiserCall) -> list[int]:
     """Bytes of the carried state after each unit, computed on the meta device."""
     from torch.utils._pytree import tree_map
 
@@ -93,14 +87,15 @@ def cut_bytes(adapter_cls: type[UNetAdapter], unet: torch.nn.Module, args: tuple
         meta_unet = type(unet).from_config(unet.config)
     meta_unet.to("meta")  # some layers build tensors with legacy constructors that ignore the default device
     to_meta = lambda x: x.to("meta") if torch.is_tensor(x) else x  # noqa: E731
-    sizes, _ = _walk(adapter_cls(meta_unet), tree_map(to_meta, args), tree_map(to_meta, kwargs), timed=False)
+    meta_call = DenoiserCall(*tree_map(to_meta, (call.sample, call.timestep, call.cond)), call.return_dict)
+    sizes, _ = _walk(adapter_cls(meta_unet), meta_call, timed=False)
     return sizes
 
 
-def _cache_key(unet, args, kwargs) -> str:
+def _cache_key(unet, call: DenoiserCall) -> str:
     from torch.utils._pytree import tree_flatten
 
-    leaves, _ = tree_flatten((args, kwargs))
+    leaves, _ = tree_flatten((call.sample, call.timestep, call.cond))
     shapes = [(tuple(x.shape), str(x.dtype), x.device.type) if torch.is_tensor(x) else repr(x) for x in leaves]
     blob = json.dumps([type(unet).__name__, dict(unet.config), shapes, torch.get_num_threads(), torch.__version__],
                       sort_keys=True, default=str)
@@ -108,22 +103,19 @@ def _cache_key(unet, args, kwargs) -> str:
 
 
 @torch.no_grad()
-def unit_costs(adapter: UNetAdapter, args: tuple, kwargs: dict, use_cache: bool = True) -> list[float]:
+def unit_costs(adapter: StageAdapter, call: DenoiserCall, use_cache: bool = True) -> list[float]:
     """Seconds per unit on this rank's device and thread count (the UNet must hold all its weights)."""
-    path = cache_dir() / f"{_cache_key(adapter.unet, args, kwargs)}.json"
+    path = cache_dir() / "profiles" / f"{_cache_key(adapter.model, call)}.json"
     if use_cache and path.exists():
         try:
             return json.loads(path.read_text())["costs"]
         except (ValueError, KeyError):
             pass
-    _, costs = _walk(adapter, args, kwargs, timed=True)
+    _, costs = _walk(adapter, call, timed=True)
     if use_cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"units": [u.name for u in adapter.units()], "costs": costs}))
-        os.replace(tmp, path)
+        atomic_write(path, json.dumps({"units": [u.name for u in adapter.units()], "costs": costs}))
     return costs
 
 
-def initial_bytes(adapter: UNetAdapter, sample: torch.Tensor) -> int:
+def initial_bytes(adapter: StageAdapter, sample: torch.Tensor) -> int:
     return layout_of(Carried(sample).tensors()).nbytes()

@@ -10,15 +10,16 @@ one timed pipeline call, minus the summed unit costs). It is saved as JSON and r
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
 import torch
 
-from .catalog.pipelines import call_kwargs, is_svd
-from .engine.predict import LINKS, Link, Prediction, predict
-from .errors import AsyncVidError
+from ..catalog.pipelines import call_kwargs, is_svd
+from ..errors import AsyncVidError
+from ..utils import atomic_write
+from .links import LINKS, LinkModel
+from .predict import Prediction, predict
 
 PROFILE_VERSION = 1
 
@@ -39,8 +40,8 @@ def timed_call(pipe, kwargs: dict, seed: int = 0) -> list[float]:
 @torch.no_grad()
 def profile_pipeline(pipe, frames: int, latent: int, batch: int = 2) -> dict:
     """Unit costs, cut bytes and per-step overhead of ``pipe`` at this shape (``batch`` 2 = CFG)."""
-    from .engine.profile import cut_bytes, initial_bytes, unit_costs
-    from .models import adapter_for
+    from ..models import adapter_for
+    from .profile import cut_bytes, initial_bytes, unit_costs
 
     adapter = adapter_for(pipe.unet)
     device = next(pipe.unet.parameters()).device
@@ -49,18 +50,18 @@ def profile_pipeline(pipe, frames: int, latent: int, batch: int = 2) -> dict:
     tokenizer = getattr(pipe, "tokenizer", None)
     if tokenizer is not None and not is_svd(pipe):
         extra["text_len"] = min(int(tokenizer.model_max_length), 77)
-    args, kwargs = adapter.example_inputs(batch, frames, latent, latent, device, dtype, **extra)
-    raw = unit_costs(adapter, args, kwargs, use_cache=False)
+    call = adapter.example_call(batch, frames, latent, latent, device, dtype, **extra)
+    raw = unit_costs(adapter, call, use_cache=False)
     # Timed one by one, small units carry Python overhead that the whole forward does not: keep the
     # units' shares but scale them to the measured whole forward, and take the rest of the pipeline
     # step as its overhead.
-    forward = _time_forward(pipe.unet, args, kwargs)
+    forward = _time_forward(adapter, call)
     costs = [c * forward / sum(raw) for c in raw]
-    sizes = cut_bytes(type(adapter), pipe.unet, args, kwargs)
-    eps = initial_bytes(adapter, args[0])
-    call = call_kwargs(pipe, frames, latent, steps=4)
-    timed_call(pipe, call)  # one-off set-up
-    marks = timed_call(pipe, call)
+    sizes = cut_bytes(type(adapter), pipe.unet, call)
+    eps = initial_bytes(adapter, call.sample)
+    kwargs = call_kwargs(pipe, frames, latent, steps=4)
+    timed_call(pipe, kwargs)  # one-off set-up
+    marks = timed_call(pipe, kwargs)
     per_step = (marks[-1] - marks[1]) / (len(marks) - 2)  # steps 2.., after the first
     return {
         "version": PROFILE_VERSION,
@@ -79,19 +80,16 @@ def profile_pipeline(pipe, frames: int, latent: int, batch: int = 2) -> dict:
     }
 
 
-def _time_forward(unet, args, kwargs, reps: int = 3) -> float:
-    unet(*args, **kwargs)  # one-off set-up
+def _time_forward(adapter, call, reps: int = 3) -> float:
+    adapter.run_all(call)  # one-off set-up
     start = time.perf_counter()
     for _ in range(reps):
-        unet(*args, **kwargs)
+        adapter.run_all(call)
     return (time.perf_counter() - start) / reps
 
 
 def save_profile(profile: dict, path: str) -> None:
-    tmp = f"{path}.partial"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(profile, f, indent=1)
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(profile, indent=1))
 
 
 def load_profile(path: str) -> dict:
@@ -108,15 +106,15 @@ def load_profile(path: str) -> dict:
 
 
 def predict_from(profile: dict, stages: int, stride: int = 1, warmup: int = 1, steps: int = 25,
-                 link: Link = LINKS["loopback"], ranges: list[tuple[int, int]] | None = None) -> Prediction:
+                 link: LinkModel = LINKS["loopback"], ranges: list[tuple[int, int]] | None = None) -> Prediction:
     """Predict from a saved profile; ``ranges``: a given split (default: the balanced one)."""
     return predict(profile["costs_s"], profile["bytes_after_unit"], stages, stride, warmup, steps,
                    profile["overhead_s"], link, profile.get("eps_bytes", 0), ranges)
 
 
-def describe(profile: dict, pred: Prediction, link: Link) -> str:
+def describe(profile: dict, pred: Prediction, link: LinkModel) -> str:
     """The plan as text: per-stage share and units, bytes per cut, predicted step time and speedup."""
-    from .engine.plan import compress_names
+    from ..engine.split import compress_names
 
     units, costs = profile["units"], profile["costs_s"]
     total = sum(costs)

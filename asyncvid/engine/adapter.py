@@ -1,0 +1,101 @@
+"""The contract between the engine and one model family (a UNet or a DiT).
+
+A family adapter (one file in ``asyncvid/models/``) subclasses :class:`StageAdapter`. The engine
+uses only the first group of methods; the hook layer (``asyncvid/pipelines/``) uses the second to
+turn a framework call into tensors and the prediction back into the framework's output:
+
+run on every rank, by the engine
+    :meth:`units` (the ordered pieces of the forward pass), :attr:`shared_modules` (small modules
+    every rank needs for its own per-step context), :meth:`context` (that context, from the
+    sample's shape, the timestep and the conditioning), :meth:`input_state` (the state entering
+    the first unit) and :meth:`prediction` (the tensor the last unit's state stands for).
+
+call signature, used by the hook layer
+    :meth:`split_call` (forward arguments -> :class:`DenoiserCall`), :meth:`wrap_output`
+    (prediction -> what the model's forward returns) and :meth:`example_call` (a representative
+    call for profiling and traffic estimates).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .units import Carried, Unit
+
+
+@dataclass
+class DenoiserCall:
+    """One denoiser call as tensors: the latent, the timestep (1 element) and the conditioning,
+    which the engine treats as an opaque tree of tensors and plain values."""
+
+    sample: torch.Tensor
+    timestep: torch.Tensor
+    cond: dict[str, Any] = field(default_factory=dict)
+    return_dict: bool = True
+
+
+def as_timestep_tensor(timestep, device) -> torch.Tensor:
+    """The timestep as a 1-element tensor, dtype kept as diffusers' own forwards do."""
+    if not torch.is_tensor(timestep):
+        dtype = torch.float64 if isinstance(timestep, float) else torch.int64
+        if device.type == "mps" and dtype == torch.float64:
+            dtype = torch.float32
+        return torch.tensor([timestep], dtype=dtype, device=device)
+    if timestep.ndim == 0:
+        return timestep[None].to(device)
+    return timestep.reshape(-1)[:1].to(device)
+
+
+class StageAdapter:
+    """Base class of the family adapters; ``model`` is the denoiser module."""
+
+    model_class: type | None = None
+    shared_modules: tuple[str, ...] = ()
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+
+    @classmethod
+    def matches(cls, model: torch.nn.Module) -> bool:
+        return cls.model_class is not None and isinstance(model, cls.model_class)
+
+    # ----- what the engine runs ----------------------------------------------------------
+    def units(self) -> list[Unit]:
+        raise NotImplementedError
+
+    def context(self, sample_shape: torch.Size, timestep: torch.Tensor, cond: dict[str, Any]) -> Any:
+        raise NotImplementedError
+
+    def input_state(self, sample: torch.Tensor) -> Carried:
+        return Carried(sample, ())
+
+    def prediction(self, state: Carried) -> torch.Tensor:
+        return state.h
+
+    # ----- the call signature (hook layer) -----------------------------------------------
+    def split_call(self, args: tuple, kwargs: dict) -> DenoiserCall:
+        raise NotImplementedError
+
+    def wrap_output(self, eps: torch.Tensor, return_dict: bool) -> Any:
+        raise NotImplementedError
+
+    def example_call(self, batch: int, frames: int, height: int, width: int, device, dtype) -> DenoiserCall:
+        """A representative call for a latent of this size (profiling, traffic estimates)."""
+        raise NotImplementedError
+
+    # ----- convenience ---------------------------------------------------------------------
+    def run_all(self, call: DenoiserCall) -> torch.Tensor:
+        """Every unit in one process: equals the model's own forward (tests, one stage)."""
+        ctx = self.context(call.sample.shape, call.timestep, call.cond)
+        state = self.input_state(call.sample)
+        for unit in self.units():
+            state = unit.run(ctx, state)
+        return self.prediction(state)
+
+    def full_forward(self, *args, **kwargs):
+        """The model's forward, unit by unit in one process (tests compare it with the model's own)."""
+        call = self.split_call(args, kwargs)
+        return self.wrap_output(self.run_all(call), call.return_dict)
