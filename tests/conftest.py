@@ -6,7 +6,7 @@ import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, str(Path(__file__).parent))  # spawned ranks import tests/_workers.py by name
+sys.path.insert(0, str(Path(__file__).parent / "helpers"))  # spawned ranks import helpers/_workers.py by name
 
 
 @pytest.fixture(autouse=True)

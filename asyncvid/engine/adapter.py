@@ -1,4 +1,4 @@
-"""The contract between the engine and one model family (a UNet or a DiT).
+"""The contract between the engine and one model family.
 
 A family adapter (one file in ``asyncvid/models/``) subclasses :class:`StageAdapter`. The engine
 uses only the first group of methods; the hook layer (``asyncvid/pipelines/``) uses the second to
@@ -38,7 +38,7 @@ class DenoiserCall:
 
 
 def as_timestep_tensor(timestep, device) -> torch.Tensor:
-    """The timestep as a 1-element tensor, dtype kept as diffusers' own forwards do."""
+    """The timestep as a 1-element tensor, dtype kept (a Python float becomes float64, an int int64)."""
     if not torch.is_tensor(timestep):
         dtype = torch.float64 if isinstance(timestep, float) else torch.int64
         if device.type == "mps" and dtype == torch.float64:

@@ -86,6 +86,7 @@ class StageRuntime:
         self.total = 0
         self.streams: dict[int, _CallStream] = {}
         self.steps_executed = 0
+        self.speculation = {"used": 0, "dropped": 0}  # workers: speculative results confirmed / recomputed
         self._sent: list = []  # driver: step messages in flight
         self._tag_pattern: list[int] = [0]  # workers: the call tags of one step, as last seen
         self._tags_this_step: list[int] = []
@@ -243,7 +244,9 @@ class StageRuntime:
             key = self._key(message.step, message.call_tag, timestep, stream)
             if guess is not None and guess.key == key and not extras:
                 out = guess.out
+                self.speculation["used"] += 1
             else:
+                self.speculation["dropped"] += guess is not None
                 out = self._compute(stream, timestep, stream.prev_input, extras)
             if not action.last_round:
                 pending = stream.links["recv_prev"].irecv()

@@ -31,7 +31,7 @@ def ranges_from_names(unit_names: list[str], split: list[list[str]], aliases: di
         for name in names:
             hits = [i for i, u in enumerate(unit_names) if _matches(u, name, aliases)]
             if not hits:
-                raise PlanError(f"split: stage {stage} names {name!r}, which is not a unit of this UNet "
+                raise PlanError(f"split: stage {stage} names {name!r}, which is not a unit of this model "
                                 f"(units: {', '.join(unit_names)})")
             for i in hits:
                 if i in owner and owner[i] != stage:
@@ -48,7 +48,7 @@ def ranges_from_names(unit_names: list[str], split: list[list[str]], aliases: di
         ranges.append((idx[0], idx[-1] + 1))
     for a, b in zip(ranges, ranges[1:]):
         if b[0] != a[1]:
-            raise PlanError("split: stages must follow the UNet's execution order")
+            raise PlanError("split: stages must follow the model's execution order")
     return ranges
 
 

@@ -1,9 +1,9 @@
 """The vocabulary shared by model adapters and the engine.
 
-A UNet forward pass is a chain of *units* (a conv, one resnet, one attention, one motion module,
-a down/upsampler, a whole mid block ...). Between two units the only live data is the
-:class:`Carried` state: the hidden state plus the stack of skip connections that later up layers
-will pop. A stage is a contiguous run of units, so a cut between stages ships exactly one
+A denoiser's forward pass is a chain of *units* (for a UNet: a conv, one resnet, one attention
+layer, a down/upsampler, a whole mid block ...; for a transformer: one block). Between two units
+the only live data is the :class:`Carried` state: the hidden state plus the stack of skip
+connections that later layers will pop (empty for a transformer). A stage is a contiguous run of units, so a cut between stages ships exactly one
 ``Carried``.
 """
 
@@ -34,7 +34,7 @@ class Carried:
 class Unit:
     """One schedulable piece of the forward pass.
 
-    ``name`` is the module path relative to the UNet (``"up_blocks.3.attentions.1"``); ``modules``
+    ``name`` is the module path relative to the model (``"up_blocks.3.attentions.1"``); ``modules``
     lists every module path whose parameters the unit needs; ``run(ctx, state) -> state``.
     """
 

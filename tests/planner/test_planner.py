@@ -50,6 +50,7 @@ def test_cpu_links_add_transfers_to_the_stages():
     assert p.exposed_comm_s == pytest.approx(4.5)
 
 
+@pytest.mark.multiprocess
 def test_measured_local_link():
     from asyncvid.planner.links import measure_local_link
 
@@ -88,6 +89,7 @@ def test_plan_cli_profiles_saves_and_reads_back(tmp_path, capsys):
     assert "not an asyncvid profile" in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.multiprocess
 def test_bench_reports_every_configuration(tmp_path):
     out, md = tmp_path / "bench.json", tmp_path / "bench.md"
     configs = ["1x1", "2x1", "2x2w2"]

@@ -97,6 +97,7 @@ def test_cut_bytes_on_a_weightless_unet(unet):
     assert not any(p.is_meta for p in unet.parameters())
 
 
+@pytest.mark.multiprocess
 # ----------------------------------------------------------------------------- over processes
 def test_one_stage_from_saved_folder_equals_untouched_pipeline(svd_folder, one_thread):
     out = launch_local(W.render, 1, dict(stages=1, warmup=1), None, svd_folder)
@@ -104,12 +105,14 @@ def test_one_stage_from_saved_folder_equals_untouched_pipeline(svd_folder, one_t
     assert maxdiff(out["frames"], sequential_frames(folder=svd_folder)) <= 1e-5
 
 
+@pytest.mark.multiprocess
 def test_warmup_covering_all_steps_is_exact_with_three_stages(svd_folder, one_thread):
     out = launch_local(W.render, 3, dict(stages=3, warmup=4, split="auto"), None, svd_folder)
     assert len(out["stats"][0]["ranges"]) == 3
     assert maxdiff(out["frames"], sequential_frames(folder=svd_folder)) <= 1e-5
 
 
+@pytest.mark.multiprocess
 def test_two_stages_match_reference_and_differ_from_sequential(two_stage_run, one_thread):
     ranges = two_stage_run["stats"][0]["ranges"]
     assert ranges == [(0, 9), (9, 14)]
@@ -117,6 +120,7 @@ def test_two_stages_match_reference_and_differ_from_sequential(two_stage_run, on
     assert maxdiff(two_stage_run["frames"], sequential_frames()) > 1e-2  # the asynchrony is real (~0.18)
 
 
+@pytest.mark.multiprocess
 def test_three_stages_auto_split_match_reference(one_thread):
     out = launch_local(W.render, 3, dict(stages=3, warmup=1, split="auto"))
     ranges = out["stats"][0]["ranges"]
@@ -126,6 +130,7 @@ def test_three_stages_auto_split_match_reference(one_thread):
     assert maxdiff(out["frames"], sequential_frames()) > 1e-2
 
 
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("stages,split,steps", [(2, SPLIT2, 5), (3, "auto", 6)])
 def test_stride_two_matches_reference(one_thread, stages, split, steps):
     call = dict(num_inference_steps=steps)
@@ -137,6 +142,7 @@ def test_stride_two_matches_reference(one_thread, stages, split, steps):
     assert all(s["steps_executed"] == warmup + (steps - warmup + 1) // 2 for s in out["stats"])
 
 
+@pytest.mark.multiprocess
 def test_parameters_and_bytes_per_rank(two_stage_run, unet):
     stats = two_stage_run["stats"]
     named = dict(unet.named_parameters())
@@ -169,6 +175,7 @@ IMAGES = [
 ]
 
 
+@pytest.mark.multiprocess
 def test_conditioning_images_of_other_sizes_and_modes(one_thread):
     out = launch_local(W.render_images, 2, dict(stages=2, warmup=1, split=SPLIT2), IMAGES)
     results, ranges = out["results"], out["ranges"]

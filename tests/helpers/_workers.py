@@ -112,3 +112,13 @@ def render_then_undo(options: dict):
         return None
     frames = plain(**CALL, generator=torch.Generator().manual_seed(0)).frames
     return {"frames": frames, "held": materialized_parameters(plain.unet)}
+
+
+class ScalePromptEmbeds:
+    """A step-end callback that hands the loop a new prompt-embedding tensor with new values every
+    step (same shape: a freed tensor's id is likely to come back)."""
+
+    tensor_inputs = ["prompt_embeds"]
+
+    def __call__(self, pipe, i, t, kwargs):
+        return {"prompt_embeds": kwargs["prompt_embeds"] * 0.7 + 0.05}

@@ -12,6 +12,9 @@ from asyncvid.catalog.presets import build_animatediff_pipeline
 from reference import AsyncReference
 
 
+pytestmark = pytest.mark.multiprocess
+
+
 def sequential_frames(call=None):
     pipe = build_animatediff_pipeline("tiny", seed=0)
     kwargs = dict(_workers.CALL, **(call or {}))
@@ -109,3 +112,19 @@ def test_second_call_and_changed_shape_just_work(one_thread):
     for frames, call in zip(out["frames"], calls):
         assert frames.shape[1:4] == (call.get("num_frames", 8), call.get("height", 32), call.get("width", 32))
         assert maxdiff(frames, reference_frames(ranges, 1, call=call)) <= 1e-4
+
+
+def test_conditioning_rebuilt_every_step_reaches_the_workers(one_thread):
+    """The loop's callback replaces the prompt embeddings by a new tensor with new values each step;
+    the workers must embed exactly those (a check by id() could keep the stale ones)."""
+    call = dict(callback_on_step_end=_workers.ScalePromptEmbeds(), callback_on_step_end_tensor_inputs=["prompt_embeds"],
+                num_inference_steps=5)
+    out = launch_local(_workers.render, 2, dict(stages=2, warmup=1, split=SPLIT2), call)
+    ranges = out["stats"][0]["ranges"]
+    assert maxdiff(out["frames"][0], reference_frames(ranges, 1, call=call)) <= 1e-4
+    plain = dict(num_inference_steps=5)
+    assert maxdiff(reference_frames(ranges, 1, call=call), reference_frames(ranges, 1, call=plain)) > 1e-3
+    # the driver sent the conditioning at every executed step
+    sent = out["stats"][0]["traffic"]["conditioning_bytes"]
+    once = launch_local(_workers.render, 2, dict(stages=2, warmup=1, split=SPLIT2), plain)["stats"][0]["traffic"]
+    assert sent == 5 * once["conditioning_bytes"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 import _workers
 from asyncvid.launch import launch_local
@@ -10,6 +11,9 @@ from asyncvid.catalog.presets import build_animatediff_pipeline
 from reference import AsyncReference
 
 SPLIT2 = [["conv_in", "down_blocks", "mid_block", "up_blocks.0"], ["up_blocks.1", "conv_out"]]
+
+
+pytestmark = pytest.mark.multiprocess
 
 
 def test_from_pretrained_loads_only_the_stage(tmp_path, one_thread):

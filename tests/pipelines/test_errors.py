@@ -7,8 +7,11 @@ import time
 import pytest
 
 import _workers
-from asyncvid.errors import AsyncVidError, RankFailure
+from asyncvid.errors import RankFailure
 from asyncvid.launch import launch_local
+
+
+pytestmark = pytest.mark.multiprocess
 
 
 @pytest.mark.parametrize("failing_rank", [0, 1])
@@ -37,10 +40,3 @@ def test_bad_configuration_fails_before_work(nprocs, options, expected):
     with pytest.raises(RankFailure) as info:
         launch_local(_workers.just_parallelize, nprocs, options, timeout=60)
     assert expected in str(info.value) and "\n" not in str(info.value)
-
-
-def test_more_stages_than_units_is_rejected():
-    from asyncvid.engine.split import balanced_ranges
-
-    with pytest.raises(AsyncVidError, match="cannot cut 3 units into 4 stages"):
-        balanced_ranges([1.0, 2.0, 3.0], 4)

@@ -8,11 +8,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from asyncvid.distributed.env import _first_slurm_host, env_from_slurm, launched_world_size
 from asyncvid.utils import free_port
 
-EXAMPLE = Path(__file__).parents[1] / "examples" / "parallel_animatediff.py"
+EXAMPLE = Path(__file__).parents[2] / "examples" / "parallel_animatediff.py"
 
 
 def _run(cmd, tmp_path):
@@ -22,6 +23,7 @@ def _run(cmd, tmp_path):
     return proc
 
 
+@pytest.mark.multiprocess
 def test_torchrun_two_ranks_matches_local_launcher(tmp_path):
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                 "--master_addr", "127.0.0.1", "--master_port", str(free_port())]
