@@ -15,6 +15,8 @@ import platform
 
 import torch
 
+from .utils import atomic_write
+
 
 def _build(cfg: dict):
     from .catalog.pipelines import build_pipeline
@@ -243,14 +245,8 @@ def markdown(report: dict) -> str:
 def write_report(report: dict, path: str | None, markdown_path: str | None = None) -> None:
     text = json.dumps(report, indent=2, default=str)
     if path:
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
+        atomic_write(path, text)
     else:
         print(text)
     if markdown_path:
-        tmp = markdown_path + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(markdown(report))
-        os.replace(tmp, markdown_path)
+        atomic_write(markdown_path, markdown(report))

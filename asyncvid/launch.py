@@ -18,7 +18,7 @@ import traceback
 from pathlib import Path
 
 from .errors import AsyncVidError, RankFailure
-from .utils import free_port, one_line
+from .utils import atomic_write, free_port, one_line
 
 
 def _rank_main(rank: int, world: int, port: int, workdir: str, threads: int, fn, args) -> None:
@@ -34,8 +34,7 @@ def _rank_main(rank: int, world: int, port: int, workdir: str, threads: int, fn,
 
         ensure_process_group()
         result = fn(*args)
-        (out / f"result.{rank}.tmp").write_bytes(pickle.dumps(result))
-        os.replace(out / f"result.{rank}.tmp", out / f"result.{rank}")
+        atomic_write(out / f"result.{rank}", pickle.dumps(result))
         import torch.distributed as dist
 
         if dist.is_initialized():

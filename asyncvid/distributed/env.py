@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 
 from ..errors import AsyncVidError
+from ..utils import free_port
 
 
 def _first_slurm_host(nodelist: str) -> str:
@@ -107,7 +108,7 @@ def ensure_process_group(timeout_s: float | None = None) -> None:
     if "WORLD_SIZE" not in os.environ:
         # a plain `python script.py`: a group of one
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        os.environ.setdefault("MASTER_PORT", str(free_port()))
     for key in ("RANK", "MASTER_ADDR", "MASTER_PORT"):
         if key not in os.environ:
             raise AsyncVidError(f"launcher environment incomplete: {key} is not set")
@@ -131,14 +132,6 @@ def ensure_process_group(timeout_s: float | None = None) -> None:
 def _destroy_group() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def describe_group() -> str:

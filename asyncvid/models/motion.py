@@ -64,11 +64,13 @@ class MotionUNetAdapter(StageAdapter):
         unet = self.model
         batch, num_frames = sample_shape[0], sample_shape[2]
         up_factor = 2**unet.num_upsamplers
+        # the time embedding's dtype is the UNet's; ``unet.dtype`` would walk every module each step
+        dtype = unet.time_embedding.linear_1.weight.dtype
         attention_mask = cond.get("attention_mask")
         if attention_mask is not None:
-            attention_mask = ((1 - attention_mask.to(unet.dtype)) * -10000.0).unsqueeze(1)
+            attention_mask = ((1 - attention_mask.to(dtype)) * -10000.0).unsqueeze(1)
         t = timestep.expand(batch)
-        emb = unet.time_embedding(unet.time_proj(t).to(dtype=unet.dtype), cond.get("timestep_cond"))
+        emb = unet.time_embedding(unet.time_proj(t).to(dtype=dtype), cond.get("timestep_cond"))
         added = cond.get("added_cond_kwargs") or {}
         if unet.config.addition_embed_type == "text_time":
             text_embeds, time_ids = added["text_embeds"], added["time_ids"]

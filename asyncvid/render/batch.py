@@ -54,7 +54,7 @@ def clean_partials(tasks: list[Task], quiet: bool) -> None:
         print(f"removed {len(removed)} partial file(s) left by an interrupted run")
 
 
-def plan(tasks: list[Task], options: RenderOptions) -> tuple[list[Task], list[str], int]:
+def pending_work(tasks: list[Task], options: RenderOptions) -> tuple[list[Task], list[str], int]:
     """(pending tasks, names of jobs that failed before rendering, number skipped as up to date)."""
     quiet, devices = options.quiet, options.devices
     clean_partials(tasks, quiet)

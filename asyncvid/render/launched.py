@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..errors import AsyncVidError
 from ..utils import one_line
-from .batch import RenderOptions, plan, profile_path, summarize
+from .batch import RenderOptions, pending_work, profile_path, summarize
 from .tasks import Task, resolve
 
 
@@ -35,7 +35,7 @@ def render_launched(tasks: list[Task], options: RenderOptions, out: Path) -> int
     rank = dist.get_rank()
     box = [None]
     if rank == 0:
-        pending, failed, skipped = plan(tasks, options)
+        pending, failed, skipped = pending_work(tasks, options)
         box = [([t.name for t in pending], failed, skipped)]
     dist.broadcast_object_list(box, src=0)
     names, failed, skipped = box[0]

@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 
 from ..errors import AsyncVidError
-from .batch import RenderOptions, check_folders, plan, profile_path, summarize
+from .batch import RenderOptions, check_folders, pending_work, profile_path, summarize
 from .jobfile import load_job_file
 from .select import select_jobs
 from .tasks import Task, is_done, tasks_for
@@ -56,7 +56,7 @@ def render_local(tasks: list[Task], options: RenderOptions, out: Path) -> int:
     """In this process for one device, else on ``options.devices`` local ranks."""
     from .loop import render_all
 
-    pending, failed, skipped = plan(tasks, options)
+    pending, failed, skipped = pending_work(tasks, options)
     results = []
     profile = profile_path(out, options)
     if profile and os.path.exists(profile):
