@@ -10,7 +10,7 @@ from asyncvid.catalog.presets import build_svd_pipeline
 from asyncvid.catalog.quiet import svd_pipeline_class
 from asyncvid.pipelines.svd import conditioning_image
 from asyncvid.utils import one_line
-from _workers import cut_bytes_for_call, gather_stats
+from _workers import cut_bytes_for_call, gather_stats, run_many  # noqa: F401 - run_many: shared groups
 
 # max_guidance_scale > 1: classifier-free guidance, the UNet sees a batch of 2 (uncond, cond)
 CALL = dict(num_frames=8, height=32, width=32, num_inference_steps=4, decode_chunk_size=8, output_type="np",

@@ -122,3 +122,17 @@ class ScalePromptEmbeds:
 
     def __call__(self, pipe, i, t, kwargs):
         return {"prompt_embeds": kwargs["prompt_embeds"] * 0.7 + 0.05}
+
+
+def run_many(jobs: list[tuple[str, tuple]]):
+    """Several jobs in one group of ranks, one after the other: ``[(function name, args), ...]``, a name
+    being a function of this module or ``module.function``. Spawning ranks that import torch and
+    diffusers costs seconds; a test module's cases share them."""
+    import importlib
+
+    results = []
+    for name, args in jobs:
+        module, _, func = name.rpartition(".")
+        fn = getattr(importlib.import_module(module), func) if module else globals()[name]
+        results.append(fn(*args))
+    return results

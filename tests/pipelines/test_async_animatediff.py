@@ -28,12 +28,40 @@ def reference_frames(ranges, warmup, stride=1, time_shift=False, call=None):
     return pipe(**kwargs, generator=torch.Generator().manual_seed(0)).frames
 
 
-def ranges_of(plan_dict, result):
-    return result["stats"][0]["ranges"]
-
-
 def maxdiff(a, b):
     return float(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)).max())
+
+
+SPLIT2 = [["conv_in", "down_blocks", "mid_block", "up_blocks.0"], ["up_blocks.1", "conv_out"]]
+TWO = dict(stages=2, warmup=1, split=SPLIT2)
+REBUILT = dict(callback_on_step_end=_workers.ScalePromptEmbeds(), callback_on_step_end_tensor_inputs=["prompt_embeds"],
+               num_inference_steps=5)
+SHAPES = [{}, dict(num_frames=6, height=48, width=40)]
+#: every multi-rank run of this module, by world size; each world size is one group of ranks
+JOBS = {
+    2: {
+        "two": ("render", (TWO,)),
+        "stride2-5": ("render", (dict(TWO, stride=2), dict(num_inference_steps=5))),
+        "stride2-6": ("render", (dict(TWO, stride=2), dict(num_inference_steps=6))),
+        "time_shift": ("render", (dict(TWO, time_shift=True),)),
+        "shapes": ("render_calls", (TWO, SHAPES)),
+        "rebuilt": ("render", (TWO, REBUILT)),
+        "plain5": ("render", (TWO, dict(num_inference_steps=5))),
+    },
+    3: {
+        "warmup-all": ("render", (dict(stages=3, warmup=4, split="auto"),)),
+        "auto3": ("render", (dict(stages=3, warmup=1, split="auto"),)),
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def runs():
+    out = {}
+    for world, jobs in JOBS.items():
+        results = launch_local(_workers.run_many, world, list(jobs.values()), timeout=900)
+        out.update(zip(jobs, results))
+    return out
 
 
 def test_one_stage_equals_untouched_pipeline(one_thread):
@@ -41,24 +69,21 @@ def test_one_stage_equals_untouched_pipeline(one_thread):
     assert maxdiff(out["frames"][0], sequential_frames()) <= 1e-5
 
 
-def test_warmup_covering_all_steps_is_exact_with_three_stages(one_thread):
-    out = launch_local(_workers.render, 3, dict(stages=3, warmup=4, split="auto"))
+def test_warmup_covering_all_steps_is_exact_with_three_stages(runs, one_thread):
+    out = runs["warmup-all"]
     assert maxdiff(out["frames"][0], sequential_frames()) <= 1e-5
 
 
-SPLIT2 = [["conv_in", "down_blocks", "mid_block", "up_blocks.0"], ["up_blocks.1", "conv_out"]]
-
-
-def test_two_stages_match_reference_recurrence_and_differ_from_sequential(one_thread):
-    out = launch_local(_workers.render, 2, dict(stages=2, warmup=1, split=SPLIT2))
+def test_two_stages_match_reference_recurrence_and_differ_from_sequential(runs, one_thread):
+    out = runs["two"]
     ranges = out["stats"][0]["ranges"]
     ref = reference_frames(ranges, warmup=1)
     assert maxdiff(out["frames"][0], ref) <= 1e-4
     assert maxdiff(out["frames"][0], sequential_frames()) > 1e-3  # the asynchrony is real
 
 
-def test_three_stages_auto_split_match_reference(one_thread):
-    out = launch_local(_workers.render, 3, dict(stages=3, warmup=1, split="auto"))
+def test_three_stages_auto_split_match_reference(runs, one_thread):
+    out = runs["auto3"]
     ranges = out["stats"][0]["ranges"]
     assert len(ranges) == 3 and ranges[0][0] == 0 and all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
     assert maxdiff(out["frames"][0], reference_frames(ranges, warmup=1)) <= 1e-4
@@ -66,9 +91,9 @@ def test_three_stages_auto_split_match_reference(one_thread):
 
 
 @pytest.mark.parametrize("steps,warmup", [(5, 1), (6, 1)])  # odd and even number of post-warm-up steps
-def test_stride_two_matches_reference(one_thread, steps, warmup):
+def test_stride_two_matches_reference(runs, one_thread, steps, warmup):
     call = dict(num_inference_steps=steps)
-    out = launch_local(_workers.render, 2, dict(stages=2, warmup=warmup, stride=2, split=SPLIT2), call)
+    out = runs[f"stride2-{steps}"]
     ranges = out["stats"][0]["ranges"]
     assert maxdiff(out["frames"][0], reference_frames(ranges, warmup, stride=2, call=call)) <= 1e-4
     assert maxdiff(out["frames"][0], reference_frames(ranges, warmup, stride=1, call=call)) > 1e-4
@@ -76,15 +101,15 @@ def test_stride_two_matches_reference(one_thread, steps, warmup):
     assert out["stats"][1]["steps_executed"] == warmup + (steps - warmup + 1) // 2
 
 
-def test_time_shift_matches_reference(one_thread):
-    out = launch_local(_workers.render, 2, dict(stages=2, warmup=1, split=SPLIT2, time_shift=True))
+def test_time_shift_matches_reference(runs, one_thread):
+    out = runs["time_shift"]
     ranges = out["stats"][0]["ranges"]
     assert maxdiff(out["frames"][0], reference_frames(ranges, 1, time_shift=True)) <= 1e-4
     assert maxdiff(out["frames"][0], reference_frames(ranges, 1, time_shift=False)) > 1e-4
 
 
-def test_parameters_and_bytes_per_rank():
-    out = launch_local(_workers.render, 2, dict(stages=2, warmup=1, split=SPLIT2))
+def test_parameters_and_bytes_per_rank(runs):
+    out = runs["two"]
     pipe = build_animatediff_pipeline("tiny", seed=0)
     unet = pipe.unet
     shared = sum(p.numel() for n, p in unet.named_parameters() if n.startswith(("time_proj", "time_embedding")))
@@ -105,26 +130,25 @@ def test_parameters_and_bytes_per_rank():
     assert out["stats"][0]["cut_bytes_at_call_shape"] == [hidden + skips]
 
 
-def test_second_call_and_changed_shape_just_work(one_thread):
-    calls = [{}, dict(num_frames=6, height=48, width=40)]
-    out = launch_local(_workers.render_calls, 2, dict(stages=2, warmup=1, split=SPLIT2), calls)
+def test_second_call_and_changed_shape_just_work(runs, one_thread):
+    calls = SHAPES
+    out = runs["shapes"]
     ranges = out["stats"][0]["ranges"]
     for frames, call in zip(out["frames"], calls):
         assert frames.shape[1:4] == (call.get("num_frames", 8), call.get("height", 32), call.get("width", 32))
         assert maxdiff(frames, reference_frames(ranges, 1, call=call)) <= 1e-4
 
 
-def test_conditioning_rebuilt_every_step_reaches_the_workers(one_thread):
+def test_conditioning_rebuilt_every_step_reaches_the_workers(runs, one_thread):
     """The loop's callback replaces the prompt embeddings by a new tensor with new values each step;
     the workers must embed exactly those (a check by id() could keep the stale ones)."""
-    call = dict(callback_on_step_end=_workers.ScalePromptEmbeds(), callback_on_step_end_tensor_inputs=["prompt_embeds"],
-                num_inference_steps=5)
-    out = launch_local(_workers.render, 2, dict(stages=2, warmup=1, split=SPLIT2), call)
+    call = REBUILT
+    out = runs["rebuilt"]
     ranges = out["stats"][0]["ranges"]
     assert maxdiff(out["frames"][0], reference_frames(ranges, 1, call=call)) <= 1e-4
     plain = dict(num_inference_steps=5)
     assert maxdiff(reference_frames(ranges, 1, call=call), reference_frames(ranges, 1, call=plain)) > 1e-3
     # the driver sent the conditioning at every executed step
     sent = out["stats"][0]["traffic"]["conditioning_bytes"]
-    once = launch_local(_workers.render, 2, dict(stages=2, warmup=1, split=SPLIT2), plain)["stats"][0]["traffic"]
+    once = runs["plain5"]["stats"][0]["traffic"]
     assert sent == 5 * once["conditioning_bytes"]

@@ -54,9 +54,40 @@ def svd_folder(tmp_path_factory):
     return str(folder)
 
 
+IMAGES = [
+    dict(size=(50, 30)),  # any size: the pipeline resizes it (to height x width for the VAE, 224 for CLIP)
+    dict(mode="L", convert=True),  # grayscale, converted to RGB by asyncvid.pipelines.svd.conditioning_image
+    dict(mode="RGBA", convert=True),  # alpha dropped by the conversion
+    dict(mode="L"),  # raw grayscale: diffusers' SVD pipeline cannot take it; the call fails, the pipeline lives on
+    dict(),
+]
+
+
+def _jobs(folder):
+    """Every multi-rank run of this module, by world size; each world size is one group of ranks."""
+    return {
+        2: {"two": ("_svd_workers.render", (dict(stages=2, warmup=1, split=SPLIT2),)),
+            "stride2-2": ("_svd_workers.render", (dict(stages=2, warmup=1, stride=2, split=SPLIT2),
+                                                  dict(num_inference_steps=5))),
+            "images": ("_svd_workers.render_images", (dict(stages=2, warmup=1, split=SPLIT2), IMAGES))},
+        3: {"warmup-all": ("_svd_workers.render", (dict(stages=3, warmup=4, split="auto"), None, folder)),
+            "auto3": ("_svd_workers.render", (dict(stages=3, warmup=1, split="auto"),)),
+            "stride2-3": ("_svd_workers.render", (dict(stages=3, warmup=1, stride=2, split="auto"),
+                                                  dict(num_inference_steps=6)))},
+    }
+
+
 @pytest.fixture(scope="module")
-def two_stage_run():
-    return launch_local(W.render, 2, dict(stages=2, warmup=1, split=SPLIT2))
+def runs(svd_folder):
+    out = {}
+    for world, jobs in _jobs(svd_folder).items():
+        out.update(zip(jobs, launch_local(W.run_many, world, list(jobs.values()), timeout=900)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def two_stage_run(runs):
+    return runs["two"]
 
 
 # ----------------------------------------------------------------------------- units, in-process
@@ -106,8 +137,8 @@ def test_one_stage_from_saved_folder_equals_untouched_pipeline(svd_folder, one_t
 
 
 @pytest.mark.multiprocess
-def test_warmup_covering_all_steps_is_exact_with_three_stages(svd_folder, one_thread):
-    out = launch_local(W.render, 3, dict(stages=3, warmup=4, split="auto"), None, svd_folder)
+def test_warmup_covering_all_steps_is_exact_with_three_stages(runs, svd_folder, one_thread):
+    out = runs["warmup-all"]
     assert len(out["stats"][0]["ranges"]) == 3
     assert maxdiff(out["frames"], sequential_frames(folder=svd_folder)) <= 1e-5
 
@@ -121,8 +152,8 @@ def test_two_stages_match_reference_and_differ_from_sequential(two_stage_run, on
 
 
 @pytest.mark.multiprocess
-def test_three_stages_auto_split_match_reference(one_thread):
-    out = launch_local(W.render, 3, dict(stages=3, warmup=1, split="auto"))
+def test_three_stages_auto_split_match_reference(runs, one_thread):
+    out = runs["auto3"]
     ranges = out["stats"][0]["ranges"]
     assert len(ranges) == 3 and ranges[0][0] == 0 and ranges[-1][1] == len(UNITS)
     assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
@@ -132,9 +163,9 @@ def test_three_stages_auto_split_match_reference(one_thread):
 
 @pytest.mark.multiprocess
 @pytest.mark.parametrize("stages,split,steps", [(2, SPLIT2, 5), (3, "auto", 6)])
-def test_stride_two_matches_reference(one_thread, stages, split, steps):
+def test_stride_two_matches_reference(runs, one_thread, stages, split, steps):
     call = dict(num_inference_steps=steps)
-    out = launch_local(W.render, stages, dict(stages=stages, warmup=1, stride=2, split=split), call)
+    out = runs[f"stride2-{stages}"]
     ranges = out["stats"][0]["ranges"]
     assert maxdiff(out["frames"], reference_frames(ranges, stride=2, call=call)) <= 1e-4
     assert maxdiff(out["frames"], reference_frames(ranges, stride=1, call=call)) > 1e-4
@@ -166,18 +197,9 @@ def test_parameters_and_bytes_per_rank(two_stage_run, unet):
 
 
 # ----------------------------------------------------------------------------- conditioning images
-IMAGES = [
-    dict(size=(50, 30)),  # any size: the pipeline resizes it (to height x width for the VAE, 224 for CLIP)
-    dict(mode="L", convert=True),  # grayscale, converted to RGB by asyncvid.pipelines.svd.conditioning_image
-    dict(mode="RGBA", convert=True),  # alpha dropped by the conversion
-    dict(mode="L"),  # raw grayscale: diffusers' SVD pipeline cannot take it; the call fails, the pipeline lives on
-    dict(),
-]
-
-
 @pytest.mark.multiprocess
-def test_conditioning_images_of_other_sizes_and_modes(one_thread):
-    out = launch_local(W.render_images, 2, dict(stages=2, warmup=1, split=SPLIT2), IMAGES)
+def test_conditioning_images_of_other_sizes_and_modes(runs, one_thread):
+    out = runs["images"]
     results, ranges = out["results"], out["ranges"]
     assert [sorted(r) for r in results] == [["frames"]] * 3 + [["error"]] + [["frames"]]
     for spec, result in zip(IMAGES, results):

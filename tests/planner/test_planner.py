@@ -103,5 +103,11 @@ def test_bench_reports_every_configuration(tmp_path):
         assert r["per_step_s"] > 0 and r["predicted"]["speedup_per_step"] > 0
         assert (r["activation_bytes_per_step"] > 0) == (r["stages"] > 1)
     assert report["profile"]["units"] and report["baselines"]["one_thread"]["per_step_s"] > 0
+    # each configuration is compared with the one-thread runs right before and after it
+    runs = report["baselines"]["one_thread_runs"]
+    assert len(runs) == len(configs) + 1
+    for i, r in enumerate(report["results"]):
+        assert r["one_thread_reference"]["per_step_s"] == pytest.approx((runs[i]["per_step_s"] + runs[i + 1]["per_step_s"]) / 2)
+        assert r["speedup_vs_one_thread"] == pytest.approx(r["one_thread_reference"]["per_step_s"] / r["per_step_s"])
     table = md.read_text()
     assert table.count("\n| N=") == 3 and "| N=2 S=2 warm-up 2 |" in table
