@@ -93,7 +93,7 @@ def test_plan_cli_profiles_saves_and_reads_back(tmp_path, capsys):
 def test_bench_reports_every_configuration(tmp_path):
     out, md = tmp_path / "bench.json", tmp_path / "bench.md"
     configs = ["1x1", "2x1", "2x2w2"]
-    assert main(["bench", "--preset", "tiny", "--latent", "8", "--frames", "4", "--steps", "4", "--repeats", "1",
+    assert main(["bench", "--preset", "null", "--latent", "4", "--frames", "2", "--steps", "4", "--repeats", "1",
                  "--no-memory", "--configs", *configs, "--json", str(out), "--markdown", str(md)]) == 0
     report = json.loads(out.read_text())
     got = [(r["stages"], r["stride"], r["warmup"]) for r in report["results"]]
