@@ -86,6 +86,12 @@ def cut_bytes(adapter_cls: type[StageAdapter], unet: torch.nn.Module, call: Deno
     with torch.device("meta"):
         meta_unet = type(unet).from_config(unet.config)
     meta_unet.to("meta")  # some layers build tensors with legacy constructors that ignore the default device
+    # the same dtype per tensor as the real model (fp16/bf16 pipelines; modules kept in fp32 stay so);
+    # buffers too: a float32 positional table would promote a half hidden state
+    real = {**dict(unet.named_parameters()), **dict(unet.named_buffers())}
+    for name, t in [*meta_unet.named_parameters(), *meta_unet.named_buffers()]:
+        if name in real and t.dtype != real[name].dtype:
+            t.data = t.data.to(real[name].dtype)
     to_meta = lambda x: x.to("meta") if torch.is_tensor(x) else x  # noqa: E731
     meta_call = DenoiserCall(*tree_map(to_meta, (call.sample, call.timestep, call.cond)), call.return_dict)
     sizes, _ = _walk(adapter_cls(meta_unet), meta_call, timed=False)

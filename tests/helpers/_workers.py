@@ -13,9 +13,15 @@ CALL = dict(prompt="a red circle moving left", num_frames=8, height=32, width=32
             guidance_scale=7.5, output_type="np")
 
 
-def render(options: dict, call: dict | None = None, calls: int = 1):
-    """Every rank: build the same tiny pipeline, parallelize, render; rank 0 returns frames and stats."""
+def tiny_pipeline(dtype: str | None = None):
+    """The tests' tiny AnimateDiff pipeline, cast to ``dtype`` (a torch dtype name) when given."""
     pipe = build_animatediff_pipeline("tiny", seed=0)
+    return pipe.to(dtype=getattr(torch, dtype)) if dtype else pipe
+
+
+def render(options: dict, call: dict | None = None, calls: int = 1, dtype: str | None = None):
+    """Every rank: build the same tiny pipeline, parallelize, render; rank 0 returns frames and stats."""
+    pipe = tiny_pipeline(dtype)
     ppipe = asyncvid.parallelize(pipe, **options)
     kwargs = dict(CALL, **(call or {}))
     results = []
@@ -60,7 +66,7 @@ def cut_bytes_for_call(ppipe, kwargs):
     """The plan's per-cut bytes recomputed (on the meta device) for this call's latent shape."""
     adapter = ppipe.runtime.adapter
     h, w = kwargs["height"] // ppipe.vae_scale_factor, kwargs["width"] // ppipe.vae_scale_factor
-    call = adapter.example_call(2, kwargs["num_frames"], h, w, torch.device("cpu"), torch.float32)
+    call = adapter.example_call(2, kwargs["num_frames"], h, w, torch.device("cpu"), ppipe.unet.dtype)
     sizes = cut_bytes(type(adapter), ppipe.unet, call)
     return [sizes[b - 1] for _, b in ppipe.plan.ranges[:-1]]
 

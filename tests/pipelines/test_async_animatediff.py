@@ -15,14 +15,14 @@ from reference import AsyncReference
 pytestmark = pytest.mark.multiprocess
 
 
-def sequential_frames(call=None):
-    pipe = build_animatediff_pipeline("tiny", seed=0)
+def sequential_frames(call=None, dtype=None):
+    pipe = _workers.tiny_pipeline(dtype)
     kwargs = dict(_workers.CALL, **(call or {}))
     return pipe(**kwargs, generator=torch.Generator().manual_seed(0)).frames
 
 
-def reference_frames(ranges, warmup, stride=1, time_shift=False, call=None):
-    pipe = build_animatediff_pipeline("tiny", seed=0)
+def reference_frames(ranges, warmup, stride=1, time_shift=False, call=None, dtype=None):
+    pipe = _workers.tiny_pipeline(dtype)
     AsyncReference(pipe, ranges, warmup, stride, time_shift).install()
     kwargs = dict(_workers.CALL, **(call or {}))
     return pipe(**kwargs, generator=torch.Generator().manual_seed(0)).frames
@@ -37,6 +37,7 @@ TWO = dict(stages=2, warmup=1, split=SPLIT2)
 REBUILT = dict(callback_on_step_end=_workers.ScalePromptEmbeds(), callback_on_step_end_tensor_inputs=["prompt_embeds"],
                num_inference_steps=5)
 SHAPES = [{}, dict(num_frames=6, height=48, width=40)]
+HALF = dict(num_frames=4)
 #: every multi-rank run of this module, by world size; each world size is one group of ranks
 JOBS = {
     2: {
@@ -47,6 +48,11 @@ JOBS = {
         "shapes": ("render_calls", (TWO, SHAPES)),
         "rebuilt": ("render", (TWO, REBUILT)),
         "plain5": ("render", (TWO, dict(num_inference_steps=5))),
+        # half precision is slow on CPUs: fewer frames and steps
+        "float16": ("render", (TWO, dict(HALF, num_inference_steps=3), 1, "float16")),
+        "bfloat16": ("render", (TWO, dict(HALF, num_inference_steps=3), 1, "bfloat16")),
+        "float16-exact": ("render", (dict(TWO, warmup=3), dict(HALF, num_inference_steps=3), 1, "float16")),
+        "bfloat16-stride2": ("render", (dict(TWO, stride=2), dict(HALF, num_inference_steps=4), 1, "bfloat16")),
     },
     3: {
         "warmup-all": ("render", (dict(stages=3, warmup=4, split="auto"),)),
@@ -152,3 +158,21 @@ def test_conditioning_rebuilt_every_step_reaches_the_workers(runs, one_thread):
     sent = out["stats"][0]["traffic"]["conditioning_bytes"]
     once = runs["plain5"]["stats"][0]["traffic"]
     assert sent == 5 * once["conditioning_bytes"]
+
+
+@pytest.mark.parametrize("key,dtype,stride,steps", [("float16", "float16", 1, 3), ("bfloat16", "bfloat16", 1, 3),
+                                                     ("bfloat16-stride2", "bfloat16", 2, 4)])
+def test_half_precision_matches_the_reference_in_the_same_dtype(runs, one_thread, key, dtype, stride, steps):
+    out, call = runs[key], dict(HALF, num_inference_steps=steps)
+    ranges = out["stats"][0]["ranges"]
+    ref = reference_frames(ranges, 1, stride=stride, call=call, dtype=dtype)
+    assert maxdiff(out["frames"][0], ref) <= 1e-4
+    assert maxdiff(out["frames"][0], sequential_frames(call, dtype=dtype)) > 1e-3
+    # half-precision states travel: half the float32 bytes at the cut (float32 run: 8 frames, here 4)
+    fp32 = runs["two"]["stats"][0]["traffic"]["activation_bytes_per_step"][0]
+    assert out["stats"][0]["traffic"]["activation_bytes_per_step"][0] == fp32 // 2 // 2
+
+
+def test_half_precision_with_warmup_covering_every_step_equals_the_untouched_pipeline(runs, one_thread):
+    call = dict(HALF, num_inference_steps=3)
+    assert maxdiff(runs["float16-exact"]["frames"][0], sequential_frames(call, dtype="float16")) <= 1e-5
