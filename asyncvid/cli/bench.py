@@ -82,6 +82,7 @@ def cmd_plan(args) -> int:
 
     from ..planner.links import parse_link
     from ..catalog.pipelines import build_pipeline
+    from ..pipelines.parallel import ProfileShape
     from ..planner.report import describe, load_profile, predict_from, profile_pipeline, save_profile
 
     link = parse_link(args.link)
@@ -92,7 +93,7 @@ def cmd_plan(args) -> int:
     else:
         torch.set_num_threads(args.threads)
         pipe = build_pipeline(args.model, args.preset)
-        latent = args.latent or pipe.unet.config.sample_size
+        latent = args.latent or ProfileShape().latent_size(getattr(pipe.unet.config, "sample_size", None))[0]
         profile = profile_pipeline(pipe, args.frames, latent)
         profile["model"] = args.model
     if args.save_profile:

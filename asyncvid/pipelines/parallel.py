@@ -24,6 +24,7 @@ from . import hook
 from .placement import gather_weights, release_weights
 
 UNIT_ALIASES = {"conv_norm_out": "conv_out", "conv_act": "conv_out"}
+DEFAULT_LATENT = 64  # latent pixels when neither the caller nor the model's config gives a size
 
 
 @dataclass
@@ -34,6 +35,15 @@ class ProfileShape:
     height: int | None = None  # latent pixels; default: the UNet's sample_size
     width: int | None = None
     batch: int = 2
+
+    def latent_size(self, sample_size) -> tuple[int, int]:
+        """Height and width in latent pixels: given ones, else the model's ``sample_size`` (an int, a
+        pair, or None as in diffusers' default SVD config, which falls back to 64)."""
+        if isinstance(sample_size, (list, tuple)):
+            default_h, default_w = int(sample_size[0]), int(sample_size[-1])
+        else:
+            default_h = default_w = int(sample_size) if sample_size else DEFAULT_LATENT
+        return self.height or default_h, self.width or default_w
 
     @classmethod
     def parse(cls, value) -> "ProfileShape":
@@ -49,8 +59,7 @@ def choose_split(adapter, split, stages: int, topo: Topology, device, shape: Pro
     driver and shared with every rank (so all ranks cut the same way)."""
     names = [u.name for u in adapter.units()]
     model = adapter.model
-    h = shape.height or model.config.sample_size
-    w = shape.width or model.config.sample_size
+    h, w = shape.latent_size(getattr(model.config, "sample_size", None))
     sizes = cut_bytes(type(adapter), model, adapter.example_call(shape.batch, shape.frames, h, w, torch.device("cpu"), dtype))
     if isinstance(split, str):
         if split != "auto":

@@ -1,0 +1,27 @@
+"""Choosing a split does not depend on the model's config giving a sample size."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from diffusers import UNetSpatioTemporalConditionModel
+
+from asyncvid.catalog.presets import build_svd_pipeline
+from asyncvid.distributed.topology import Topology
+from asyncvid.models import adapter_for
+from asyncvid.pipelines.parallel import ProfileShape, choose_split
+
+SPLIT2 = [["conv_in", "down_blocks", "mid_block", "up_blocks.0"], ["up_blocks.1", "conv_out"]]
+
+
+@pytest.mark.parametrize("sample_size,expected", [(None, (64, 64)), (16, (16, 16)), ((12, 20), (12, 20))])
+def test_svd_unet_with_any_sample_size(sample_size, expected):
+    config = dict(build_svd_pipeline("tiny", seed=0).unet.config, sample_size=sample_size)
+    unet = UNetSpatioTemporalConditionModel.from_config(config)
+    assert ProfileShape().latent_size(unet.config.sample_size) == expected
+    topo = Topology(stages=2, cfg_degree=1, rank=0, world_size=1)
+    shape = ProfileShape(frames=2, batch=1)
+    plan = choose_split(adapter_for(unet), SPLIT2, 2, topo, torch.device("cpu"), shape, torch.float32)
+    h, w = expected
+    # the cut after up_blocks.0: its upsampled output (64 ch) and two skips (32 ch) at full latent size
+    assert plan.cut_bytes == [2 * (64 + 2 * 32) * h * w * 4]
