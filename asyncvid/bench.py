@@ -19,9 +19,12 @@ from .utils import atomic_write
 
 
 def _build(cfg: dict):
+    """The configuration's pipeline on this rank's device (``cuda:LOCAL_RANK`` or the CPU), in its dtype."""
     from .catalog.pipelines import build_pipeline
+    from .distributed.env import default_device
 
-    return build_pipeline(cfg.get("model", "animatediff"), cfg["preset"])
+    pipe = build_pipeline(cfg.get("model", "animatediff"), cfg["preset"])
+    return pipe.to(device=default_device(), dtype=getattr(torch, cfg.get("dtype", "float32")))
 
 
 def _timed_call(pipe, cfg: dict) -> list[float]:
@@ -169,13 +172,14 @@ def hardware() -> dict:
 
 def run_bench(preset: str = "small", frames: int = 8, latent: int = 16, steps: int = 12, warmup: int = 1,
               repeats: int = 2, configs: list[tuple] | None = None, log=print, model: str = "animatediff",
-              memory: bool = True) -> dict:
+              memory: bool = True, dtype: str = "float32") -> dict:
     """Baselines, then every (stages, stride[, warmup]) configuration, each with the planner's
     prediction from the one-thread profile beside the measurement."""
     from .launch import launch_local
     from .planner.report import predict_from
 
-    cfg = dict(model=model, preset=preset, frames=frames, latent=latent, steps=steps, warmup=warmup, repeats=repeats)
+    cfg = dict(model=model, preset=preset, frames=frames, latent=latent, steps=steps, warmup=warmup, repeats=repeats,
+               dtype=dtype)
     configs = [tuple(c) + (warmup,) * (3 - len(c)) for c in (configs or [(1, 1), (1, 2), (2, 1), (2, 2)])]
     report = {"config": dict(cfg, cfg_guidance=True, batch=2), "hardware": hardware(), "results": []}
     one = launch_local(run_baseline, 1, cfg, 1, True, threads_per_rank=1)

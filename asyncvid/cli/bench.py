@@ -25,6 +25,8 @@ def add_bench_parser(subparsers) -> None:
     p.add_argument("--steps", type=int, default=12)
     p.add_argument("--warmup", type=int, default=1, help="warm-up of configurations that do not name one")
     p.add_argument("--repeats", type=int, default=2, help="timed calls per configuration; the fastest counts")
+    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32",
+                   help="precision of every pipeline (default: %(default)s; half precision is slow on CPUs)")
     p.add_argument("--configs", nargs="+", metavar="NxS[wW]", default=["1x1", "1x2", "2x1", "2x2"],
                    help="configurations: stages x stride, optionally w + warm-up, e.g. 2x1 2x2w3 4x1")
     p.add_argument("--sweep", action="store_true", help=f"run the standard sweep: {' '.join(SWEEP)}")
@@ -70,7 +72,8 @@ def cmd_bench(args) -> int:
     configs = [parse_config(c) for c in (SWEEP if args.sweep else args.configs)]
     configs = [(n, s, args.warmup if w is None else w) for n, s, w in configs]
     report = run_bench(args.preset, args.frames, args.latent, args.steps, args.warmup, args.repeats, configs,
-                       log=lambda line: print(line, file=sys.stderr), model=args.model, memory=not args.no_memory)
+                       log=lambda line: print(line, file=sys.stderr), model=args.model, memory=not args.no_memory,
+                       dtype=args.dtype)
     write_report(report, args.json, args.markdown)
     return 0
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import time
 
 import torch
 
@@ -18,6 +17,7 @@ from ..distributed.transport import layout_of
 from ..engine.adapter import DenoiserCall, StageAdapter
 from ..engine.units import Carried
 from ..utils import atomic_write, cache_dir
+from .clock import now
 
 
 def _materialized(module: torch.nn.Module) -> bool:
@@ -72,10 +72,11 @@ def _walk(adapter: StageAdapter, call: DenoiserCall, timed: bool, reps: int = 2)
 
 def _time_unit(unit, ctx, state, reps):
     result = unit.run(ctx, state)  # warm-up (allocator, kernels)
-    start = time.perf_counter()
+    device = state.h.device
+    start = now(device)
     for _ in range(reps):
         result = unit.run(ctx, state)
-    return result, (time.perf_counter() - start) / reps
+    return result, (now(device) - start) / reps
 
 
 @torch.no_grad()

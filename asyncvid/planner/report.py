@@ -10,7 +10,6 @@ one timed pipeline call, minus the summed unit costs). It is saved as JSON and r
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import torch
@@ -18,6 +17,7 @@ import torch
 from ..catalog.pipelines import call_kwargs, is_svd
 from ..errors import AsyncVidError
 from ..utils import atomic_write
+from .clock import now
 from .links import LINKS, LinkModel
 from .predict import Prediction, predict
 
@@ -29,10 +29,10 @@ def timed_call(pipe, kwargs: dict, seed: int = 0) -> list[float]:
     marks: list[float] = []
 
     def on_step_end(p, i, t, cb_kwargs):
-        marks.append(time.perf_counter())
+        marks.append(now())
         return {}
 
-    start = time.perf_counter()
+    start = now()
     out = pipe(**kwargs, generator=torch.Generator().manual_seed(seed), callback_on_step_end=on_step_end)
     return [start] + marks if out is not None else []
 
@@ -82,10 +82,10 @@ def profile_pipeline(pipe, frames: int, latent: int, batch: int = 2) -> dict:
 
 def _time_forward(adapter, call, reps: int = 3) -> float:
     adapter.run_all(call)  # one-off set-up
-    start = time.perf_counter()
+    start = now(call.sample.device)
     for _ in range(reps):
         adapter.run_all(call)
-    return (time.perf_counter() - start) / reps
+    return (now(call.sample.device) - start) / reps
 
 
 def save_profile(profile: dict, path: str) -> None:

@@ -1,0 +1,18 @@
+"""Rank functions of the GPU checks (tests/gpu): the tiny pipeline on CUDA in half precision."""
+
+from __future__ import annotations
+
+import torch
+
+import asyncvid
+from _workers import CALL, tiny_pipeline
+
+
+def render_cuda(options: dict, dtype: str = "float16", steps: int = 4):
+    """Every rank: the tiny pipeline on its GPU in ``dtype``, parallelized over NCCL; rank 0's frames."""
+    device = torch.device("cuda", torch.cuda.current_device())
+    pipe = tiny_pipeline(dtype).to(device)
+    ppipe = asyncvid.parallelize(pipe, **options)
+    out = ppipe(**dict(CALL, num_inference_steps=steps), generator=torch.Generator().manual_seed(0))
+    backend = torch.distributed.get_backend()
+    return {"frames": out.frames, "backend": backend} if ppipe.is_driver else None
