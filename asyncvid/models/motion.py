@@ -99,7 +99,15 @@ class MotionUNetAdapter(StageAdapter):
         cfg = self.model.config
         sample = torch.randn(batch, cfg.in_channels, frames, height, width, device=device, dtype=dtype)
         ehs = torch.randn(batch * frames, text_len, cfg.cross_attention_dim, device=device, dtype=dtype)
-        return self.split_call((sample, torch.tensor(500, device=device)), {"encoder_hidden_states": ehs})
+        kwargs = {"encoder_hidden_states": ehs}
+        if cfg.addition_embed_type == "text_time":  # SDXL: pooled text embedding + 6 size/crop ids
+            n_text = cfg.projection_class_embeddings_input_dim - 6 * cfg.addition_time_embed_dim
+            kwargs["added_cond_kwargs"] = {
+                "text_embeds": torch.randn(batch, n_text, device=device, dtype=dtype),
+                "time_ids": torch.tensor([[height * 8, width * 8, 0, 0, height * 8, width * 8]] * batch,
+                                         device=device, dtype=dtype),
+            }
+        return self.split_call((sample, torch.tensor(500, device=device)), kwargs)
 
     # ----- units --------------------------------------------------------------------------
     def units(self) -> list[Unit]:
