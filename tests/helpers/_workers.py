@@ -142,3 +142,27 @@ def run_many(jobs: list[tuple[str, tuple]]):
         fn = getattr(importlib.import_module(module), func) if module else globals()[name]
         results.append(fn(*args))
     return results
+
+
+def render_after_processor_change(options: dict):
+    """The driver's denoiser gets other attention processors after parallelize (as PAG's pipeline does
+    at each call); the call must fail with one line, and the pipeline must serve the next call."""
+    from diffusers.models.attention_processor import AttnProcessor
+
+    from asyncvid.utils import one_line
+
+    ppipe = asyncvid.parallelize(tiny_pipeline(), **options)
+    result = {}
+    if ppipe.is_driver:
+        original = ppipe.unet.attn_processors
+        ppipe.unet.set_attn_processor(AttnProcessor())
+        try:
+            ppipe(**CALL, generator=torch.Generator().manual_seed(0))
+        except Exception as exc:  # noqa: BLE001 - the line is the result
+            result["error"] = one_line(exc)
+        ppipe.unet.set_attn_processor(original)
+        result["frames"] = ppipe(**CALL, generator=torch.Generator().manual_seed(0)).frames
+    else:
+        ppipe(None)
+        ppipe(None)
+    return result if ppipe.is_driver else None
