@@ -8,10 +8,10 @@ from .folders import pipeline_class_name, resolve_model
 from .quiet import quiet_environment, quiet_libraries, svd_pipeline_class
 
 
-def load_pipeline(model_dir: str, adapter_dir: str | None = None):
-    """A plain diffusers pipeline on the CPU: Stable Video Diffusion or AnimateDiff (a
-    StableDiffusionPipeline base folder needs ``adapter_dir``; for an AnimateDiff folder it replaces
-    the folder's own motion adapter)."""
+def load_pipeline(model_dir: str, adapter_dir: str | None = None, dtype: str = "float32"):
+    """A plain diffusers pipeline on the CPU in ``dtype`` (a torch dtype name): Stable Video Diffusion
+    or AnimateDiff (a StableDiffusionPipeline base folder needs ``adapter_dir``; for an AnimateDiff
+    folder it replaces the folder's own motion adapter)."""
     quiet_environment()
     quiet_libraries()
     name = pipeline_class_name(model_dir)
@@ -35,6 +35,10 @@ def load_pipeline(model_dir: str, adapter_dir: str | None = None):
             warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
             pipe = AnimateDiffPipeline.from_pretrained(model_dir, torch_dtype=torch.float32, **extra)
     pipe.set_progress_bar_config(disable=True)
+    if dtype != "float32":
+        import torch
+
+        pipe = pipe.to(dtype=getattr(torch, dtype))
     return pipe
 
 

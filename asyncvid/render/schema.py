@@ -92,6 +92,7 @@ class Job(BaseModel):
     stride: Stride = 1
     warmup: int = Field(1, ge=0)
     split: Split = "auto"
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
 
     @field_validator("name")
     @classmethod

@@ -35,7 +35,8 @@ class Task:
 
     @property
     def model_key(self) -> tuple:
-        return (self.model_dir, self.adapter_dir)
+        """What loading the model depends on: its folders and the job's dtype."""
+        return (self.model_dir, self.adapter_dir, self.config.get("dtype", "float32"))
 
 
 def config_hash(config: dict) -> str:

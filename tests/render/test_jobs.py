@@ -232,3 +232,29 @@ def test_truncated_image_is_rejected(tmp_path):
 def test_t2v_without_prompt_names_prompt(tmp_path):
     message = load_error(tmp_path, "jobs:\n  - {name: a, steps: 2}\n")
     assert "job 1 'a': prompt: Field required for text-to-video jobs" in message
+
+
+def test_dtype_field(tmp_path):
+    jobs = load_job_file(write(tmp_path, GOOD.replace("  steps: 4\n", "  steps: 4\n  dtype: bfloat16\n"))).jobs
+    assert [j.dtype for j in jobs] == ["bfloat16", "bfloat16"]
+    assert load_job_file(write(tmp_path, GOOD)).jobs[0].dtype == "float32"
+    message = load_error(tmp_path, GOOD.replace("  steps: 4\n", "  steps: 4\n  dtype: half\n"))
+    assert "dtype" in message and "\n" not in message
+
+
+def test_dtype_is_part_of_what_loading_a_model_depends_on(tmp_path):
+    from pathlib import Path
+
+    from asyncvid.catalog.pipelines import load_pipeline
+    from asyncvid.render.tasks import tasks_for
+
+    path = write(tmp_path, GOOD.replace("  steps: 4\n", "  steps: 4\n  dtype: bfloat16\n"))
+    task = tasks_for(load_job_file(path), Path(tmp_path / "out"))[0]
+    task.model_dir, task.adapter_dir = str(tmp_path / "model"), None
+    assert task.model_key[-1] == "bfloat16" and task.config["dtype"] == "bfloat16"
+    import torch
+    from asyncvid.catalog.presets import build_animatediff_pipeline
+
+    build_animatediff_pipeline("tiny", seed=0).save_pretrained(tmp_path / "model", safe_serialization=True)
+    pipe = load_pipeline(*task.model_key)
+    assert pipe.unet.dtype == torch.bfloat16 and pipe.vae.dtype == torch.bfloat16
