@@ -52,6 +52,8 @@ def add_bench_parser(subparsers) -> None:
     q.add_argument("--frames", type=int, default=8)
     q.add_argument("--latent", type=int, help="latent height = width (default: the UNet's sample_size)")
     q.add_argument("--threads", type=int, default=1, help="threads while profiling on CPU (default 1 = one CPU device)")
+    q.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32",
+                   help="precision to profile in (default: %(default)s)")
     q.add_argument("--json", metavar="FILE", help="also write the plan and prediction as JSON")
     q.set_defaults(func=cmd_plan)
 
@@ -95,7 +97,9 @@ def cmd_plan(args) -> int:
         profile = load_profile(args.profile)
     else:
         torch.set_num_threads(args.threads)
-        pipe = build_pipeline(args.model, args.preset)
+        from ..distributed.env import default_device
+
+        pipe = build_pipeline(args.model, args.preset).to(device=default_device(), dtype=getattr(torch, args.dtype))
         latent = args.latent or ProfileShape().latent_size(getattr(pipe.unet.config, "sample_size", None))[0]
         profile = profile_pipeline(pipe, args.frames, latent)
         profile["model"] = args.model

@@ -68,6 +68,7 @@ def profile_pipeline(pipe, frames: int, latent: int, batch: int = 2) -> dict:
         "unet": type(pipe.unet).__name__,
         "shape": {"batch": batch, "frames": frames, "latent": latent},
         "device": str(device),
+        "dtype": str(dtype),
         "threads": torch.get_num_threads(),
         "units": [u.name for u in adapter.units()],
         "costs_s": costs,

@@ -111,3 +111,16 @@ def test_bench_reports_every_configuration(tmp_path):
         assert r["speedup_vs_one_thread"] == pytest.approx(r["one_thread_reference"]["per_step_s"] / r["per_step_s"])
     table = md.read_text()
     assert table.count("\n| N=") == 3 and "| N=2 S=2 warm-up 2 |" in table
+
+
+def test_plan_profiles_in_the_requested_dtype(tmp_path, capsys):
+    out = tmp_path / "plan.json"
+    args = ["plan", "animatediff", "--preset", "null", "--latent", "4", "--frames", "2", "--devices", "2",
+            "--dtype", "bfloat16", "--json", str(out)]
+    assert main(args) == 0
+    prof = json.loads(out.read_text())["profile"]
+    assert prof["dtype"] == "torch.bfloat16"
+    # half the bytes of float32 at every cut: the meta walk sized the states in bfloat16
+    assert main(args[:-4] + ["--dtype", "float32", "--json", str(tmp_path / "fp32.json")]) == 0
+    fp32 = json.loads((tmp_path / "fp32.json").read_text())["profile"]
+    assert [b * 2 for b in prof["bytes_after_unit"]] == fp32["bytes_after_unit"]
