@@ -146,8 +146,9 @@ class StageRuntime:
         for work, _ in self._sent:
             work.wait()
         self._sent.clear()
+        encoded = message.encode(self.device, timestep)  # one buffer, read by every send
         for rank in self.worker_ranks:
-            send_message(message.encode(self.device, timestep), rank, self.traffic, self._sent)
+            send_message(encoded, rank, self.traffic, self._sent)
             if tree is not None:
                 send_tree(tree, rank, self.device, self.traffic, kind)
 
