@@ -84,12 +84,13 @@ class Traffic:
     activation: int = 0
     control: int = 0
     conditioning: int = 0  # step-invariant inputs (text embeddings ...), sent once per call
+    extras: int = 0  # per-call inputs routed to the stages that consume them (ControlNet residuals)
     messages: int = 0
     per_step: list[int] = field(default_factory=list)  # activation bytes sent in each executed step
 
     def snapshot(self) -> dict:
         return {"activation_bytes": self.activation, "control_bytes": self.control,
-                "conditioning_bytes": self.conditioning, "messages": self.messages,
+                "conditioning_bytes": self.conditioning, "extras_bytes": self.extras, "messages": self.messages,
                 "activation_bytes_per_step": list(self.per_step)}
 
 
@@ -167,7 +168,7 @@ def send_tree(tree, dst: int, device: torch.device, traffic: Traffic | None = No
     """Send a nested structure of tensors and plain values to ``dst`` (point to point).
 
     Non-tensor leaves travel pickled with the structure; tensors travel as tensors, so on NCCL they
-    stay on the GPU. Tensor bytes are counted as ``kind`` (``conditioning`` or ``control``).
+    stay on the GPU. Tensor bytes are counted as ``kind`` (``conditioning``, ``extras`` or ``control``).
     """
     from torch.utils._pytree import tree_flatten
 

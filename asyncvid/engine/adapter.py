@@ -28,13 +28,16 @@ from .units import Carried, Unit
 
 @dataclass
 class DenoiserCall:
-    """One denoiser call as tensors: the latent, the timestep (1 element) and the conditioning,
-    which the engine treats as an opaque tree of tensors and plain values."""
+    """One denoiser call as tensors: the latent, the timestep (1 element), the conditioning (an
+    opaque tree of tensors and plain values that changes rarely: sent to a stage when its content
+    changes) and the per-call extras (inputs that change every call, such as ControlNet residuals:
+    sent every call, only to the stages whose units name them in ``Unit.consumes``)."""
 
     sample: torch.Tensor
     timestep: torch.Tensor
     cond: dict[str, Any] = field(default_factory=dict)
     return_dict: bool = True
+    extras: dict[str, Any] = field(default_factory=dict)
 
 
 def as_timestep_tensor(timestep, device) -> torch.Tensor:
@@ -75,6 +78,15 @@ class StageAdapter:
     def prediction(self, state: Carried) -> torch.Tensor:
         return state.h
 
+    def module_setup(self) -> Any:
+        """Driver, at the start of each denoising pass: the state of the model's modules that the
+        caller may change between calls (a tree of plain values), or None. Workers receive it when
+        it changes and pass it to :meth:`apply_module_setup` before they compute."""
+        return None
+
+    def apply_module_setup(self, setup: Any) -> None:
+        """Worker: make this rank's modules match ``setup`` (see :meth:`module_setup`)."""
+
     # ----- the call signature (hook layer) -----------------------------------------------
     def split_call(self, args: tuple, kwargs: dict) -> DenoiserCall:
         raise NotImplementedError
@@ -89,7 +101,7 @@ class StageAdapter:
     # ----- convenience ---------------------------------------------------------------------
     def run_all(self, call: DenoiserCall) -> torch.Tensor:
         """Every unit in one process: equals the model's own forward (tests, one stage)."""
-        ctx = self.context(call.sample.shape, call.timestep, call.cond)
+        ctx = self.context(call.sample.shape, call.timestep, {**call.cond, **call.extras})
         state = self.input_state(call.sample)
         for unit in self.units():
             state = unit.run(ctx, state)

@@ -25,32 +25,17 @@ from typing import Any
 
 import torch
 
-from ..distributed.protocol import FIELDS, Op, StepMessage
+from ..distributed.protocol import FIELDS, Op, StepMessage, extras_mask
 from ..distributed.topology import Topology
 from ..distributed.transport import (PendingState, StateLink, Traffic, recv_message, recv_tree, send_message,
                                      send_tree)
 from ..errors import AsyncVidError
 from .adapter import DenoiserCall, StageAdapter
 from .conditioning import ConditioningVersion
-from .schedule import PARALLEL, REUSE, SEQUENTIAL, StepAction, step_action
+from .extras import consumers, route
+from .schedule import PARALLEL, REUSE, SEQUENTIAL, AsyncOptions, StepAction, step_action  # noqa: F401 (AsyncOptions re-exported)
 from .split import SplitPlan
 from .units import Carried, run_units
-
-
-@dataclass(frozen=True)
-class AsyncOptions:
-    stride: int = 1
-    warmup: int = 1
-    time_shift: bool = False
-    speculate: bool = True  # workers compute their next call before its message arrives
-
-    def validate(self, stages: int) -> None:
-        if self.stride not in (1, 2):
-            raise AsyncVidError(f"stride must be 1 or 2, got {self.stride}")
-        if self.warmup < 0:
-            raise AsyncVidError(f"warmup must be >= 0, got {self.warmup}")
-        if stages > 1 and self.warmup < 1:
-            raise AsyncVidError("warmup must be >= 1 with more than one stage: the first step seeds every stage's input")
 
 
 @dataclass
@@ -77,7 +62,9 @@ class StageRuntime:
                  options: AsyncOptions):
         self.adapter, self.split, self.topo, self.device, self.options = adapter, split, topo, device, options
         a, b = split.ranges[topo.stage]
-        self.units = adapter.units()[a:b]
+        all_units = adapter.units()
+        self.units = all_units[a:b]
+        self.extras_consumers = consumers(all_units, split)
         self.traffic = Traffic()
         self.n_stages, self.stage = topo.stages, topo.stage
         self.driver_rank = topo.stage_rank(0)
@@ -87,9 +74,11 @@ class StageRuntime:
         self.streams: dict[int, _CallStream] = {}
         self.steps_executed = 0
         self.speculation = {"used": 0, "dropped": 0}  # workers: speculative results confirmed / recomputed
+        self.calls_with_extras = 0  # calls whose extra inputs this rank's stage consumed
         self._sent: list = []  # driver: step messages in flight
         self._tag_pattern: list[int] = [0]  # workers: the call tags of one step, as last seen
         self._tags_this_step: list[int] = []
+        self._setup_sent: Any = None  # driver: the module setup the workers have
 
     # ------------------------------------------------------------------ shared
     def _stream(self, tag: int) -> _CallStream:
@@ -142,21 +131,27 @@ class StageRuntime:
 
     # ------------------------------------------------------------------ driver
     def _tell_workers(self, message: StepMessage, timestep: torch.Tensor | None = None, tree=None,
-                      kind: str = "conditioning") -> None:
+                      kind: str = "conditioning", extras: dict[int, dict] | None = None) -> None:
         for work, _ in self._sent:
             work.wait()
         self._sent.clear()
         encoded = message.encode(self.device, timestep)  # one buffer, read by every send
-        for rank in self.worker_ranks:
+        for stage, rank in enumerate(self.worker_ranks, start=1):
             send_message(encoded, rank, self.traffic, self._sent)
             if tree is not None:
                 send_tree(tree, rank, self.device, self.traffic, kind)
+            if extras and stage in extras:
+                send_tree(extras[stage], rank, self.device, self.traffic, "extras")
 
-    def begin(self, timesteps: torch.Tensor) -> None:
-        """Driver: a new denoising pass over ``timesteps`` starts (every pipeline call, every FreeInit pass)."""
+    def begin(self, timesteps: torch.Tensor, setup: Any = None) -> None:
+        """Driver: a new denoising pass over ``timesteps`` starts (every pipeline call, every FreeInit
+        pass). ``setup`` is the adapter's :meth:`~StageAdapter.module_setup`; it travels when it changed."""
         timesteps = timesteps.detach().reshape(-1)
         self._new_pass(timesteps)
-        self._tell_workers(StepMessage(Op.BEGIN, total=len(timesteps)), tree={"timesteps": timesteps}, kind="control")
+        control = {"timesteps": timesteps}
+        if setup != self._setup_sent:
+            control["setup"], self._setup_sent = setup, setup
+        self._tell_workers(StepMessage(Op.BEGIN, total=len(timesteps)), tree=control, kind="control")
 
     def drive(self, step: int, call: DenoiserCall, tag: int = 0) -> torch.Tensor:
         """Driver: the prediction for denoiser call ``tag`` of step ``step`` of the current pass."""
@@ -177,12 +172,14 @@ class StageRuntime:
             stream.cond, stream.sample_shape = call.cond, call.sample.shape
             stream.cond_version = stream.version.version
             tree = {"cond": call.cond, "shape": tuple(call.sample.shape)}
-        message = StepMessage(Op.STEP, step, action.t_index, tag, stream.cond_version, 0,
-                              timestep_dtype=timestep.dtype, total=self.total)
+        routed = route(call.extras, self.extras_consumers) if call.extras else {}
+        message = StepMessage(Op.STEP, step, action.t_index, tag, stream.cond_version,
+                              extras_mask(k for k in routed if k > 0), timestep_dtype=timestep.dtype, total=self.total)
         if self.worker_ranks:
-            self._tell_workers(message, timestep, tree)
+            self._tell_workers(message, timestep, tree, extras=routed)
         before = self.traffic.activation
-        out = self._compute(stream, timestep, self.adapter.input_state(call.sample))
+        self.calls_with_extras += 0 in routed
+        out = self._compute(stream, timestep, self.adapter.input_state(call.sample), routed.get(0))
         self._send_on(stream, action, out)
         if "recv_eps" in stream.links:
             eps = stream.links["recv_eps"].irecv().wait()[0]
@@ -213,7 +210,10 @@ class StageRuntime:
         while True:
             message = StepMessage.decode(recv_message(self.driver_rank, FIELDS, self.device))
             if message.op == Op.BEGIN:
-                self._new_pass(recv_tree(self.driver_rank, self.device)["timesteps"])
+                control = recv_tree(self.driver_rank, self.device)
+                if "setup" in control:
+                    self.adapter.apply_module_setup(control["setup"])
+                self._new_pass(control["timesteps"])
                 guess = None
                 continue
             if message.op != Op.STEP:
@@ -228,6 +228,7 @@ class StageRuntime:
             stream.cond, stream.sample_shape = payload["cond"], torch.Size(payload["shape"])
             stream.cond_version = message.cond_version
         extras = recv_tree(self.driver_rank, self.device) if message.routes_extras_to(self.stage) else None
+        self.calls_with_extras += extras is not None
         self._note_tag(message)
         action = self._action(message.step)
         if action.kind == REUSE or action.t_index != message.t_index:

@@ -15,7 +15,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..errors import AsyncVidError
+
 SEQUENTIAL, PARALLEL, REUSE = "sequential", "parallel", "reuse"
+
+
+@dataclass(frozen=True)
+class AsyncOptions:
+    stride: int = 1
+    warmup: int = 1
+    time_shift: bool = False
+    speculate: bool = True  # workers compute their next call before its message arrives
+
+    def validate(self, stages: int) -> None:
+        if self.stride not in (1, 2):
+            raise AsyncVidError(f"stride must be 1 or 2, got {self.stride}")
+        if self.warmup < 0:
+            raise AsyncVidError(f"warmup must be >= 0, got {self.warmup}")
+        if stages > 1 and self.warmup < 1:
+            raise AsyncVidError("warmup must be >= 1 with more than one stage: the first step seeds every stage's input")
 
 
 @dataclass(frozen=True)

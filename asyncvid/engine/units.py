@@ -35,12 +35,15 @@ class Unit:
     """One schedulable piece of the forward pass.
 
     ``name`` is the module path relative to the model (``"up_blocks.3.attentions.1"``); ``modules``
-    lists every module path whose parameters the unit needs; ``run(ctx, state) -> state``.
+    lists every module path whose parameters the unit needs; ``run(ctx, state) -> state``;
+    ``consumes`` names the per-call extra inputs (see ``DenoiserCall.extras``) the unit reads, so
+    that only the stage holding it receives them.
     """
 
     name: str
     modules: tuple[str, ...]
     run: Callable[[Any, Carried], Carried]
+    consumes: tuple[str, ...] = ()
 
 
 def run_units(units: list[Unit], ctx: Any, state: Carried) -> Carried:

@@ -15,8 +15,9 @@ from diffusers import UNetMotionModel
 from diffusers.models.unets.unet_motion_model import UNetMotionOutput
 from diffusers.utils.torch_utils import apply_freeu
 
-from ..engine.adapter import DenoiserCall, StageAdapter, as_timestep_tensor
+from ..engine.adapter import DenoiserCall, as_timestep_tensor
 from ..engine.units import Carried, Unit
+from .module_sync import DiffusersAdapter
 
 
 @dataclass
@@ -27,6 +28,11 @@ class MotionContext:
     attention_mask: torch.Tensor | None
     cross_attention_kwargs: dict | None
     forward_upsample_size: bool
+    down_residuals: tuple | None = None  # ControlNet/SparseCtrl, added to the skips before the mid block
+    mid_residual: torch.Tensor | None = None  # ControlNet/SparseCtrl, added after the mid block
+
+
+RESIDUALS = ("down_block_additional_residuals", "mid_block_additional_residual")
 
 
 def _freeu_enabled(block) -> bool:
@@ -35,7 +41,7 @@ def _freeu_enabled(block) -> bool:
     )
 
 
-class MotionUNetAdapter(StageAdapter):
+class MotionUNetAdapter(DiffusersAdapter):
     model_class = UNetMotionModel
     shared_modules = ("time_proj", "time_embedding", "add_time_proj", "add_embedding", "encoder_hid_proj")
 
@@ -46,9 +52,6 @@ class MotionUNetAdapter(StageAdapter):
                  "mid_block_additional_residual", "return_dict")
         bound = dict(zip(names, args))
         bound.update(kwargs)
-        for unsupported in ("down_block_additional_residuals", "mid_block_additional_residual"):
-            if bound.get(unsupported) is not None:
-                raise NotImplementedError(f"asyncvid: UNetMotionModel with {unsupported} (ControlNet) is not supported yet")
         sample = bound["sample"]
         cond = {
             "encoder_hidden_states": bound.get("encoder_hidden_states"),
@@ -58,7 +61,10 @@ class MotionUNetAdapter(StageAdapter):
             "added_cond_kwargs": bound.get("added_cond_kwargs"),
         }
         timestep = as_timestep_tensor(bound["timestep"], sample.device)
-        return DenoiserCall(sample, timestep, cond, bound.get("return_dict", True))
+        extras = {name: bound[name] for name in RESIDUALS if bound.get(name) is not None}
+        if "down_block_additional_residuals" in extras:
+            extras["down_block_additional_residuals"] = tuple(extras["down_block_additional_residuals"])
+        return DenoiserCall(sample, timestep, cond, bound.get("return_dict", True), extras)
 
     def context(self, sample_shape, timestep, cond) -> MotionContext:
         unet = self.model
@@ -90,6 +96,8 @@ class MotionUNetAdapter(StageAdapter):
             attention_mask=attention_mask,
             cross_attention_kwargs=cond.get("cross_attention_kwargs"),
             forward_upsample_size=any(s % up_factor != 0 for s in sample_shape[-2:]),
+            down_residuals=cond.get("down_block_additional_residuals"),
+            mid_residual=cond.get("mid_block_additional_residual"),
         )
 
     def wrap_output(self, eps: torch.Tensor, return_dict: bool):
@@ -116,7 +124,7 @@ class MotionUNetAdapter(StageAdapter):
         for i, block in enumerate(unet.down_blocks):
             units += self._down_units(f"down_blocks.{i}", block)
         if unet.mid_block is not None:
-            units.append(Unit("mid_block", ("mid_block",), self._mid))
+            units.append(Unit("mid_block", ("mid_block",), self._mid, consumes=RESIDUALS))
         for i, block in enumerate(unet.up_blocks):
             units += self._up_units(f"up_blocks.{i}", block, is_final=i == len(unet.up_blocks) - 1)
         head = tuple(m for m in ("conv_norm_out", "conv_act", "conv_out") if getattr(unet, m, None) is not None)
@@ -138,12 +146,19 @@ class MotionUNetAdapter(StageAdapter):
         return Carried(h, st.skips)
 
     def _mid(self, ctx: MotionContext, st: Carried) -> Carried:
-        mid = self.model.mid_block
+        """The mid block; ControlNet residuals join here, as in ``UNetMotionModel.forward`` (the
+        skips gain the down residuals pairwise, the mid block's output the mid residual)."""
+        mid, skips = self.model.mid_block, st.skips
+        if ctx.down_residuals is not None:
+            skips = tuple(s + r for s, r in zip(skips, ctx.down_residuals))
         kwargs = dict(encoder_hidden_states=ctx.encoder_hidden_states, attention_mask=ctx.attention_mask,
                       cross_attention_kwargs=ctx.cross_attention_kwargs)
         if hasattr(mid, "motion_modules"):
             kwargs["num_frames"] = ctx.num_frames
-        return Carried(mid(st.h, ctx.emb, **kwargs), st.skips)
+        h = mid(st.h, ctx.emb, **kwargs)
+        if ctx.mid_residual is not None:
+            h = h + ctx.mid_residual
+        return Carried(h, skips)
 
     @staticmethod
     def _resnet(resnet, block=None):

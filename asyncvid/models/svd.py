@@ -21,8 +21,9 @@ import torch
 from diffusers import UNetSpatioTemporalConditionModel
 from diffusers.models.unets.unet_spatio_temporal_condition import UNetSpatioTemporalConditionOutput
 
-from ..engine.adapter import DenoiserCall, StageAdapter, as_timestep_tensor
+from ..engine.adapter import DenoiserCall, as_timestep_tensor
 from ..engine.units import Carried, Unit
+from .module_sync import DiffusersAdapter
 
 
 @dataclass
@@ -34,7 +35,7 @@ class SpatioTemporalContext:
     forward_upsample_size: bool
 
 
-class SpatioTemporalUNetAdapter(StageAdapter):
+class SpatioTemporalUNetAdapter(DiffusersAdapter):
     model_class = UNetSpatioTemporalConditionModel
     shared_modules = ("time_proj", "time_embedding", "add_time_proj", "add_embedding")
 

@@ -23,6 +23,7 @@ from diffusers.hooks import HookRegistry, ModelHook
 from ..engine.adapter import StageAdapter
 from ..engine.runtime import StageRuntime
 from ..errors import AsyncVidError
+from ..models.module_sync import first_difference, fixed_state
 
 HOOK_NAME = "asyncvid.async_stages"
 
@@ -59,47 +60,23 @@ def pass_timesteps(scheduler, first: torch.Tensor) -> torch.Tensor:
     return timesteps[int(hits[0]):]
 
 
-def module_state(model: torch.nn.Module) -> tuple:
-    """What the pipeline or the user may change on the driver's denoiser after ``parallelize``, per
-    module: its class (FreeNoise swaps blocks), its attention processor's class and scale (PAG,
-    IP-Adapter) and its LoRA adapters and scales (peft layers). Workers never see such changes."""
-    state = []
-    for name, module in model.named_modules():
-        processor = getattr(module, "processor", None)
-        entry = [name, type(module).__name__]
-        if processor is not None:
-            entry += [type(processor).__name__, repr(getattr(processor, "scale", None))]
-        scaling = getattr(module, "scaling", None)
-        if isinstance(scaling, dict):
-            entry += [repr(sorted(scaling.items())), repr(getattr(module, "active_adapters", None)),
-                      repr(getattr(module, "disable_adapters", None))]
-        state.append(tuple(entry))
-    return tuple(state)
-
-
-def first_difference(before: tuple, after: tuple) -> str:
-    for old, new in zip(before, after):
-        if old != new:
-            return f"{new[0] or 'the model'} ({' '.join(map(str, old[1:]))} -> {' '.join(map(str, new[1:]))})"
-    return "modules were added or removed"
-
-
 class StagesHook(ModelHook):
     """Replaces the denoiser's forward on the driver by the distributed stage runtime."""
 
     def __init__(self, runtime: StageRuntime, adapter: StageAdapter, loop: LoopPosition, pipe):
         super().__init__()
         self.runtime, self.adapter, self.loop, self.pipe = runtime, adapter, loop, pipe
-        self.state = module_state(adapter.model)
+        self.state = fixed_state(adapter.model)
 
     def _check_module_state(self) -> None:
-        """A change made on the driver only would silently differ from what the workers run: refuse it."""
-        now = module_state(self.adapter.model)
+        """Attention processors, IP-Adapter scales and LoRA scales travel to the workers with each pass
+        (``models/module_sync.py``); a change they cannot follow would silently differ: refuse it."""
+        now = fixed_state(self.adapter.model)
         if now != self.state:
             raise AsyncVidError(
-                "the denoiser's modules changed after parallelize (attention processors, LoRA, IP-Adapter "
-                f"scale or block types: {first_difference(self.state, now)}); the other ranks cannot follow "
-                "this yet: make the change before parallelize, on every rank")
+                "the denoiser's modules changed after parallelize in a way the other ranks cannot follow "
+                f"({first_difference(self.state, now)}): block classes, attention processors holding weights "
+                "and fused LoRA weights must be set before parallelize, on every rank")
 
     def new_forward(self, module, *args, **kwargs):
         call = self.adapter.split_call(args, kwargs)
@@ -108,7 +85,7 @@ class StagesHook(ModelHook):
             # the first call of a pipeline call, or the loop started over (FreeInit runs it several times)
             self._check_module_state()
             loop.step, loop.in_pass = 0, True
-            self.runtime.begin(pass_timesteps(self.pipe.scheduler, call.timestep))
+            self.runtime.begin(pass_timesteps(self.pipe.scheduler, call.timestep), self.adapter.module_setup())
         tag = loop.calls_in_step
         loop.calls_in_step += 1
         eps = self.runtime.drive(loop.step, call, tag)

@@ -144,18 +144,25 @@ def run_many(jobs: list[tuple[str, tuple]]):
     return results
 
 
-def render_after_processor_change(options: dict):
-    """The driver's denoiser gets other attention processors after parallelize (as PAG's pipeline does
-    at each call); the call must fail with one line, and the pipeline must serve the next call."""
-    from diffusers.models.attention_processor import AttnProcessor
+class UsersOwnProcessor:
+    """An attention processor from the user's code: other ranks cannot rebuild it by name."""
 
+    def __call__(self, attn, hidden_states, *args, **kwargs):
+        from diffusers.models.attention_processor import AttnProcessor
+
+        return AttnProcessor()(attn, hidden_states, *args, **kwargs)
+
+
+def render_after_processor_change(options: dict):
+    """The driver's denoiser gets an attention processor of the user's own class after parallelize;
+    the call must fail with one line, and the pipeline must serve the next call."""
     from asyncvid.utils import one_line
 
     ppipe = asyncvid.parallelize(tiny_pipeline(), **options)
     result = {}
     if ppipe.is_driver:
         original = ppipe.unet.attn_processors
-        ppipe.unet.set_attn_processor(AttnProcessor())
+        ppipe.unet.set_attn_processor(UsersOwnProcessor())
         try:
             ppipe(**CALL, generator=torch.Generator().manual_seed(0))
         except Exception as exc:  # noqa: BLE001 - the line is the result

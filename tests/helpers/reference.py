@@ -1,7 +1,9 @@
 """A single-process reference of AsyncDiff's recurrence, independent of the transport and runtime.
 
 Stages are unit ranges run in order; after warm-up, stage k at step s consumes what stage k-1
-produced in the previous round. Installed as the UNet's forward of an ordinary diffusers pipeline.
+produced in the previous round. Per-call extra inputs (ControlNet residuals) are those of the
+current call: stage k at step s gets the residuals the pipeline passed at step s, whatever round
+its input comes from. Installed as the UNet's forward of an ordinary diffusers pipeline.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ class AsyncReference:
         self.eps = None
 
     def _stage(self, k, call, t, state):
-        ctx = self.adapter.context(call.sample.shape, t, call.cond)
+        ctx = self.adapter.context(call.sample.shape, t, {**call.cond, **call.extras})
         a, b = self.ranges[k]
         for unit in self.units[a:b]:
             state = unit.run(ctx, state)

@@ -178,9 +178,10 @@ def test_half_precision_with_warmup_covering_every_step_equals_the_untouched_pip
 
 
 def test_module_change_on_the_driver_after_parallelize_is_refused_in_one_line(runs, one_thread):
-    """PAG installs its processors on the driver's UNet at each call; the workers would never see
-    them. Refused (one line naming the module), and the next call with the original processors works."""
+    """diffusers' own processors travel to the workers (tests/pipelines/test_every_pipeline.py: PAG);
+    a processor class of the user's own cannot be rebuilt there: refused in one line naming it, and
+    the next call with the original processors works."""
     out = runs["processors"]
     assert "\n" not in out["error"] and "changed after parallelize" in out["error"]
-    assert "AttnProcessor" in out["error"]
+    assert "UsersOwnProcessor" in out["error"]
     assert maxdiff(out["frames"], runs["two"]["frames"][0]) <= 1e-6
