@@ -15,6 +15,9 @@ import platform
 
 import torch
 
+from .memory_bench import phase_peak_mib as _phase_peak_mib
+from .memory_bench import reset_peak_rss as _reset_peak_rss
+from .memory_bench import run_memory
 from .utils import atomic_write
 
 
@@ -94,71 +97,6 @@ def run_parallel_rank(cfg: dict, stages: int, stride: int, warmup: int = 1) -> d
     return result
 
 
-def _rss_now_mib() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def _reset_peak_rss() -> None:
-    """Linux: restart the peak-RSS (VmHWM) count, so a peak can be attributed to one phase."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
-
-
-def _phase_peak_mib() -> float:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmHWM:"))
-
-
-def run_load_rank(folder: str, stages: int, cfg: dict) -> dict | None:
-    """Memory of loading a saved pipeline: plain diffusers (``stages=0``) or stage-only per rank."""
-    import torch.distributed as dist
-    from diffusers import AnimateDiffPipeline  # noqa: F401  (imports before the baseline reading)
-
-    from .pipelines.animatediff import AsyncAnimateDiffPipeline
-    from .pipelines.placement import materialized_parameters
-
-    before = _rss_now_mib()
-    _reset_peak_rss()
-    if stages == 0:
-        pipe = AnimateDiffPipeline.from_pretrained(folder)
-        return {"rss_before_load_mib": [before], "peak_rss_during_load_mib": [_phase_peak_mib()],
-                "rss_after_load_mib": [_rss_now_mib()], "unet_params_held": [materialized_parameters(pipe.unet)]}
-    # an explicit split (no profiling pass) so the reading is the loading alone
-    split = [["conv_in", "down_blocks", "mid_block"], ["up_blocks", "conv_out"]] if stages == 2 else "auto"
-    latent = cfg["latent"]
-    ppipe = AsyncAnimateDiffPipeline.from_pretrained(
-        folder, stages=stages, split=split, profile_shape=dict(frames=cfg["frames"], height=latent, width=latent))
-    row = [before, _phase_peak_mib(), _rss_now_mib(), materialized_parameters(ppipe.unet)]
-    rows = [None] * dist.get_world_size()
-    dist.all_gather_object(rows, row)
-    if not ppipe.is_driver:
-        return None
-    keys = ["rss_before_load_mib", "peak_rss_during_load_mib", "rss_after_load_mib", "unet_params_held"]
-    return {k: [r[i] for r in rows] for i, k in enumerate(keys)}
-
-
-def run_memory(cfg: dict, stages_list=(2,), log=print) -> dict:
-    """Peak and resident memory per rank when loading a saved model stage-only, vs plain diffusers."""
-    import tempfile
-
-    from .launch import launch_local
-    from .catalog.presets import save_animatediff_pipeline
-
-    out = {}
-    with tempfile.TemporaryDirectory(prefix="asyncvid-bench-") as tmp:
-        folder = str(save_animatediff_pipeline(os.path.join(tmp, "model"), cfg["preset"], seed=0))
-        out["plain_from_pretrained"] = launch_local(run_load_rank, 1, folder, 0, cfg)
-        log(f"memory, plain from_pretrained: {out['plain_from_pretrained']}")
-        for stages in stages_list:
-            out[f"stage_only_{stages}"] = res = launch_local(run_load_rank, stages, folder, stages, cfg)
-            log(f"memory, stage-only load on {stages} ranks: {res}")
-    return out
-
-
 def hardware() -> dict:
     cpu = platform.processor()
     try:
@@ -191,7 +129,7 @@ def run_bench(preset: str = "small", frames: int = 8, latent: int = 16, steps: i
     allc = launch_local(run_baseline, 1, cfg, cores, threads_per_rank=cores)
     log(f"baseline 1 process x {cores} threads: {allc['per_step_s'] * 1000:.1f} ms/step")
     report["baselines"] = {"one_thread": one, "all_cores": allc}
-    if memory and model == "animatediff":  # stage-only loading exists for AnimateDiff folders
+    if memory:
         report["memory"] = run_memory(cfg, sorted({c[0] for c in configs if c[0] > 1}) or [2], log=log)
     # This machine's speed drifts by 10-25 % from minute to minute: every configuration is compared
     # with the one-thread baseline measured right before and right after it (their mean).

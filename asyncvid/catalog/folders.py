@@ -1,22 +1,29 @@
 """Model folders: what kind of job a built-in name or a local diffusers folder renders, why a folder
 cannot be used, and resolving a job's model to the folder to load.
 
-Kinds: ``t2v`` (text-to-video, AnimateDiff) and ``i2v`` (image-to-video, Stable Video Diffusion).
-A folder's kind comes from the ``_class_name`` in its ``model_index.json``. Importing this module is
-cheap (no torch/diffusers): the job file loader uses it to decide each job's kind.
+Kinds: ``t2v`` (text-to-video, AnimateDiff, SD 1.5 or SDXL) and ``i2v`` (image-to-video, Stable
+Video Diffusion). A folder's kind comes from the ``_class_name`` in its ``model_index.json``; a
+ControlNet folder's class from its ``config.json``. Importing this module is cheap (no
+torch/diffusers): the job file loader uses it to decide each job's kind and check its folders.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
 from ..errors import AsyncVidError
 from .builtin import BUILTINS, ensure_builtin
 
-#: diffusers pipeline class -> kind. A StableDiffusionPipeline is an AnimateDiff base model: it
+#: diffusers pipeline class -> kind. A StableDiffusion(XL)Pipeline is an AnimateDiff base model: it
 #: needs a ``motion_adapter`` folder next to it.
-CLASS_KINDS = {"AnimateDiffPipeline": "t2v", "StableDiffusionPipeline": "t2v", "StableVideoDiffusionPipeline": "i2v"}
+CLASS_KINDS = {"AnimateDiffPipeline": "t2v", "StableDiffusionPipeline": "t2v", "AnimateDiffSDXLPipeline": "t2v",
+               "StableDiffusionXLPipeline": "t2v", "StableVideoDiffusionPipeline": "i2v"}
+#: image-model folders that render video only with a motion adapter
+BASE_MODELS = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
+#: folders rendered by AnimateDiffSDXLPipeline (diffusers has no ControlNet or video-to-video variant of it)
+SDXL_MODELS = ("AnimateDiffSDXLPipeline", "StableDiffusionXLPipeline")
 KIND_NAMES = {"t2v": "text-to-video", "i2v": "image-to-video"}
 
 
@@ -41,8 +48,8 @@ def model_kind(model: str) -> tuple[str | None, str]:
     if name is None:
         return None, ""
     if name not in CLASS_KINDS:
-        raise AsyncVidError(f"{model} holds a {name}; asyncvid renders AnimateDiffPipeline (text-to-video) "
-                            f"and StableVideoDiffusionPipeline (image-to-video) folders")
+        raise AsyncVidError(f"{model} holds a {name}; asyncvid renders AnimateDiffPipeline and AnimateDiffSDXLPipeline "
+                            f"(text-to-video) and StableVideoDiffusionPipeline (image-to-video) folders")
     return CLASS_KINDS[name], f"the model is a {name} ({KIND_NAMES[CLASS_KINDS[name]]})"
 
 
@@ -62,6 +69,54 @@ def missing_adapter(folder: str) -> str | None:
     return f"motion adapter folder {what}: {folder} (expected a local diffusers MotionAdapter folder)"
 
 
+def _config_class(folder: Path) -> str | None:
+    try:
+        data = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    name = data.get("_class_name") if isinstance(data, dict) else None
+    return name if isinstance(name, str) else None
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in (".safetensors", ".bin"))
+
+
+def controlnet_problem(folder: str) -> str | None:
+    """Why a folder is not a ``ControlNetModel`` saved with ``save_pretrained`` (one line), or None."""
+    path = Path(folder)
+    if not path.exists():
+        return f"ControlNet folder not found: {folder}"
+    if not path.is_dir():
+        return f"not a folder: {folder} (expected a diffusers ControlNetModel folder)"
+    if not (path / "config.json").is_file():
+        return f"not a ControlNet folder (no config.json): {folder}"
+    name = _config_class(path)
+    if name == "SparseControlNetModel":
+        return (f"{folder} is a SparseControlNetModel: SparseCtrl is available from Python only "
+                f"(AnimateDiffSparseControlNetPipeline), not in job files")
+    if name != "ControlNetModel":
+        return f"not a ControlNet folder: {folder} holds a {name or 'config without _class_name'}, not a ControlNetModel"
+    if not _weight_files(path):
+        return f"ControlNet folder has no weights (.safetensors or .bin): {folder}"
+    return None
+
+
+def controlnet_fingerprint(folder: str) -> str:
+    """sha256 over the folder's config.json content and its weights files' names, sizes and
+    modification times: cheap (weights are not read) and changes whenever a file is replaced."""
+    path = Path(folder)
+    digest = hashlib.sha256()
+    try:
+        digest.update((path / "config.json").read_bytes())
+        for weights in _weight_files(path):
+            stat = weights.stat()
+            digest.update(f"\0{weights.name}\0{stat.st_size}\0{stat.st_mtime_ns}".encode())
+    except OSError as exc:  # gone since the job file was checked: rendering reports it
+        digest.update(f"\0unreadable: {exc.strerror}".encode())
+    return digest.hexdigest()
+
+
 def resolve_model(model: str) -> str:
     """The diffusers folder for a job's model (built-ins are built on first use); one-line error if missing."""
     if model in BUILTINS:
@@ -74,6 +129,13 @@ def resolve_model(model: str) -> str:
 
 def resolve_adapter(folder: str | None) -> str | None:
     problem = folder and missing_adapter(folder)
+    if problem:
+        raise AsyncVidError(problem)
+    return folder
+
+
+def resolve_controlnet(folder: str | None) -> str | None:
+    problem = folder and controlnet_problem(folder)
     if problem:
         raise AsyncVidError(problem)
     return folder

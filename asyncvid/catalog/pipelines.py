@@ -4,36 +4,51 @@ and the keyword arguments of a benchmark's denoising call."""
 from __future__ import annotations
 
 from ..errors import AsyncVidError
-from .folders import pipeline_class_name, resolve_model
+from .folders import BASE_MODELS, SDXL_MODELS, pipeline_class_name, resolve_model
 from .quiet import quiet_environment, quiet_libraries, svd_pipeline_class
 
+#: AnimateDiff pipeline class by (ControlNet, input video)
+ANIMATEDIFF_CLASSES = {(False, False): "AnimateDiffPipeline", (True, False): "AnimateDiffControlNetPipeline",
+                       (False, True): "AnimateDiffVideoToVideoPipeline",
+                       (True, True): "AnimateDiffVideoToVideoControlNetPipeline"}
 
-def load_pipeline(model_dir: str, adapter_dir: str | None = None, dtype: str = "float32"):
+
+def load_pipeline(model_dir: str, adapter_dir: str | None = None, dtype: str = "float32",
+                  controlnet_dir: str | None = None, video: bool = False):
     """A plain diffusers pipeline on the CPU in ``dtype`` (a torch dtype name): Stable Video Diffusion
-    or AnimateDiff (a StableDiffusionPipeline base folder needs ``adapter_dir``; for an AnimateDiff
-    folder it replaces the folder's own motion adapter)."""
+    or AnimateDiff (a StableDiffusion(XL)Pipeline base folder needs ``adapter_dir``; for an AnimateDiff
+    folder it replaces the folder's own motion adapter). SD 1.5 folders load as the AnimateDiff
+    pipeline that takes ``controlnet_dir`` (a ControlNetModel folder) and/or an input ``video``;
+    SDXL folders as AnimateDiffSDXLPipeline, which has neither."""
     quiet_environment()
     quiet_libraries()
     name = pipeline_class_name(model_dir)
     if name == "StableVideoDiffusionPipeline":
         pipe = svd_pipeline_class().from_pretrained(model_dir)
     else:
-        from diffusers import AnimateDiffPipeline, MotionAdapter
+        import warnings
+
+        import diffusers
+        import torch
 
         extra = {}
         if adapter_dir:
-            extra["motion_adapter"] = MotionAdapter.from_pretrained(adapter_dir)
-        elif name == "StableDiffusionPipeline":
-            raise AsyncVidError(f"{model_dir} is a StableDiffusionPipeline: set `motion_adapter:` to an "
-                                f"AnimateDiff motion adapter folder")
-        # float32 compute whatever the stored dtype (the packaged model is stored in fp16)
-        import torch
-
-        import warnings
-
+            extra["motion_adapter"] = diffusers.MotionAdapter.from_pretrained(adapter_dir)
+        elif name in BASE_MODELS:
+            raise AsyncVidError(f"{model_dir} is a {name}: set `motion_adapter:` to an AnimateDiff motion adapter folder")
+        if name in SDXL_MODELS:
+            if controlnet_dir or video:
+                raise AsyncVidError(f"{model_dir} is an SDXL model: diffusers has no AnimateDiff SDXL pipeline for "
+                                    f"{'ControlNet' if controlnet_dir else 'video-to-video'} jobs")
+            cls = diffusers.AnimateDiffSDXLPipeline
+        else:
+            cls = getattr(diffusers, ANIMATEDIFF_CLASSES[bool(controlnet_dir), bool(video)])
         with warnings.catch_warnings():  # newer diffusers renamed torch_dtype; older ones lack the new name
             warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
-            pipe = AnimateDiffPipeline.from_pretrained(model_dir, torch_dtype=torch.float32, **extra)
+            if controlnet_dir:
+                extra["controlnet"] = diffusers.ControlNetModel.from_pretrained(controlnet_dir, torch_dtype=torch.float32)
+            # float32 compute whatever the stored dtype (the packaged model is stored in fp16)
+            pipe = cls.from_pretrained(model_dir, torch_dtype=torch.float32, **extra)
     pipe.set_progress_bar_config(disable=True)
     if dtype != "float32":
         import torch

@@ -19,7 +19,12 @@ SMALL = dict(block_out_channels=(64, 128, 256, 256), layers_per_block=1, cross_a
 #: the smallest UNet the blocks allow (8 channels): per-step time is the pipeline's and the engine's own
 #: overhead, not compute (``asyncvid bench --preset null`` at a 2x2 latent).
 NULL = dict(block_out_channels=(8, 8), layers_per_block=1, cross_attention_dim=8, heads=2)
-PRESETS = {"tiny": TINY, "small": SMALL, "null": NULL}
+#: full size: Stable Diffusion 1.5's UNet (diffusers' UNet2DConditionModel defaults with SD 1.5's 768-wide
+#: text features and 64-pixel latents) and AnimateDiff's motion modules (MotionAdapter defaults): 1.3 B
+#: parameters with random weights, for memory and split checks without a download. Text encoder and VAE
+#: stay small (the VAE downsamples by 2, not 8).
+FULL_SIZE = dict(block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, cross_attention_dim=768, heads=None)
+PRESETS = {"tiny": TINY, "small": SMALL, "null": NULL, "full": FULL_SIZE}
 
 
 def _byte_symbols() -> list[str]:
@@ -77,25 +82,28 @@ def animatediff_components(preset: str = "tiny", seed: int = 0, scheduler: str =
     channels = tuple(cfg["block_out_channels"])
     down, up = _down_up_types(len(channels))
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        block_out_channels=channels,
-        layers_per_block=cfg["layers_per_block"],
-        sample_size=16,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=tuple(down),
-        up_block_types=tuple(up),
-        cross_attention_dim=cfg["cross_attention_dim"],
-        norm_num_groups=8,
-        attention_head_dim=channels[0] // cfg["heads"],
-    )
-    adapter = MotionAdapter(
-        block_out_channels=channels,
-        motion_layers_per_block=cfg["layers_per_block"],
-        motion_norm_num_groups=8,
-        motion_num_attention_heads=cfg["heads"],
-        motion_max_seq_length=32,
-    )
+    if cfg is FULL_SIZE:
+        unet, adapter = UNet2DConditionModel(cross_attention_dim=768, sample_size=64), MotionAdapter()
+    else:
+        unet = UNet2DConditionModel(
+            block_out_channels=channels,
+            layers_per_block=cfg["layers_per_block"],
+            sample_size=16,
+            in_channels=4,
+            out_channels=4,
+            down_block_types=tuple(down),
+            up_block_types=tuple(up),
+            cross_attention_dim=cfg["cross_attention_dim"],
+            norm_num_groups=8,
+            attention_head_dim=channels[0] // cfg["heads"],
+        )
+        adapter = MotionAdapter(
+            block_out_channels=channels,
+            motion_layers_per_block=cfg["layers_per_block"],
+            motion_norm_num_groups=8,
+            motion_num_attention_heads=cfg["heads"],
+            motion_max_seq_length=32,
+        )
     vae = AutoencoderKL(
         block_out_channels=[32, 64],
         in_channels=3,
@@ -139,6 +147,9 @@ SVD_PRESETS = {
     "tiny": dict(block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=32, heads=4),
     # SVD's GroupNorms use 32 groups: channels must be multiples of 32
     "small": dict(block_out_channels=(64, 128, 256, 256), layers_per_block=1, cross_attention_dim=64, heads=4),
+    # full size: UNetSpatioTemporalConditionModel's defaults are Stable Video Diffusion's (1.5 B parameters,
+    # sample_size None); random weights; image encoder and VAE stay small
+    "full": dict(block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, cross_attention_dim=1024, heads=None),
 }
 
 
@@ -161,20 +172,23 @@ def build_svd_pipeline(preset: str = "tiny", seed: int = 0):
     channels = tuple(cfg["block_out_channels"])
     n = len(channels)
     torch.manual_seed(seed)
-    unet = UNetSpatioTemporalConditionModel(
-        block_out_channels=channels,
-        layers_per_block=cfg["layers_per_block"],
-        sample_size=16,
-        in_channels=8,
-        out_channels=4,
-        down_block_types=("CrossAttnDownBlockSpatioTemporal",) * (n - 1) + ("DownBlockSpatioTemporal",),
-        up_block_types=("UpBlockSpatioTemporal",) + ("CrossAttnUpBlockSpatioTemporal",) * (n - 1),
-        cross_attention_dim=cfg["cross_attention_dim"],
-        num_attention_heads=cfg["heads"],
-        addition_time_embed_dim=32,
-        projection_class_embeddings_input_dim=96,  # 3 added time ids (fps, motion bucket, noise aug) x 32
-        num_frames=8,
-    )
+    if preset == "full":
+        unet = UNetSpatioTemporalConditionModel()
+    else:
+        unet = UNetSpatioTemporalConditionModel(
+            block_out_channels=channels,
+            layers_per_block=cfg["layers_per_block"],
+            sample_size=16,
+            in_channels=8,
+            out_channels=4,
+            down_block_types=("CrossAttnDownBlockSpatioTemporal",) * (n - 1) + ("DownBlockSpatioTemporal",),
+            up_block_types=("UpBlockSpatioTemporal",) + ("CrossAttnUpBlockSpatioTemporal",) * (n - 1),
+            cross_attention_dim=cfg["cross_attention_dim"],
+            num_attention_heads=cfg["heads"],
+            addition_time_embed_dim=32,
+            projection_class_embeddings_input_dim=96,  # 3 added time ids (fps, motion bucket, noise aug) x 32
+            num_frames=8,
+        )
     vae = AutoencoderKLTemporalDecoder(
         block_out_channels=[32, 64],
         in_channels=3,
@@ -188,7 +202,7 @@ def build_svd_pipeline(preset: str = "tiny", seed: int = 0):
             hidden_size=cfg["cross_attention_dim"],
             projection_dim=cfg["cross_attention_dim"],
             num_hidden_layers=2,
-            num_attention_heads=4,
+            num_attention_heads=4 if preset != "full" else 8,
             image_size=224,
             patch_size=32,
             intermediate_size=37,

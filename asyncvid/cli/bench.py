@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 
 from ..errors import AsyncVidError
+from .options import add_device_and_dtype, apply_device
 
 SWEEP = ["1x1", "1x2", "2x1", "2x2", "2x1w3", "2x2w3", "3x1", "3x2", "4x1", "4x2"]
 
@@ -19,18 +20,22 @@ def add_bench_parser(subparsers) -> None:
     p.add_argument("--model", default="animatediff",
                    help="`animatediff` or `svd` (random-weight presets, see --preset), a built-in model such as "
                         "shapes-t2v, or a local diffusers folder")
-    p.add_argument("--preset", choices=["null", "tiny", "small"], default="small", help="size of the random presets")
+    p.add_argument("--preset", choices=["null", "tiny", "small", "full"], default="small",
+                   help="size of the random presets; full = the real architectures (SD 1.5 + AnimateDiff motion "
+                        "modules, or SVD), 1.3-1.5 B parameters, random weights")
     p.add_argument("--frames", type=int, default=8)
     p.add_argument("--latent", type=int, default=16, help="latent height = width (default 16)")
     p.add_argument("--steps", type=int, default=12)
     p.add_argument("--warmup", type=int, default=1, help="warm-up of configurations that do not name one")
     p.add_argument("--repeats", type=int, default=2, help="timed calls per configuration; the fastest counts")
-    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32",
-                   help="precision of every pipeline (default: %(default)s; half precision is slow on CPUs)")
+    add_device_and_dtype(p)
     p.add_argument("--configs", nargs="+", metavar="NxS[wW]", default=["1x1", "1x2", "2x1", "2x2"],
                    help="configurations: stages x stride, optionally w + warm-up, e.g. 2x1 2x2w3 4x1")
     p.add_argument("--sweep", action="store_true", help=f"run the standard sweep: {' '.join(SWEEP)}")
-    p.add_argument("--no-memory", action="store_true", help="skip the stage-only loading memory section")
+    p.add_argument("--no-memory", action="store_true", help="skip the memory section (full pipeline vs stage-only ranks)")
+    p.add_argument("--memory-only", action="store_true",
+                   help="only the memory section: peak memory and parameters per rank, stage-only loading of "
+                        "--configs' stage counts, against the full pipeline in one process")
     p.add_argument("--json", metavar="FILE", help="write the report here (default: stdout)")
     p.add_argument("--markdown", metavar="FILE", help="also write the table as markdown")
     p.set_defaults(func=cmd_bench)
@@ -48,12 +53,11 @@ def add_bench_parser(subparsers) -> None:
     q.add_argument("--link", default="loopback", help="nvlink, pcie, ib, ethernet, loopback, or GB/s (default loopback)")
     q.add_argument("--profile", metavar="FILE", help="read this saved profile instead of profiling")
     q.add_argument("--save-profile", metavar="FILE", help="write the profile taken here")
-    q.add_argument("--preset", choices=["null", "tiny", "small"], default="small")
+    q.add_argument("--preset", choices=["null", "tiny", "small", "full"], default="small")
     q.add_argument("--frames", type=int, default=8)
     q.add_argument("--latent", type=int, help="latent height = width (default: the UNet's sample_size)")
     q.add_argument("--threads", type=int, default=1, help="threads while profiling on CPU (default 1 = one CPU device)")
-    q.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32",
-                   help="precision to profile in (default: %(default)s)")
+    add_device_and_dtype(q, "precision to profile in")
     q.add_argument("--json", metavar="FILE", help="also write the plan and prediction as JSON")
     q.set_defaults(func=cmd_plan)
 
@@ -71,8 +75,16 @@ def cmd_bench(args) -> int:
 
     from ..bench import run_bench, write_report
 
+    apply_device(args)
     configs = [parse_config(c) for c in (SWEEP if args.sweep else args.configs)]
     configs = [(n, s, args.warmup if w is None else w) for n, s, w in configs]
+    if args.memory_only:
+        from ..memory_bench import run_memory
+
+        cfg = dict(model=args.model, preset=args.preset, frames=args.frames, latent=args.latent, dtype=args.dtype)
+        stages = sorted({n for n, _, _ in configs if n > 1}) or [2]
+        write_report({"memory": run_memory(cfg, stages, log=lambda line: print(line, file=sys.stderr))}, args.json)
+        return 0
     report = run_bench(args.preset, args.frames, args.latent, args.steps, args.warmup, args.repeats, configs,
                        log=lambda line: print(line, file=sys.stderr), model=args.model, memory=not args.no_memory,
                        dtype=args.dtype)
@@ -91,6 +103,7 @@ def cmd_plan(args) -> int:
     from ..planner.report import describe, load_profile, predict_from, profile_pipeline, save_profile
 
     link = parse_link(args.link)
+    apply_device(args)
     if args.devices < 1:
         raise AsyncVidError(f"--devices must be >= 1, got {args.devices}")
     if args.profile:

@@ -4,6 +4,7 @@ with ``--fidelity``, the quality cost of AsyncDiff configurations against the se
 from __future__ import annotations
 
 from ..utils import atomic_write
+from .options import add_device_and_dtype, apply_device
 
 
 def add_eval_parser(subparsers) -> None:
@@ -19,6 +20,7 @@ def add_eval_parser(subparsers) -> None:
     p.add_argument("--compare-random", action="store_true",
                    help="also measure step similarity of a random-weight UNet and text encoder of the same config")
     p.add_argument("--json", metavar="FILE", help="write the report here (default: stdout)")
+    add_device_and_dtype(p, "precision of every pipeline, the reference included")
     f = p.add_argument_group("fidelity of accelerated configurations (--fidelity)")
     f.add_argument("--fidelity", action="store_true",
                    help="render each configuration and the sequential pipeline from the same seeds and compare: "
@@ -44,6 +46,7 @@ FIDELITY_CONFIGS = ["2x1w1", "2x1w3", "2x2w1", "2x2w3", "3x1w1", "3x1w3", "3x2w3
 def cmd_eval(args) -> int:
     import json
 
+    apply_device(args)
     if args.fidelity:
         return cmd_fidelity(args)
 
@@ -55,7 +58,9 @@ def cmd_eval(args) -> int:
     from ..catalog.folders import resolve_model
     from ..catalog.pipelines import load_pipeline
 
-    pipe = load_pipeline(resolve_model(args.model))
+    from ..distributed.env import default_device
+
+    pipe = load_pipeline(resolve_model(args.model), dtype=args.dtype).to(default_device())
     _, held_out = held_out_split()
     report = {"model": args.model, "held_out_prompts": len(held_out),
               "adherence": evaluate_pipeline(pipe, held_out, tuple(range(args.seeds)), args.steps, args.guidance)}
@@ -109,7 +114,7 @@ def cmd_fidelity(args) -> int:
             raise AsyncVidError(f"--bench {args.bench}: {exc}") from None
     report = run_fidelity(args.model, configs, prompts, list(range(args.seeds)), args.steps, args.guidance,
                           args.frames, args.size, bench, args.clip, not args.no_lpips, shapes,
-                          log=lambda line: print(line, file=sys.stderr))
+                          log=lambda line: print(line, file=sys.stderr), dtype=args.dtype)
     text = json.dumps(finite(report), indent=2)
     if args.json:
         atomic_write(args.json, text)

@@ -58,9 +58,14 @@ def launched_world_size(environ=os.environ) -> int:
 
 def default_device() -> torch.device:
     """``cuda:LOCAL_RANK`` (modulo the visible GPUs: Slurm's ``--gpus-per-task`` may show each task
-    only its own), else the CPU."""
-    if torch.cuda.is_available() and os.environ.get("ASYNCVID_DEVICE", "") != "cpu":
+    only its own), else the CPU. ``ASYNCVID_DEVICE=cpu`` forces the CPU; ``=cuda`` requires a GPU."""
+    asked = os.environ.get("ASYNCVID_DEVICE", "")
+    if torch.cuda.is_available() and asked != "cpu":
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+    if asked == "cuda":
+        from ..errors import AsyncVidError
+
+        raise AsyncVidError("device cuda was asked for (--device / ASYNCVID_DEVICE) but no CUDA device is visible")
     return torch.device("cpu")
 
 

@@ -153,6 +153,7 @@ class StageRuntime:
             control["setup"], self._setup_sent = setup, setup
         self._tell_workers(StepMessage(Op.BEGIN, total=len(timesteps)), tree=control, kind="control")
 
+    @torch.no_grad()  # pipelines call the denoiser without autograd; so does every stage
     def drive(self, step: int, call: DenoiserCall, tag: int = 0) -> torch.Tensor:
         """Driver: the prediction for denoiser call ``tag`` of step ``step`` of the current pass."""
         if self.timesteps is None or not 0 <= step < self.total:
@@ -204,6 +205,7 @@ class StageRuntime:
             self._sent.clear()
 
     # ------------------------------------------------------------------ workers
+    @torch.no_grad()  # without it a worker would record autograd graphs and keep them alive with its states
     def follow(self) -> Op:
         """Worker: follow the driver through one pipeline call; returns ``END_CALL``, ``SHUTDOWN`` or ``UNDO``."""
         guess: _Speculation | None = None

@@ -52,8 +52,9 @@ def ranges_from_names(unit_names: list[str], split: list[list[str]], aliases: di
     return ranges
 
 
-def balanced_ranges(costs: list[float], n_stages: int) -> list[tuple[int, int]]:
-    """Contiguous partition of ``costs`` into ``n_stages`` non-empty parts minimising the largest sum.
+def balanced_ranges(costs: list[float], n_stages: int, first_extra: float = 0.0) -> list[tuple[int, int]]:
+    """Contiguous partition of ``costs`` into ``n_stages`` non-empty parts minimising the largest sum;
+    ``first_extra`` is work the first stage's device does besides its units (the driver's ControlNet).
 
     Dynamic programming over (units used, stages used); ties prefer the earlier cut. O(n_stages * U^2).
     """
@@ -65,6 +66,7 @@ def balanced_ranges(costs: list[float], n_stages: int) -> list[tuple[int, int]]:
     prefix = [0.0]
     for c in costs:
         prefix.append(prefix[-1] + c)
+    prefix = [0.0] + [p + first_extra for p in prefix[1:]]  # every range starting at unit 0 carries the extra
     inf = float("inf")
     best = [[inf] * (n + 1) for _ in range(n_stages + 1)]
     cut = [[0] * (n + 1) for _ in range(n_stages + 1)]

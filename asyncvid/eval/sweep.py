@@ -20,14 +20,15 @@ from ..utils import atomic_path
 
 
 def render_rank(model: str, prompts: list[str], seeds: list[int], call: dict, config: tuple[int, int, int] | None,
-                out_path: str) -> None:
+                out_path: str, dtype: str = "float32") -> None:
     """Runs on every rank: render ``prompts`` for each seed (one batched call per seed) and, on the
     driver, save the clips (seed-major) to ``out_path``. ``config`` None = the untouched pipeline."""
     import torch
 
     from ..catalog.pipelines import build_pipeline
+    from ..distributed.env import default_device
 
-    pipe = build_pipeline(model)
+    pipe = build_pipeline(model).to(device=default_device(), dtype=getattr(torch, dtype))
     pipe.set_progress_bar_config(disable=True)
     runner, driver = pipe, True
     if config is not None:
@@ -117,7 +118,7 @@ def _adh(adh) -> str:
 
 def run_fidelity(model: str, configs: list[tuple[int, int, int]], prompts: list[str], seeds: list[int], steps: int,
                  guidance: float, frames: int, size: int, bench: dict | None = None, clip_dir: str | None = None,
-                 lpips: bool = True, shapes_world: bool = False, log=print) -> dict:
+                 lpips: bool = True, shapes_world: bool = False, log=print, dtype: str = "float32") -> dict:
     """The sequential reference, then every configuration on its own local ranks; scored and paired
     with its speed. Returns the report (JSON-safe except for ``inf``, see :func:`fidelity.finite`)."""
     import tempfile
@@ -130,10 +131,10 @@ def run_fidelity(model: str, configs: list[tuple[int, int, int]], prompts: list[
     call = dict(num_frames=frames, height=size, width=size, num_inference_steps=steps, guidance_scale=guidance)
     clip_prompts = [p for _ in seeds for p in prompts]  # seed-major, like the saved clips
     profile = (bench or {}).get("profile")
-    report = {"model": model, "prompts": prompts, "seeds": seeds, "call": call, "configs": []}
+    report = {"model": model, "prompts": prompts, "seeds": seeds, "call": call, "dtype": dtype, "configs": []}
     with tempfile.TemporaryDirectory(prefix="asyncvid-fidelity-") as tmp:
         ref_path = os.path.join(tmp, "sequential.npz")
-        launch_local(render_rank, 1, model, prompts, seeds, call, None, ref_path, threads_per_rank=cores)
+        launch_local(render_rank, 1, model, prompts, seeds, call, None, ref_path, dtype, threads_per_rank=cores)
         ref = np.load(ref_path)["clips"]
         report["sequential"] = score(ref, ref, clip_prompts, None, clip_dir, shapes_world)
         log(f"sequential: {len(ref)} clips")
@@ -145,12 +146,12 @@ def run_fidelity(model: str, configs: list[tuple[int, int, int]], prompts: list[
 
             threads = torch.get_num_threads()
             torch.set_num_threads(1)
-            pipe = build_pipeline(model)
+            pipe = build_pipeline(model).to(dtype=getattr(torch, dtype))
             profile = profile_pipeline(pipe, frames, size // pipe.vae_scale_factor)
             torch.set_num_threads(threads)
         for config in configs:
             path = os.path.join(tmp, "run.npz")
-            launch_local(render_rank, config[0], model, prompts, seeds, call, config, path)
+            launch_local(render_rank, config[0], model, prompts, seeds, call, config, path, dtype)
             metrics = score(ref, np.load(path)["clips"], clip_prompts, perceptual, clip_dir, shapes_world)
             speedup, source = speed_for(config, bench, profile, steps, cores)
             row = dict(stages=config[0], stride=config[1], warmup=config[2], speedup=speedup, speed_source=source,

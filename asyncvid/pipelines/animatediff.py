@@ -3,7 +3,8 @@
 Reads a diffusers AnimateDiff folder whose ``unet/`` is a ``UNetMotionModel``, or a
 ``UNet2DConditionModel`` next to a ``motion_adapter/`` (the layout of hub checkpoints). The split
 is planned on a weightless (meta) UNet first; then each rank reads only the tensors of its stage and
-of the shared time embedding. The driver also loads text encoder, tokenizer, VAE and scheduler.
+of the shared time embedding (``stage_loading.py``). The driver also loads text encoder, tokenizer,
+VAE and scheduler.
 """
 
 from __future__ import annotations
@@ -13,13 +14,10 @@ from pathlib import Path
 
 import torch
 
-from ..distributed.env import default_device, ensure_process_group
-from ..distributed.topology import Topology
-from ..engine.runtime import AsyncOptions
 from ..errors import AsyncVidError
-from ..models import adapter_for
-from .parallel import ParallelPipeline, ProfileShape, assemble, choose_split
-from .placement import TensorSource, load_modules, stage_modules, weight_files
+from .parallel import ParallelPipeline
+from .placement import weight_files
+from .stage_loading import load_stage_only
 
 
 def _meta_motion_unet(folder: Path):
@@ -48,27 +46,14 @@ class AsyncAnimateDiffPipeline:
     @classmethod
     def from_pretrained(cls, path, stages: int = 2, stride: int = 1, warmup: int = 1, split="auto",
                         time_shift: bool = False, profile_shape=None, torch_dtype=None) -> ParallelPipeline:
-        from diffusers import AnimateDiffPipeline
+        from diffusers import AnimateDiffPipeline, DDIMScheduler
 
-        options = AsyncOptions(stride=stride, warmup=warmup, time_shift=time_shift)
-        options.validate(stages)
-        folder = Path(path).expanduser()
-        if not folder.is_dir():
-            raise AsyncVidError(f"model folder not found: {folder}")
-        ensure_process_group()
-        topo = Topology.create(stages)
-        device = default_device()
-        unet, files = _meta_motion_unet(folder)
-        adapter = adapter_for(unet)
-        dtype = torch_dtype or torch.float32
-        plan = choose_split(adapter, split, stages, topo, device, ProfileShape.parse(profile_shape), dtype)
-        load_modules(unet, stage_modules(adapter, plan, topo.stage), TensorSource(files), device, torch_dtype)
-        if topo.is_driver:
-            pipe = AnimateDiffPipeline.from_pretrained(folder, unet=unet, motion_adapter=None, torch_dtype=torch_dtype)
-            pipe.to(device) if device.type != "cpu" else None
-        else:
-            from diffusers import DDIMScheduler
+        def driver(folder, unet):
+            return AnimateDiffPipeline.from_pretrained(folder, unet=unet, motion_adapter=None, torch_dtype=torch_dtype)
 
-            pipe = AnimateDiffPipeline(vae=None, text_encoder=None, tokenizer=None, unet=unet, motion_adapter=None,
+        def worker(unet):
+            return AnimateDiffPipeline(vae=None, text_encoder=None, tokenizer=None, unet=unet, motion_adapter=None,
                                        scheduler=DDIMScheduler())
-        return assemble(pipe, adapter, plan, topo, device, options, release=True)
+
+        return load_stage_only(path, _meta_motion_unet, driver, worker, stages, stride, warmup, split, time_shift,
+                               profile_shape, torch_dtype)

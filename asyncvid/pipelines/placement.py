@@ -55,6 +55,20 @@ def release_weights(pipe, adapter: StageAdapter, split: SplitPlan, topo: Topolog
     for component in pipe.components.values():
         if isinstance(component, torch.nn.Module) and component is not model:
             component.to(device if topo.is_driver else "meta")
+    return_freed_memory()
+
+
+def return_freed_memory() -> None:
+    """Give the heap memory of released weights back to the OS (glibc keeps freed small and mid-size
+    blocks in its arenas otherwise, so the rank's resident memory would not drop)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to do
+        pass
 
 
 def gather_weights(adapter: StageAdapter, split: SplitPlan, topo: Topology, device) -> None:

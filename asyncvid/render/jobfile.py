@@ -4,7 +4,8 @@ Every problem is reported as one :class:`JobFileError` line naming the file, the
 job and the field, e.g. ``jobs.yaml:12: job 2 'circle': frames: Input should be greater than or
 equal to 1 (got 0)``. A job is text-to-video (``t2v``: AnimateDiff, a ``prompt``) or image-to-video
 (``i2v``: Stable Video Diffusion, an ``image`` file relative to the job file); the schema and how
-the kind is decided are in :mod:`.schema`. Images are checked here, before any model loads.
+the kind is decided are in :mod:`.schema`. Images, ControlNet folders, conditioning frames and input
+videos (:mod:`.inputs`) are checked here, before any model loads.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ import yaml
 from pydantic import ValidationError
 
 from ..catalog.builtin import BUILTINS
+from ..catalog.folders import pipeline_class_name
 from ..errors import AsyncVidError
-from .schema import KIND_FIELDS, FieldError, Job, JobOptions, image_problem, job_kind, other_kind
+from .inputs import check_inputs
+from .schema import DEPENDENT_FIELDS, KIND_FIELDS, FieldError, Job, JobOptions, image_problem, job_kind, other_kind
 
 __all__ = ["JobFile", "JobFileError", "load_job_file"]
 
@@ -52,6 +55,12 @@ class JobFile:
 
     def image_path(self, job: Job) -> str | None:
         return self._path(job.image) if job.image else None
+
+    def input_paths(self, job: Job) -> dict:
+        """A text-to-video job's input files and folders that are set: ``controlnet``,
+        ``conditioning_frames``, ``video`` -> absolute path."""
+        return {f: self._path(getattr(job, f)) for f in ("controlnet", "conditioning_frames", "video")
+                if getattr(job, f, None)}
 
     def where(self, job: Job, field: str | None = None) -> str:
         """``FILE:LINE: job I 'name'`` for one-line messages about a job (or one of its fields)."""
@@ -193,6 +202,9 @@ def load_job_file(path) -> JobFile:
             raise fail(f"{label}: {err.field}: {err.message}", lines.job(i, err.field)) from None
         # defaults may hold fields of both kinds (mixed files); a job takes those of its own kind
         data = {k: v for k, v in defaults.items() if kind is None or k not in KIND_FIELDS[other_kind(kind)]}
+        for field, (needs, _, _) in DEPENDENT_FIELDS.items():  # e.g. a default strength, for video jobs only
+            if field in data and {**data, **item}.get(needs) is None:
+                del data[field]
         data.update(item)
         if kind is not None:
             data["task"] = kind
@@ -206,6 +218,12 @@ def load_job_file(path) -> JobFile:
             problem = image_problem((path.parent / Path(job.image).expanduser()).resolve())
             if problem:
                 raise fail(f"{label}: image: {problem}", lines.job(i, "image"))
+        else:
+            model_class = None if job.model in BUILTINS else pipeline_class_name(path.parent / Path(job.model).expanduser())
+            try:
+                job = check_inputs(job, path.parent, model_class, frames_set="frames" in item)
+            except FieldError as err:
+                raise fail(f"{label}: {err.field}: {err.message}", lines.job(i, err.field)) from None
         key = job.name.lower()  # names are file names: avoid clashes on case-insensitive file systems
         if key in seen:
             raise fail(f"{label}: name: duplicate job name (same as job {seen[key] + 1})", lines.job(i, "name"))

@@ -22,6 +22,7 @@ from ..catalog.pipelines import load_pipeline
 from ..catalog.quiet import quiet_environment
 from ..errors import PlanError
 from ..utils import atomic_write, one_line
+from .inputs import job_inputs
 from .stream import EncodeJob, Encoder, decode_chunk, decode_chunks, denoise
 from .tasks import Task, write_manifest
 
@@ -87,17 +88,19 @@ class Driver:
         cfg, kind = task.config, task.config["task"]
         self.reporter.begin(task)
         start = time.perf_counter()
-        image = None
-        try:
-            if kind == "i2v":  # before the pipeline call: the other ranks are not involved yet
+        image, inputs = None, {}
+        try:  # input files are read before the pipeline call: the other ranks are not involved yet
+            if kind == "i2v":
                 from ..pipelines.svd import conditioning_image
 
                 image = conditioning_image(task.image)
+            else:
+                inputs = job_inputs(task)  # conditioning frames, input video
         except Exception as exc:  # noqa: BLE001
             self.reporter.finish(task, False, one_line(exc))
             return
         try:
-            latents = denoise(pipe, cfg, image)
+            latents = denoise(pipe, cfg, image, inputs)
         except Exception as exc:
             self.reporter.finish(task, False, one_line(exc))
             if fatal_pipe_errors:

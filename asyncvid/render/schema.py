@@ -1,5 +1,7 @@
 """The job schema of ``asyncvid render``: the fields a job can set, their defaults and checks,
-and how a job's kind (``t2v`` text-to-video or ``i2v`` image-to-video) is decided.
+and how a job's kind (``t2v`` text-to-video or ``i2v`` image-to-video) is decided. A text-to-video
+job may add a ControlNet (``controlnet`` + ``conditioning_frames``) and/or an input ``video``
+(video-to-video); their files are checked by :mod:`.inputs`.
 
 :mod:`.jobfile` reads the YAML file and turns every problem into one line with its place.
 """
@@ -16,20 +18,28 @@ from pydantic import create_model
 
 from ..errors import AsyncVidError
 from ..catalog.builtin import BUILTINS
-from ..catalog.folders import KIND_NAMES, model_kind, pipeline_class_name
+from ..catalog.folders import BASE_MODELS, KIND_NAMES, model_kind, pipeline_class_name
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 Format = Literal["mp4", "webm", "gif", "av1", "png"]
 Kind = Literal["t2v", "i2v"]
 #: fields that belong to one kind of job only (the other kind rejects them)
 KIND_FIELDS = {
-    "t2v": ("prompt", "negative_prompt", "guidance", "motion_adapter"),
+    "t2v": ("prompt", "negative_prompt", "guidance", "motion_adapter", "controlnet", "conditioning_frames",
+            "controlnet_scale", "video", "strength"),
     "i2v": ("image", "motion_bucket_id", "noise_aug_strength", "min_guidance", "max_guidance"),
 }
 #: defaults of those fields, filled in for jobs of their kind
 KIND_DEFAULTS = {
     "t2v": dict(negative_prompt="", guidance=7.5),
     "i2v": dict(motion_bucket_id=127, noise_aug_strength=0.02, min_guidance=1.0, max_guidance=3.0),
+}
+#: fields that only mean something next to another one: field -> (the field it needs, its default,
+#: what such jobs are called). ``defaults:`` values of these are skipped for jobs without it.
+DEPENDENT_FIELDS = {
+    "conditioning_frames": ("controlnet", None, "ControlNet"),
+    "controlnet_scale": ("controlnet", 1.0, "ControlNet"),
+    "strength": ("video", 0.8, "video-to-video"),
 }
 
 
@@ -79,6 +89,11 @@ class Job(BaseModel):
     noise_aug_strength: Optional[float] = Field(None, ge=0)
     min_guidance: Optional[float] = Field(None, ge=0)
     max_guidance: Optional[float] = Field(None, ge=0)
+    controlnet: Optional[str] = Field(None, min_length=1)
+    conditioning_frames: Optional[str] = Field(None, min_length=1)
+    controlnet_scale: Optional[float] = Field(None, ge=0)
+    video: Optional[str] = Field(None, min_length=1)
+    strength: Optional[float] = Field(None, gt=0, le=1)
     seed: int = Field(0, ge=0, lt=2**63)
     frames: int = Field(16, ge=1)
     width: Size = 256
@@ -127,6 +142,14 @@ class Job(BaseModel):
         for field, value in KIND_DEFAULTS[kind].items():
             if getattr(self, field) is None:
                 self.__dict__[field] = value  # frozen: set once, during validation
+        for field, (needs, default, what) in DEPENDENT_FIELDS.items():
+            if getattr(self, needs) is None:
+                if getattr(self, field) is not None:
+                    raise ValueError(f"{field}: only for {what} jobs, and this job sets no {needs}")
+            elif getattr(self, field) is None:
+                if default is None:
+                    raise ValueError(f"{field}: Field required for {what} jobs ({needs} is set)")
+                self.__dict__[field] = default
         if self.format == "mp4" and self.crf > 51:
             raise ValueError(f"crf: must be <= 51 for mp4 (H.264), got {self.crf}")
         if self.stages > 1 and self.warmup < 1:
@@ -159,8 +182,9 @@ def job_kind(defaults: dict, item: dict, base_dir: Path) -> tuple[str | None, st
             model_says, because = model_kind(ref)
         except AsyncVidError as exc:
             raise FieldError("model", str(exc)) from None
-        if pipeline_class_name(ref) == "StableDiffusionPipeline" and merged.get("motion_adapter") is None:
-            raise FieldError("model", f"{ref} is a StableDiffusionPipeline (an image model): set motion_adapter "
+        base = pipeline_class_name(ref)
+        if base in BASE_MODELS and merged.get("motion_adapter") is None:
+            raise FieldError("model", f"{ref} is a {base} (an image model): set motion_adapter "
                                       f"to an AnimateDiff motion adapter folder to render video with it")
     if task is not None:
         if task not in KIND_NAMES:

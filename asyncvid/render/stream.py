@@ -10,6 +10,7 @@ denoising, while the encoder finishes the file. Memory stays bounded by a few ch
 
 from __future__ import annotations
 
+import inspect
 import queue
 import threading
 import time
@@ -32,8 +33,9 @@ def decode_chunk(cfg: dict) -> int:
     return cfg["frames"] if cfg.get("task") == "i2v" else T2V_DECODE_CHUNK
 
 
-def denoise(pipe, cfg: dict, image=None):
-    """The job's pipeline call up to the latents (rank 0's result; None on the other ranks)."""
+def denoise(pipe, cfg: dict, image=None, inputs: dict | None = None):
+    """The job's pipeline call up to the latents (rank 0's result; None on the other ranks).
+    ``inputs``: a text-to-video job's ``conditioning_frames`` and ``video`` (lists of PIL frames)."""
     import torch
 
     generator = torch.Generator().manual_seed(cfg["seed"])
@@ -44,8 +46,14 @@ def denoise(pipe, cfg: dict, image=None):
                    noise_aug_strength=cfg["noise_aug_strength"], min_guidance_scale=cfg["min_guidance"],
                    max_guidance_scale=cfg["max_guidance"], decode_chunk_size=decode_chunk(cfg), **common)
     else:
-        out = pipe(prompt=cfg["prompt"], negative_prompt=cfg["negative_prompt"] or None,
-                   guidance_scale=cfg["guidance"], **common)
+        call = dict(common, prompt=cfg["prompt"], negative_prompt=cfg["negative_prompt"] or None,
+                    guidance_scale=cfg["guidance"], **(inputs or {}))
+        if "video" in cfg:  # video-to-video: as many frames as the video has
+            del call["num_frames"]
+            call["strength"] = cfg["strength"]
+        if "controlnet" in cfg:
+            call["controlnet_conditioning_scale"] = cfg["controlnet_scale"]
+        out = pipe(**call)
     return None if out is None else out.frames
 
 
@@ -54,19 +62,30 @@ def decode_chunks(pipe, latents, kind: str, chunk: int) -> Iterator[np.ndarray]:
 
     AnimateDiff latents are (B, C, F, h, w) and its VAE decodes frame by frame; SVD latents are
     (B, F, C, h, w) and its temporal decoder sees ``decode_chunk_size`` frames together, so the
-    chunks here are the pipeline's own ``decode_chunk_size`` groups."""
+    chunks here are the pipeline's own ``decode_chunk_size`` groups. AnimateDiff SDXL decodes all
+    frames in one VAE call (in float32 when its float16 VAE asks for it, as the pipeline does)."""
     import torch
 
     axis = 2 if kind == "t2v" else 1
     frames = latents.shape[axis]
-    with torch.no_grad():
-        for start in range(0, frames, chunk):
-            part = latents.narrow(axis, start, min(chunk, frames - start))
-            if kind == "t2v":
-                video = pipe.decode_latents(part, chunk)
-            else:
-                video = pipe.decode_latents(part, part.shape[1], chunk)
-            yield pipe.video_processor.postprocess_video(video=video, output_type="np")[0]
+    sdxl = kind == "t2v" and "decode_chunk_size" not in inspect.signature(pipe.decode_latents).parameters
+    upcast = sdxl and pipe.vae.dtype == torch.float16 and getattr(pipe.vae.config, "force_upcast", False)
+    if upcast:
+        pipe.vae.to(dtype=torch.float32)
+    try:
+        with torch.no_grad():
+            for start in range(0, frames, chunk):
+                part = latents.narrow(axis, start, min(chunk, frames - start))
+                if sdxl:
+                    video = pipe.decode_latents(part.to(pipe.vae.dtype))
+                elif kind == "t2v":
+                    video = pipe.decode_latents(part, chunk)
+                else:
+                    video = pipe.decode_latents(part, part.shape[1], chunk)
+                yield pipe.video_processor.postprocess_video(video=video, output_type="np")[0]
+    finally:
+        if upcast:
+            pipe.vae.to(dtype=torch.float16)
 
 
 # ---------------------------------------------------------------------------------- encoding

@@ -10,9 +10,10 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..catalog.folders import resolve_adapter, resolve_model
+from ..catalog.folders import controlnet_fingerprint, resolve_adapter, resolve_controlnet, resolve_model
 from ..utils import atomic_write
 from ..video import output_name
+from .inputs import frames_sha256
 
 
 @dataclass
@@ -26,6 +27,9 @@ class Task:
     manifest: str
     image: str | None = None  # i2v: the conditioning image (absolute path)
     motion_adapter: str | None = None  # t2v: an extra motion adapter folder (absolute path)
+    controlnet: str | None = None  # t2v: a ControlNetModel folder (absolute path)
+    conditioning_frames: str | None = None  # ControlNet: a frames folder or video file (absolute path)
+    video: str | None = None  # video-to-video: the input frames folder or video file (absolute path)
     model_dir: str | None = None  # the folders actually loaded, set just before rendering
     adapter_dir: str | None = None
 
@@ -35,8 +39,11 @@ class Task:
 
     @property
     def model_key(self) -> tuple:
-        """What loading the model depends on: its folders and the job's dtype."""
-        return (self.model_dir, self.adapter_dir, self.config.get("dtype", "float32"))
+        """What loading the pipeline depends on, as :func:`~asyncvid.catalog.pipelines.load_pipeline`'s
+        arguments: its folders, the job's dtype, the ControlNet folder and whether it takes a video
+        (which picks the pipeline class). Jobs with equal keys share one loaded pipeline."""
+        return (self.model_dir, self.adapter_dir, self.config.get("dtype", "float32"), self.controlnet,
+                self.video is not None)
 
 
 def config_hash(config: dict) -> str:
@@ -45,19 +52,29 @@ def config_hash(config: dict) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def make_task(job, model: str, out: Path, image: str | None = None, motion_adapter: str | None = None) -> Task:
-    """The job's config holds only its own kind's fields; an image job's config also holds the
-    image's sha256, so a changed image file is rendered again."""
+def make_task(job, model: str, out: Path, image: str | None = None, motion_adapter: str | None = None,
+              controlnet: str | None = None, conditioning_frames: str | None = None, video: str | None = None) -> Task:
+    """The job's config holds only its own kind's fields. Input files go in by content, so a changed
+    file is rendered again: the image's sha256, the conditioning frames' and the input video's
+    (:func:`~.inputs.frames_sha256`), and the ControlNet folder's fingerprint (its config and the
+    names, sizes and modification times of its weights files)."""
     config = job.model_dump(mode="json", exclude_none=True)
     if image is not None:
         config["image_sha256"] = hashlib.sha256(Path(image).read_bytes()).hexdigest()
+    if controlnet is not None:
+        config["controlnet_fingerprint"] = controlnet_fingerprint(controlnet)
+    if conditioning_frames is not None:
+        config["conditioning_frames_sha256"] = frames_sha256(conditioning_frames)
+    if video is not None:
+        config["video_sha256"] = frames_sha256(video)
     return Task(config, config_hash(config), model, str(out / output_name(job.name, job.format)),
-                str(out / f"{job.name}.json"), image, motion_adapter)
+                str(out / f"{job.name}.json"), image, motion_adapter, controlnet, conditioning_frames, video)
 
 
 def tasks_for(jobfile, out: Path, jobs=None) -> list[Task]:
     """Tasks of ``jobs`` (default: every job) of a loaded job file, writing into ``out``."""
-    return [make_task(job, jobfile.model_ref(job), out, jobfile.image_path(job), jobfile.adapter_ref(job))
+    return [make_task(job, jobfile.model_ref(job), out, jobfile.image_path(job), jobfile.adapter_ref(job),
+                      **jobfile.input_paths(job))
             for job in (jobfile.jobs if jobs is None else jobs)]
 
 
@@ -76,6 +93,7 @@ def resolve(task: Task) -> None:
     """Set the folders to load (built-ins are built into the cache); one-line error if missing."""
     task.model_dir = resolve_model(task.model)
     task.adapter_dir = resolve_adapter(task.motion_adapter)
+    resolve_controlnet(task.controlnet)
 
 
 def _versions() -> dict:
@@ -95,6 +113,7 @@ def write_manifest(task: Task, devices: int, frames: int, timings: dict) -> None
                     created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     if task.adapter_dir:
         manifest["motion_adapter_dir"] = task.adapter_dir
-    if task.image:
-        manifest["image"] = task.image
+    inputs = dict(image=task.image, controlnet_dir=task.controlnet, conditioning_frames=task.conditioning_frames,
+                  video=task.video)
+    manifest.update({key: value for key, value in inputs.items() if value})  # absolute paths
     atomic_write(task.manifest, json.dumps(manifest, indent=2) + "\n")

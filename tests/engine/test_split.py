@@ -43,6 +43,22 @@ def test_balanced_ranges_is_optimal():
         assert max(sum(costs[a:b]) for a, b in got) == pytest.approx(best)
 
 
+def test_balanced_ranges_with_work_on_the_first_device_is_optimal():
+    """The driver's own per-call work (a ControlNet) counts on stage 0: it gets fewer units."""
+    rng = random.Random(1)
+    for _ in range(200):
+        costs = [rng.random() for _ in range(rng.randint(2, 9))]
+        n, extra = rng.randint(1, len(costs)), rng.random() * 2
+        best = min(
+            max(sum(costs[a:b]) + (extra if a == 0 else 0) for a, b in zip((0,) + cuts, cuts + (len(costs),)))
+            for cuts in itertools.combinations(range(1, len(costs)), n - 1)
+        )
+        got = balanced_ranges(costs, n, first_extra=extra)
+        assert max(sum(costs[a:b]) + (extra if a == 0 else 0) for a, b in got) == pytest.approx(best)
+    assert balanced_ranges([1.0] * 10, 2) == [(0, 5), (5, 10)]
+    assert balanced_ranges([1.0] * 10, 2, first_extra=4.0) == [(0, 3), (3, 10)]
+
+
 def test_more_stages_than_units_is_rejected():
     with pytest.raises(AsyncVidError, match="cannot cut 3 units into 4 stages"):
         balanced_ranges([1.0, 2.0, 3.0], 4)

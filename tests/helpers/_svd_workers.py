@@ -69,3 +69,15 @@ def render_images(options: dict, images: list[dict]):
         if out is not None:
             results.append({"frames": out.frames})
     return {"results": results, "ranges": ppipe.plan.ranges} if ppipe.is_driver else None
+
+
+def render_from_folder(folder: str, options: dict):
+    """Every rank loads only its stage of the SVD UNet from a saved folder, then renders."""
+    from asyncvid.pipelines.placement import materialized_parameters
+    from asyncvid.pipelines.svd_loading import AsyncStableVideoDiffusionPipeline
+
+    ppipe = AsyncStableVideoDiffusionPipeline.from_pretrained(folder, **options)
+    out = call_pipeline(ppipe)
+    held = [None] * ppipe.topo.world_size
+    torch.distributed.all_gather_object(held, materialized_parameters(ppipe.unet))
+    return {"frames": out.frames, "held": held, "ranges": ppipe.plan.ranges} if ppipe.is_driver else None

@@ -97,13 +97,13 @@ def just_parallelize(options: dict):
     return "ok"
 
 
-def render_from_folder(folder: str, options: dict):
+def render_from_folder(folder: str, options: dict, call: dict | None = None):
     """Every rank loads only its stage from a saved folder, then renders."""
     from asyncvid.pipelines.animatediff import AsyncAnimateDiffPipeline
 
     ppipe = AsyncAnimateDiffPipeline.from_pretrained(folder, **options)
     held = materialized_parameters(ppipe.unet)
-    out = ppipe(**CALL, generator=torch.Generator().manual_seed(0))
+    out = ppipe(**dict(CALL, **(call or {})), generator=torch.Generator().manual_seed(0))
     all_held = [None] * ppipe.topo.world_size
     torch.distributed.all_gather_object(all_held, held)
     return {"frames": out.frames, "held": all_held, "ranges": ppipe.plan.ranges} if ppipe.is_driver else None

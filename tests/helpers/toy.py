@@ -17,6 +17,7 @@ from asyncvid.engine.split import SplitPlan, balanced_ranges
 from asyncvid.engine.units import Carried, Unit
 
 CHANNELS, UNITS = 4, 6
+GRAD_MODES: set[bool] = set()  # whether autograd was recording while a unit ran, in this process
 
 
 class ToyModel(torch.nn.Module):
@@ -38,6 +39,7 @@ class ToyAdapter(StageAdapter):
     @staticmethod
     def _unit(layer, i):
         def run(ctx, st: Carried) -> Carried:
+            GRAD_MODES.add(torch.is_grad_enabled())
             h = layer(st.h) * ctx["scale"] + ctx["bias"].view(1, -1, 1, 1)
             if i == 0:
                 return Carried(torch.tanh(h), (h,))
@@ -88,18 +90,19 @@ def run_engine(stages: int, options: dict, steps: int, tags: int, rebuild_cond: 
     names = [u.name for u in adapter.units()]
     plan = SplitPlan(names, split or balanced_ranges([1.0] * UNITS, stages))
     runtime = StageRuntime(adapter, plan, topo, default_device(), AsyncOptions(**options))
-    with torch.no_grad():
-        if topo.is_driver:
-            runtime.begin(TIMESTEPS[:steps])
-            xs = toy_loop(lambda s, tag, call: runtime.drive(s, call, tag), steps, tags, rebuild_cond)
-            runtime.end_call()
-            runtime.release_workers()
-        else:
-            while runtime.follow().name == "END_CALL":
-                pass
+    # no ``torch.no_grad()`` here: the runtime must not record autograd graphs on its own (the toy's
+    # parameters require grad, as a loaded model's do)
+    if topo.is_driver:
+        runtime.begin(TIMESTEPS[:steps])
+        xs = toy_loop(lambda s, tag, call: runtime.drive(s, call, tag), steps, tags, rebuild_cond)
+        runtime.end_call()
+        runtime.release_workers()
+    else:
+        while runtime.follow().name == "END_CALL":
+            pass
     stats = [None] * topo.world_size
     dist.all_gather_object(stats, {"traffic": runtime.traffic.snapshot(), "executed": runtime.steps_executed,
-                                   "speculation": dict(runtime.speculation)})
+                                   "speculation": dict(runtime.speculation), "grad_modes": sorted(GRAD_MODES)})
     return {"xs": xs, "stats": stats, "ranges": plan.ranges} if topo.is_driver else None
 
 

@@ -60,3 +60,19 @@ def test_hub_layout_2d_unet_plus_motion_adapter(tmp_path, one_thread):
     AsyncReference(ref_pipe, out["ranges"], warmup=1).install()
     ref = ref_pipe(**_workers.CALL, generator=torch.Generator().manual_seed(0)).frames
     assert float(np.abs(out["frames"] - ref).max()) <= 1e-4
+
+
+def test_from_pretrained_in_bfloat16_equals_the_bfloat16_reference(tmp_path, one_thread):
+    """``torch_dtype``: planned, loaded and run in bfloat16 on every rank (states travel in bfloat16)."""
+    import torch
+
+    build_animatediff_pipeline("tiny", seed=0).save_pretrained(tmp_path / "model", safe_serialization=True)
+    call = dict(num_frames=4, num_inference_steps=3)
+    out = launch_local(_workers.render_from_folder, 2, str(tmp_path / "model"),
+                       dict(stages=2, warmup=1, split=SPLIT2, torch_dtype=torch.bfloat16), call)
+    ref_pipe = build_animatediff_pipeline("tiny", seed=0).to(dtype=torch.bfloat16)
+    AsyncReference(ref_pipe, out["ranges"], warmup=1).install()
+    ref = ref_pipe(**dict(_workers.CALL, **call), generator=torch.Generator().manual_seed(0)).frames
+    assert float(np.abs(out["frames"] - ref).max()) <= 1e-4
+    seq = build_animatediff_pipeline("tiny", seed=0).to(dtype=torch.bfloat16)
+    assert float(np.abs(out["frames"] - seq(**dict(_workers.CALL, **call), generator=torch.Generator().manual_seed(0)).frames).max()) > 1e-3

@@ -25,3 +25,26 @@ def test_svd_unet_with_any_sample_size(sample_size, expected):
     h, w = expected
     # the cut after up_blocks.0: its upsampled output (64 ch) and two skips (32 ch) at full latent size
     assert plan.cut_bytes == [2 * (64 + 2 * 32) * h * w * 4]
+
+
+@pytest.mark.parametrize("kind", ["controlnet", "sparsectrl", "v2v-controlnet"])
+def test_the_auto_split_counts_the_driver_controlnet(kind, one_thread):
+    from asyncvid.catalog.variants import build_variant
+    from asyncvid.pipelines.driver_work import controlnet_seconds
+
+    pipe = build_variant(kind)
+    assert controlnet_seconds(pipe, 2, 4, 8, 8, torch.device("cpu"), torch.float32) > 0
+    assert controlnet_seconds(build_variant("t2v"), 2, 4, 8, 8, torch.device("cpu"), torch.float32) == 0
+    topo = Topology(stages=2, cfg_degree=1, rank=0, world_size=1)
+    shape = ProfileShape(frames=4, height=8, width=8, batch=2)
+    adapter = adapter_for(pipe.unet)
+
+    def work(*shape_args):
+        return controlnet_seconds(pipe, *shape_args)
+
+    plan = choose_split(adapter, "auto", 2, topo, torch.device("cpu"), shape, torch.float32, driver_work=work)
+    assert "ControlNet" in plan.source and "counted on stage 0" in plan.source
+    # a driver busy for as long as the whole UNet gets the smallest stage
+    heavy = choose_split(adapter, "auto", 2, topo, torch.device("cpu"), shape, torch.float32,
+                         driver_work=lambda *a: 10.0)
+    assert heavy.ranges[0] == (0, 1)

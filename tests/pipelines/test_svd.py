@@ -69,7 +69,8 @@ def _jobs(folder):
         2: {"two": ("_svd_workers.render", (dict(stages=2, warmup=1, split=SPLIT2),)),
             "stride2-2": ("_svd_workers.render", (dict(stages=2, warmup=1, stride=2, split=SPLIT2),
                                                   dict(num_inference_steps=5))),
-            "images": ("_svd_workers.render_images", (dict(stages=2, warmup=1, split=SPLIT2), IMAGES))},
+            "images": ("_svd_workers.render_images", (dict(stages=2, warmup=1, split=SPLIT2), IMAGES)),
+            "from-folder": ("_svd_workers.render_from_folder", (folder, dict(stages=2, warmup=1, split=SPLIT2)))},
         3: {"warmup-all": ("_svd_workers.render", (dict(stages=3, warmup=4, split="auto"), None, folder)),
             "auto3": ("_svd_workers.render", (dict(stages=3, warmup=1, split="auto"),)),
             "stride2-3": ("_svd_workers.render", (dict(stages=3, warmup=1, stride=2, split="auto"),
@@ -194,6 +195,17 @@ def test_parameters_and_bytes_per_rank(two_stage_run, unet):
     assert stats[0]["cut_bytes_at_call_shape"] == [hidden + skips]
     # conditioning crosses once per call: the (B, 1, D) image embedding and the (B, 3) added time ids
     assert stats[0]["traffic"]["conditioning_bytes"] == (b * 1 * 32 + b * 3) * 4
+
+
+@pytest.mark.multiprocess
+def test_stage_only_loading_holds_only_the_stage_and_renders_the_same(runs, unet, one_thread):
+    out = runs["from-folder"]
+    named = dict(unet.named_parameters())
+    shared = sum(p.numel() for n, p in named.items() if n.startswith(("time_embedding.", "add_embedding.")))
+    stage1 = sum(p.numel() for n, p in named.items() if n.startswith(("up_blocks.1.", "conv_norm_out.", "conv_out.")))
+    total = sum(p.numel() for p in unet.parameters())
+    assert out["held"] == [total - stage1, stage1 + shared]
+    assert maxdiff(out["frames"], reference_frames(out["ranges"])) <= 1e-4
 
 
 # ----------------------------------------------------------------------------- conditioning images

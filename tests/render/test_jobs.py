@@ -251,7 +251,7 @@ def test_dtype_is_part_of_what_loading_a_model_depends_on(tmp_path):
     path = write(tmp_path, GOOD.replace("  steps: 4\n", "  steps: 4\n  dtype: bfloat16\n"))
     task = tasks_for(load_job_file(path), Path(tmp_path / "out"))[0]
     task.model_dir, task.adapter_dir = str(tmp_path / "model"), None
-    assert task.model_key[-1] == "bfloat16" and task.config["dtype"] == "bfloat16"
+    assert task.model_key[2] == "bfloat16" and task.config["dtype"] == "bfloat16"  # load_pipeline(dir, adapter, dtype, ...)
     import torch
     from asyncvid.catalog.presets import build_animatediff_pipeline
 
