@@ -20,19 +20,30 @@ def _down_types(n: int, motion: bool) -> tuple[str, ...]:
     return (cross,) * (n - 1) + (plain,)
 
 
+def _wake(net, seed: int):
+    """ControlNets start with zero output convolutions (their residuals are exactly zero until trained):
+    give them small random weights, so that a random ControlNet changes the video."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for conv in [*net.controlnet_down_blocks, net.controlnet_mid_block]:
+            for p in conv.parameters():
+                p.copy_(torch.randn(p.shape, generator=generator) * 0.1)
+    return net
+
+
 def controlnet_model(preset: str = "tiny", seed: int = 0):
     """A ``ControlNetModel`` matching the preset's UNet (residual count and channels), for a VAE of
-    two levels (conditioning images at twice the latent size)."""
+    two levels (conditioning images at twice the latent size), its output convolutions non-zero."""
     from diffusers import ControlNetModel
 
     cfg = PRESETS[preset]
     channels = tuple(cfg["block_out_channels"])
     torch.manual_seed(seed + 1)
-    return ControlNetModel(
+    return _wake(ControlNetModel(
         block_out_channels=channels, layers_per_block=cfg["layers_per_block"], in_channels=4,
         down_block_types=_down_types(len(channels), motion=False), cross_attention_dim=cfg["cross_attention_dim"],
         conditioning_embedding_out_channels=(16, 32), norm_num_groups=8, attention_head_dim=channels[0] // cfg["heads"],
-    )
+    ), seed + 1)
 
 
 def sparse_controlnet_model(preset: str = "tiny", seed: int = 0):
@@ -42,12 +53,12 @@ def sparse_controlnet_model(preset: str = "tiny", seed: int = 0):
     cfg = PRESETS[preset]
     channels = tuple(cfg["block_out_channels"])
     torch.manual_seed(seed + 2)
-    return SparseControlNetModel(
+    return _wake(SparseControlNetModel(
         block_out_channels=channels, layers_per_block=cfg["layers_per_block"], in_channels=4, conditioning_channels=3,
         down_block_types=_down_types(len(channels), motion=True), cross_attention_dim=cfg["cross_attention_dim"],
         conditioning_embedding_out_channels=(16, 32), norm_num_groups=8, motion_num_attention_heads=cfg["heads"],
         attention_head_dim=channels[0] // cfg["heads"], motion_max_seq_length=32, use_simplified_condition_embedding=False,
-    )
+    ), seed + 2)
 
 
 def _sdxl_pipeline(preset: str, seed: int):

@@ -67,8 +67,9 @@ def prepared(kind: str, setup: str | None = None, lora_dir: str | None = None, d
     return pipe
 
 
-def call_of(kind: str, setup: str | None = None, dtype: str | None = None) -> dict:
-    call = variant_call(kind, steps=STEPS)
+def call_of(kind: str, setup: str | None = None, dtype: str | None = None, overrides: dict | None = None) -> dict:
+    # video-to-video runs strength x steps of them: 4 x 0.8 -> 3, as many as the other kinds
+    call = dict(variant_call(kind, steps=STEPS + 1 if kind.startswith("v2v") else STEPS), **(overrides or {}))
     if setup == "ip-adapter":
         call["ip_adapter_image_embeds"] = [e.to(getattr(torch, dtype or "float32")) for e in ip_embeds()]
     return call
@@ -82,33 +83,34 @@ CHANGES = {
 }
 
 
-def frames_of(pipe, kind, setup=None, changes=(None,), dtype=None):
+def frames_of(pipe, kind, setup=None, changes=(None,), dtype=None, overrides=None):
     out = []
     for change in changes:
         if change:
             CHANGES[change](pipe)
-        out.append(pipe(**call_of(kind, setup, dtype), generator=torch.Generator().manual_seed(0)).frames)
+        out.append(pipe(**call_of(kind, setup, dtype, overrides), generator=torch.Generator().manual_seed(0)).frames)
     return out
 
 
-def sequential(kind, setup=None, lora_dir=None, changes=(None,), dtype=None):
-    return frames_of(prepared(kind, setup, lora_dir, dtype), kind, setup, changes, dtype)
+def sequential(kind, setup=None, lora_dir=None, changes=(None,), dtype=None, overrides=None):
+    return frames_of(prepared(kind, setup, lora_dir, dtype), kind, setup, changes, dtype, overrides)
 
 
-def reference(kind, ranges, warmup, setup=None, lora_dir=None, changes=(None,), dtype=None):
+def reference(kind, ranges, warmup, setup=None, lora_dir=None, changes=(None,), dtype=None, overrides=None):
     pipe = prepared(kind, setup, lora_dir, dtype)
     AsyncReference(pipe, ranges, warmup).install()
-    return frames_of(pipe, kind, setup, changes, dtype)
+    return frames_of(pipe, kind, setup, changes, dtype, overrides)
 
 
-def render_variant(kind: str, options: dict, setup=None, lora_dir=None, changes=(None,), dtype=None):
-    """Every rank: the same pipeline and setup, parallelized; rank 0 returns frames and every rank's stats."""
+def render_variant(kind: str, options: dict, setup=None, lora_dir=None, changes=(None,), dtype=None, overrides=None):
+    """Every rank: the same pipeline and setup, parallelized; rank 0 returns frames and every rank's stats.
+    ``overrides``: call arguments on top of the kind's standard call."""
     ppipe = asyncvid.parallelize(prepared(kind, setup, lora_dir, dtype), **options)
     frames = []
     for change in changes:
         if change and ppipe.is_driver:
             CHANGES[change](ppipe.pipe)
-        out = ppipe(**call_of(kind, setup, dtype), generator=torch.Generator().manual_seed(0))
+        out = ppipe(**call_of(kind, setup, dtype, overrides), generator=torch.Generator().manual_seed(0))
         frames.append(None if out is None else out.frames)
     stats = {"ranges": ppipe.plan.ranges, "held": materialized_parameters(ppipe.unet),
              "traffic": ppipe.traffic.snapshot(), "calls_with_extras": ppipe.runtime.calls_with_extras,

@@ -25,6 +25,9 @@ SPLIT3 = [["conv_in", "down_blocks"], ["mid_block"], ["up_blocks", "conv_out"]]
 EXACT = dict(stages=2, warmup=_variants.STEPS, split=SPLIT_MID)
 ASYNC = dict(stages=2, warmup=1, split=SPLIT_MID)
 LORA_CHANGES = (None, "lora-scale", "lora-off")
+#: ControlNet only over the first half of the steps, at another scale. (guess_mode with guidance fails in
+#: diffusers' own AnimateDiffControlNetPipeline: its residuals cover half the batch)
+WINDOW = dict(control_guidance_start=0.0, control_guidance_end=0.5, controlnet_conditioning_scale=0.6)
 IP_CHANGES = (None, "ip-scale")
 
 
@@ -36,6 +39,7 @@ def jobs(lora_dir: str) -> dict:
     two["lora"] = ("_variants.render_variant", ("t2v", EXACT, "lora", lora_dir, LORA_CHANGES))
     two["lora-async"] = ("_variants.render_variant", ("t2v", ASYNC, "lora", lora_dir))
     two["ip-adapter"] = ("_variants.render_variant", ("t2v", EXACT, "ip-adapter", None, IP_CHANGES))
+    two["controlnet-window"] = ("_variants.render_variant", ("controlnet", ASYNC, None, None, (None,), None, WINDOW))
     two["controlnet-bf16"] = ("_variants.render_variant", ("controlnet", ASYNC, None, None, (None,), "bfloat16"))
     three = {"controlnet-3": ("_variants.render_variant", ("controlnet", dict(stages=3, warmup=1, split=SPLIT3)))}
     return {2: two, 3: three}
@@ -89,6 +93,15 @@ def test_three_stages_route_residuals_to_the_middle_stage_only(runs, one_thread)
     assert [s["calls_with_extras"] for s in out["stats"]] == [0, _variants.STEPS, 0]
     ranges = out["stats"][0]["ranges"]
     assert maxdiff(out["frames"][0], _variants.reference("controlnet", ranges, warmup=1)[0]) <= 1e-4
+
+
+def test_control_guidance_window_and_scale_are_the_pipeline_s(runs, one_thread):
+    """``control_guidance_start/end`` and the conditioning scale shape the residuals the pipeline
+    passes; the stage holding the mid block gets exactly those, so the reference recurrence holds."""
+    out = runs["controlnet-window"]
+    ranges = out["stats"][0]["ranges"]
+    assert maxdiff(out["frames"][0], _variants.reference("controlnet", ranges, 1, overrides=WINDOW)[0]) <= 1e-4
+    assert maxdiff(out["frames"][0], runs["controlnet-async"]["frames"][0]) > 1e-3  # the window changed the video
 
 
 def test_controlnet_in_bfloat16_equals_the_bfloat16_reference(runs, one_thread):

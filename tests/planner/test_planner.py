@@ -124,3 +124,32 @@ def test_plan_profiles_in_the_requested_dtype(tmp_path, capsys):
     assert main(args[:-4] + ["--dtype", "float32", "--json", str(tmp_path / "fp32.json")]) == 0
     fp32 = json.loads((tmp_path / "fp32.json").read_text())["profile"]
     assert [b * 2 for b in prof["bytes_after_unit"]] == fp32["bytes_after_unit"]
+
+
+def test_device_cuda_without_a_gpu_is_one_line(monkeypatch, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible")
+    monkeypatch.setenv("ASYNCVID_DEVICE", "auto")  # restored after the test: the CLI sets it for its ranks
+    args = ["plan", "animatediff", "--preset", "null", "--latent", "4", "--frames", "2", "--devices", "2"]
+    assert main(args + ["--device", "cuda"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no CUDA device is visible" in err
+
+
+@pytest.mark.multiprocess
+@pytest.mark.parametrize("model", ["animatediff", "svd"])
+def test_memory_bench_reports_parameters_and_peaks_per_rank(tmp_path, model):
+    """``bench --memory-only``: the full pipeline in one process, then stage-only loading on 2 ranks;
+    the ranks together hold every denoiser parameter once, plus each its own shared modules."""
+    out = tmp_path / "memory.json"
+    assert main(["bench", "--model", model, "--preset", "tiny", "--memory-only", "--frames", "2", "--latent", "4",
+                 "--json", str(out)]) == 0
+    mem = json.loads(out.read_text())["memory"]
+    full, two = mem["full_pipeline"], mem["stage_only_2"]
+    held = two["unet_params_held"]
+    assert len(held) == 2 and all(n > 0 for n in held)
+    assert full["unet_params_held"][0] < sum(held) < full["unet_params_held"][0] * 1.1  # shared modules twice
+    assert all(p > 0 for p in two["peak_mib"]) and len(two["peak_over_full"]) == 2
+    assert two["peak_over_full"] == [round(p / full["peak_mib"][0], 3) for p in two["peak_mib"]]
