@@ -94,6 +94,11 @@ class StageAdapter:
     def wrap_output(self, eps: torch.Tensor, return_dict: bool) -> Any:
         raise NotImplementedError
 
+    def zero_prediction(self, call: DenoiserCall) -> torch.Tensor:
+        """A prediction of the right shape and dtype, all zeros, computed from nothing (timing the
+        pipeline around the denoiser)."""
+        raise NotImplementedError
+
     def example_call(self, batch: int, frames: int, height: int, width: int, device, dtype) -> DenoiserCall:
         """A representative call for a latent of this size (profiling, traffic estimates)."""
         raise NotImplementedError

@@ -100,6 +100,10 @@ class MotionUNetAdapter(DiffusersAdapter):
             mid_residual=cond.get("mid_block_additional_residual"),
         )
 
+    def zero_prediction(self, call: DenoiserCall) -> torch.Tensor:
+        b, _, f, h, w = call.sample.shape
+        return call.sample.new_zeros(b, self.model.config.out_channels, f, h, w)
+
     def wrap_output(self, eps: torch.Tensor, return_dict: bool):
         return UNetMotionOutput(sample=eps) if return_dict else (eps,)
 

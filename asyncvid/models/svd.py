@@ -81,6 +81,10 @@ class SpatioTemporalUNetAdapter(DiffusersAdapter):
             forward_upsample_size=any(s % up_factor != 0 for s in sample_shape[-2:]),
         )
 
+    def zero_prediction(self, call: DenoiserCall) -> torch.Tensor:
+        b, f, _, h, w = call.sample.shape
+        return call.sample.new_zeros(b, f, self.model.config.out_channels, h, w)
+
     def wrap_output(self, eps: torch.Tensor, return_dict: bool):
         return UNetSpatioTemporalConditionOutput(sample=eps) if return_dict else (eps,)
 

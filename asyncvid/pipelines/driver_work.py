@@ -1,6 +1,7 @@
-"""Work the driver does per denoiser call besides its stage: the ControlNet (or SparseCtrl, or a
+"""Work the driver does per denoiser call besides its stage: the pipeline's own step (scheduler,
+guidance mixing, callbacks, the latent bookkeeping) and the ControlNet (or SparseCtrl, or a
 ``MultiControlNetModel``'s nets), which the pipeline runs on rank 0 before every UNet call. The
-auto split adds its measured time to stage 0's cost, so the driver gets fewer units."""
+auto split adds their measured time to stage 0's cost, so the driver gets fewer units."""
 
 from __future__ import annotations
 
@@ -45,3 +46,52 @@ def controlnet_seconds(pipe, batch: int, frames: int, h: int, w: int, device, dt
             one(**kwargs)
         total += (now(device) - start) / reps
     return total
+
+
+class _ZeroDenoiser:
+    """A named, removable diffusers hook standing in for the denoiser: a zero prediction of the right
+    shape, no compute (what is left of a pipeline step is the driver's own work)."""
+
+    NAME = "asyncvid.zero_denoiser"
+
+    @classmethod
+    def hook(cls, adapter):
+        from diffusers.hooks import ModelHook
+
+        class Hook(ModelHook):
+            def new_forward(self, module, *args, **kwargs):
+                call = adapter.split_call(args, kwargs)
+                return adapter.wrap_output(adapter.zero_prediction(call), call.return_dict)
+
+        return Hook()
+
+
+@torch.no_grad()
+def pipeline_step_seconds(pipe, adapter, frames: int, h: int, steps: int = 5) -> float:
+    """Seconds per denoising step of the pipeline itself, its denoiser replaced by a zero prediction
+    (0 for pipelines this cannot call without extra inputs: ControlNet, video-to-video ...)."""
+    from diffusers.hooks import HookRegistry
+
+    from ..catalog.pipelines import call_kwargs
+    from ..planner.report import timed_call
+
+    if not any(c.__name__ in ("AnimateDiffPipeline", "StableVideoDiffusionPipeline") for c in type(pipe).__mro__):
+        return 0.0
+    registry = HookRegistry.check_if_exists_or_initialize(adapter.model)
+    registry.register_hook(_ZeroDenoiser.hook(adapter), _ZeroDenoiser.NAME)
+    try:
+        kwargs = call_kwargs(pipe, frames, h, steps)  # square latents: the per-step work is elementwise
+        timed_call(pipe, kwargs)  # one-off set-up
+        marks = timed_call(pipe, kwargs)  # its own generator: the caller's random state is not touched
+    finally:
+        registry.remove_hook(_ZeroDenoiser.NAME)
+    return (marks[-1] - marks[1]) / (len(marks) - 2)
+
+
+def driver_seconds(pipe, adapter, batch: int, frames: int, h: int, w: int, device, dtype) -> tuple[float, str]:
+    """The driver's own work per denoiser call, and what it consists of (for the plan's description)."""
+    step = pipeline_step_seconds(pipe, adapter, frames, h)
+    control = controlnet_seconds(pipe, batch, frames, h, w, device, dtype)
+    parts = [f"pipeline step {1000 * step:.1f} ms"] if step else []
+    parts += [f"ControlNet {1000 * control:.1f} ms"] if control else []
+    return step + control, ", ".join(parts)

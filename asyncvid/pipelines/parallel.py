@@ -21,7 +21,7 @@ from ..errors import AsyncVidError
 from ..models import adapter_for
 from ..planner.profile import cut_bytes, unit_costs
 from . import hook
-from .driver_work import controlnet_seconds
+from .driver_work import driver_seconds
 from .placement import gather_weights, release_weights
 
 UNIT_ALIASES = {"conv_norm_out": "conv_out", "conv_act": "conv_out"}
@@ -59,8 +59,8 @@ def choose_split(adapter, split, stages: int, topo: Topology, device, shape: Pro
                  driver_work=None) -> SplitPlan:
     """The split from explicit module names, or ``"auto"``: balanced from a unit profile taken on the
     driver and shared with every rank (so all ranks cut the same way). ``driver_work(batch, frames,
-    h, w, device, dtype)`` gives the seconds the driver spends per call besides its units (a ControlNet):
-    stage 0's cost includes them."""
+    h, w, device, dtype)`` gives the seconds the driver spends per call besides its units (the
+    pipeline's own step, a ControlNet) and what they are: stage 0's cost includes them."""
     names = [u.name for u in adapter.units()]
     model = adapter.model
     h, w = shape.latent_size(getattr(model.config, "sample_size", None))
@@ -68,7 +68,7 @@ def choose_split(adapter, split, stages: int, topo: Topology, device, shape: Pro
     if isinstance(split, str):
         if split != "auto":
             raise AsyncVidError(f"split must be 'auto' or a list of module-name lists, got {split!r}")
-        costs, extra = None, 0.0
+        costs, extra, what = None, 0.0, ""
         if stages == 1:
             ranges = [(0, len(names))]
         else:
@@ -76,15 +76,15 @@ def choose_split(adapter, split, stages: int, topo: Topology, device, shape: Pro
                 raise AsyncVidError(f"cannot cut {len(names)} units into {stages} stages")
             box = [None]
             if topo.is_driver:
-                extra = driver_work(shape.batch, shape.frames, h, w, device, dtype) if driver_work else 0.0
+                extra = driver_work(shape.batch, shape.frames, h, w, device, dtype) if driver_work else (0.0, "")
                 box = [(unit_costs(adapter, adapter.example_call(shape.batch, shape.frames, h, w, device, dtype)), extra)]
             if topo.world_size > 1:
                 dist.broadcast_object_list(box, src=0, device=device if device.type == "cuda" else None)
-            costs, extra = box[0]
+            costs, (extra, what) = box[0]
             ranges = balanced_ranges(costs, stages, first_extra=extra)
         source = f"auto, profiled at batch {shape.batch} x {shape.frames} frames x {h}x{w} latents"
         if costs and extra:
-            source += f"; the driver's ControlNet ({1000 * extra:.1f} ms per call) counted on stage 0"
+            source += f"; the driver's own work per call ({what}) counted on stage 0"
         plan = SplitPlan(names, ranges, costs, source=source)
     else:
         if len(split) != stages:
@@ -196,7 +196,7 @@ def parallelize(pipe, stages: int = 2, stride: int = 1, warmup: int = 1, split="
     device = default_device()
     adapter = adapter_for(pipe.unet)
     plan = choose_split(adapter, split, stages, topo, device, ProfileShape.parse(profile_shape), pipe.unet.dtype,
-                        driver_work=lambda *shape: controlnet_seconds(pipe, *shape))
+                        driver_work=lambda *shape: driver_seconds(pipe, adapter, *shape))
     return assemble(pipe, adapter, plan, topo, device, options, release)
 
 

@@ -30,7 +30,7 @@ def test_svd_unet_with_any_sample_size(sample_size, expected):
 @pytest.mark.parametrize("kind", ["controlnet", "sparsectrl", "v2v-controlnet"])
 def test_the_auto_split_counts_the_driver_controlnet(kind, one_thread):
     from asyncvid.catalog.variants import build_variant
-    from asyncvid.pipelines.driver_work import controlnet_seconds
+    from asyncvid.pipelines.driver_work import controlnet_seconds, driver_seconds
 
     pipe = build_variant(kind)
     assert controlnet_seconds(pipe, 2, 4, 8, 8, torch.device("cpu"), torch.float32) > 0
@@ -40,11 +40,36 @@ def test_the_auto_split_counts_the_driver_controlnet(kind, one_thread):
     adapter = adapter_for(pipe.unet)
 
     def work(*shape_args):
-        return controlnet_seconds(pipe, *shape_args)
+        return driver_seconds(pipe, adapter, *shape_args)
 
     plan = choose_split(adapter, "auto", 2, topo, torch.device("cpu"), shape, torch.float32, driver_work=work)
     assert "ControlNet" in plan.source and "counted on stage 0" in plan.source
     # a driver busy for as long as the whole UNet gets the smallest stage
     heavy = choose_split(adapter, "auto", 2, topo, torch.device("cpu"), shape, torch.float32,
-                         driver_work=lambda *a: 10.0)
+                         driver_work=lambda *a: (10.0, "a slow driver"))
     assert heavy.ranges[0] == (0, 1)
+
+
+@pytest.mark.parametrize("kind", ["t2v", "svd"])
+def test_the_pipeline_s_own_step_is_timed_without_the_denoiser(kind, one_thread):
+    """The driver's own per-step work (scheduler, guidance, callbacks) is measured with the denoiser
+    replaced by a zero prediction through a named hook, which is gone afterwards; the caller's random
+    state is untouched. The auto split then counts it on stage 0."""
+    from diffusers.hooks import HookRegistry
+
+    from asyncvid.catalog.variants import build_variant
+    from asyncvid.pipelines.driver_work import driver_seconds, pipeline_step_seconds
+
+    pipe = build_variant(kind)
+    adapter = adapter_for(pipe.unet)
+    calls = []
+    pipe.unet.conv_in.register_forward_pre_hook(lambda *a: calls.append(1))  # runs in any real forward
+    rng = torch.random.get_rng_state()
+    step = pipeline_step_seconds(pipe, adapter, frames=4, h=8)
+    assert step > 0 and calls == []  # the denoiser never ran
+    assert torch.equal(torch.random.get_rng_state(), rng)
+    assert "asyncvid.zero_denoiser" not in HookRegistry.check_if_exists_or_initialize(pipe.unet).hooks
+    seconds, what = driver_seconds(pipe, adapter, 2, 4, 8, 8, torch.device("cpu"), torch.float32)
+    assert seconds > 0 and what.startswith("pipeline step") and "ControlNet" not in what
+    # pipelines it cannot call without more inputs are not timed (a ControlNet's own time still is)
+    assert pipeline_step_seconds(build_variant("controlnet"), adapter, frames=4, h=8) == 0.0

@@ -5,14 +5,14 @@ files' content, and a 2-device render of both kinds."""
 from __future__ import annotations
 
 import json
-import textwrap
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from asyncvid.cli.main import main
-from asyncvid.render.jobfile import JobFileError, load_job_file
+from asyncvid.render.jobfile import load_job_file
+from jobfiles import load_error, write
 from asyncvid.render.tasks import tasks_for
 from asyncvid.video import read_video_info, write_video
 
@@ -53,19 +53,6 @@ def inputs(tmp_path):
     Image.new("RGB", (16, 16), (200, 30, 30)).save(tmp_path / "cond.png")
     return tmp_path
 
-
-def write(folder, text):
-    path = folder / "jobs.yaml"
-    path.write_text(textwrap.dedent(text))
-    return path
-
-
-def load_error(folder, text) -> str:
-    with pytest.raises(JobFileError) as info:
-        load_job_file(write(folder, text))
-    message = str(info.value)
-    assert "\n" not in message and "Traceback" not in message
-    return message
 
 
 CN = "prompt: x, controlnet: cn, conditioning_frames: edges"

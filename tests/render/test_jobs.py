@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import textwrap
 
 import pytest
 
 from asyncvid.errors import AsyncVidError
 from asyncvid.render.jobfile import JobFileError, load_job_file
+from jobfiles import load_error, write
 
 GOOD = """\
 defaults:
@@ -27,20 +27,6 @@ jobs:
     format: gif
 """
 
-
-def write(tmp_path, text, name="jobs.yaml"):
-    path = tmp_path / name
-    path.write_text(textwrap.dedent(text))
-    return path
-
-
-def load_error(tmp_path, text) -> str:
-    with pytest.raises(JobFileError) as info:
-        load_job_file(write(tmp_path, text))
-    message = str(info.value)
-    assert "\n" not in message
-    assert "jobs.yaml" in message
-    return message
 
 
 def test_good_file_merges_defaults(tmp_path):
