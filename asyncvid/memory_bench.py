@@ -60,7 +60,10 @@ def memory_rank(folder: str, stages: int, cfg: dict) -> dict | None:
     torch.set_num_threads(1)
     dtype = getattr(torch, cfg["dtype"])
     svd = pipeline_class_name(folder) == "StableVideoDiffusionPipeline"
-    plain_class = svd_pipeline_class() if svd else __import__("diffusers").AnimateDiffPipeline
+    if svd:
+        plain_class = svd_pipeline_class()
+    else:
+        from diffusers import AnimateDiffPipeline as plain_class
     before = rss_now_mib()
     reset_peak_rss()
     if stages == 0:
