@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from ..errors import AsyncVidError
 from .units import Carried, Unit
 
 
@@ -102,6 +103,36 @@ class StageAdapter:
     def example_call(self, batch: int, frames: int, height: int, width: int, device, dtype) -> DenoiserCall:
         """A representative call for a latent of this size (profiling, traffic estimates)."""
         raise NotImplementedError
+
+    # ----- the guidance batch (classifier-free guidance over several stage groups) -------------
+    def split_batch(self, call: DenoiserCall, parts: int) -> list[DenoiserCall]:
+        """``call`` as ``parts`` calls over equal slices of its batch (the guidance branches), in
+        order. Every tensor of the conditioning and extras is batch-major in the families so far
+        (``(B, ...)`` or ``(B*F, ...)``), so each is cut along dim 0; a family with other layouts
+        overrides this. The timestep is shared."""
+        from torch.utils._pytree import tree_map
+
+        batch = call.sample.shape[0]
+        if parts < 1 or batch % parts:
+            raise AsyncVidError(f"a denoiser batch of {batch} cannot be split into {parts} equal guidance parts")
+
+        def piece(i):
+            def cut(x):
+                if not torch.is_tensor(x):
+                    return x
+                if x.ndim == 0 or x.shape[0] % parts:
+                    raise AsyncVidError(f"cannot split a conditioning tensor of shape {tuple(x.shape)} into "
+                                        f"{parts} parts along its batch")
+                size = x.shape[0] // parts
+                return x[i * size:(i + 1) * size]
+            return cut
+
+        return [DenoiserCall(piece(i)(call.sample), call.timestep, tree_map(piece(i), call.cond), call.return_dict,
+                             tree_map(piece(i), call.extras)) for i in range(parts)]
+
+    def merge_predictions(self, predictions: list[torch.Tensor]) -> torch.Tensor:
+        """The predictions of :meth:`split_batch`'s parts, back as one batch."""
+        return torch.cat(predictions, dim=0)
 
     # ----- convenience ---------------------------------------------------------------------
     def run_all(self, call: DenoiserCall) -> torch.Tensor:
