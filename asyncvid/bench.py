@@ -15,9 +15,7 @@ import platform
 
 import torch
 
-from .memory_bench import phase_peak_mib as _phase_peak_mib
-from .memory_bench import reset_peak_rss as _reset_peak_rss
-from .memory_bench import run_memory
+from .memory_bench import phase_peak_mib, reset_peak_rss, run_memory
 from .utils import atomic_write
 
 
@@ -48,10 +46,10 @@ def _per_step(marks: list[float], warmup: int) -> dict:
 
 def _measure(pipe, cfg: dict, warmup: int, repeats: int) -> dict:
     _timed_call(pipe, cfg)  # first call: one-off set-up
-    _reset_peak_rss()
+    reset_peak_rss()
     runs = [_per_step(_timed_call(pipe, cfg), warmup) for _ in range(repeats)]
     best = min(runs, key=lambda r: r["per_step_s"])
-    return dict(best, peak_rss_mib=_phase_peak_mib())
+    return dict(best, peak_rss_mib=phase_peak_mib())
 
 
 def run_baseline(cfg: dict, threads: int, profile: bool = False) -> dict:
@@ -82,9 +80,9 @@ def run_parallel_rank(cfg: dict, stages: int, stride: int, warmup: int = 1) -> d
         ppipe.close()
         peak = result["peak_rss_mib"]
     else:
-        _reset_peak_rss()
+        reset_peak_rss()
         ppipe.serve()  # follow the driver's calls until it closes
-        peak = _phase_peak_mib()
+        peak = phase_peak_mib()
     t = ppipe.traffic
     rows = [None] * dist.get_world_size()
     dist.all_gather_object(rows, (peak, t.activation, t.activation + t.control + t.conditioning))

@@ -82,7 +82,7 @@ def animatediff_components(preset: str = "tiny", seed: int = 0, scheduler: str =
     channels = tuple(cfg["block_out_channels"])
     down, up = _down_up_types(len(channels))
     torch.manual_seed(seed)
-    if cfg is FULL_SIZE:
+    if preset == "full":
         unet, adapter = UNet2DConditionModel(cross_attention_dim=768, sample_size=64), MotionAdapter()
     else:
         unet = UNet2DConditionModel(

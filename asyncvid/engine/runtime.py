@@ -33,7 +33,7 @@ from ..errors import AsyncVidError
 from .adapter import DenoiserCall, StageAdapter
 from .conditioning import ConditioningVersion
 from .extras import consumers, route
-from .schedule import PARALLEL, REUSE, SEQUENTIAL, AsyncOptions, StepAction, step_action  # noqa: F401 (AsyncOptions re-exported)
+from .schedule import PARALLEL, REUSE, SEQUENTIAL, AsyncOptions, StepAction, step_action
 from .split import SplitPlan
 from .units import Carried, run_units
 

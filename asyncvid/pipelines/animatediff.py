@@ -17,16 +17,14 @@ import torch
 from ..errors import AsyncVidError
 from .parallel import ParallelPipeline
 from .placement import weight_files
-from .stage_loading import load_stage_only
+from .stage_loading import load_stage_only, model_config
 
 
 def _meta_motion_unet(folder: Path):
     from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
 
     unet_dir = folder / "unet"
-    if not (unet_dir / "config.json").exists():
-        raise AsyncVidError(f"not a diffusers AnimateDiff folder: {unet_dir / 'config.json'} is missing")
-    config = json.loads((unet_dir / "config.json").read_text())
+    config = model_config(folder, "unet")
     files = weight_files(unet_dir)
     with torch.device("meta"):
         if config.get("_class_name") == "UNetMotionModel":

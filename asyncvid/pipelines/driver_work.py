@@ -6,6 +6,7 @@ auto split adds their measured time to stage 0's cost, so the driver gets fewer 
 from __future__ import annotations
 
 import torch
+from diffusers.hooks import HookRegistry, ModelHook
 
 from ..planner.clock import now
 
@@ -48,43 +49,39 @@ def controlnet_seconds(pipe, batch: int, frames: int, h: int, w: int, device, dt
     return total
 
 
-class _ZeroDenoiser:
-    """A named, removable diffusers hook standing in for the denoiser: a zero prediction of the right
-    shape, no compute (what is left of a pipeline step is the driver's own work)."""
+ZERO_HOOK = "asyncvid.zero_denoiser"
 
-    NAME = "asyncvid.zero_denoiser"
 
-    @classmethod
-    def hook(cls, adapter):
-        from diffusers.hooks import ModelHook
+class ZeroDenoiserHook(ModelHook):
+    """Stands in for the denoiser: a zero prediction of the right shape, no compute (what is left of
+    a pipeline step is the driver's own work)."""
 
-        class Hook(ModelHook):
-            def new_forward(self, module, *args, **kwargs):
-                call = adapter.split_call(args, kwargs)
-                return adapter.wrap_output(adapter.zero_prediction(call), call.return_dict)
+    def __init__(self, adapter):
+        super().__init__()
+        self.adapter = adapter
 
-        return Hook()
+    def new_forward(self, module, *args, **kwargs):
+        call = self.adapter.split_call(args, kwargs)
+        return self.adapter.wrap_output(self.adapter.zero_prediction(call), call.return_dict)
 
 
 @torch.no_grad()
 def pipeline_step_seconds(pipe, adapter, frames: int, h: int, steps: int = 5) -> float:
     """Seconds per denoising step of the pipeline itself, its denoiser replaced by a zero prediction
     (0 for pipelines this cannot call without extra inputs: ControlNet, video-to-video ...)."""
-    from diffusers.hooks import HookRegistry
-
     from ..catalog.pipelines import call_kwargs
     from ..planner.report import timed_call
 
     if not any(c.__name__ in ("AnimateDiffPipeline", "StableVideoDiffusionPipeline") for c in type(pipe).__mro__):
         return 0.0
     registry = HookRegistry.check_if_exists_or_initialize(adapter.model)
-    registry.register_hook(_ZeroDenoiser.hook(adapter), _ZeroDenoiser.NAME)
+    registry.register_hook(ZeroDenoiserHook(adapter), ZERO_HOOK)
     try:
         kwargs = call_kwargs(pipe, frames, h, steps)  # square latents: the per-step work is elementwise
         timed_call(pipe, kwargs)  # one-off set-up
         marks = timed_call(pipe, kwargs)  # its own generator: the caller's random state is not touched
     finally:
-        registry.remove_hook(_ZeroDenoiser.NAME)
+        registry.remove_hook(ZERO_HOOK)
     return (marks[-1] - marks[1]) / (len(marks) - 2)
 
 

@@ -15,7 +15,8 @@ import torch.distributed as dist
 from ..distributed.env import default_device, ensure_process_group
 from ..distributed.protocol import Op
 from ..distributed.topology import Topology
-from ..engine.runtime import AsyncOptions, StageRuntime
+from ..engine.runtime import StageRuntime
+from ..engine.schedule import AsyncOptions
 from ..engine.split import SplitPlan, balanced_ranges, ranges_from_names
 from ..errors import AsyncVidError
 from ..models import adapter_for

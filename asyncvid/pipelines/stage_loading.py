@@ -18,7 +18,7 @@ import torch
 
 from ..distributed.env import default_device, ensure_process_group
 from ..distributed.topology import Topology
-from ..engine.runtime import AsyncOptions
+from ..engine.schedule import AsyncOptions
 from ..errors import AsyncVidError
 from ..models import adapter_for
 from .parallel import ParallelPipeline, ProfileShape, assemble, choose_split

@@ -12,7 +12,8 @@ from __future__ import annotations
 import torch
 
 from asyncvid.engine.adapter import DenoiserCall, StageAdapter
-from asyncvid.engine.runtime import AsyncOptions, StageRuntime
+from asyncvid.engine.runtime import StageRuntime
+from asyncvid.engine.schedule import AsyncOptions
 from asyncvid.engine.split import SplitPlan, balanced_ranges
 from asyncvid.engine.units import Carried, Unit
 
