@@ -1,8 +1,9 @@
 """Rank layout. Ranks form a (cfg, stage) grid: rank = cfg_index * stages + stage.
 
-Today cfg_degree is 1; the grid exists so that a classifier-free-guidance parallel dimension (two
-stage pipelines, one per CFG branch, 2 x N ranks) can be added without renumbering anything.
-Each CFG replica gets its own stage group; rank 0 of the first replica is the driver.
+With classifier-free-guidance parallelism (``cfg_degree`` > 1) there are ``cfg_degree`` stage
+groups side by side, each running the same N stages on its part of the guidance batch. Each group
+has its own stage-0 rank (its *group driver*); rank 0, the first group's, is the driver of the
+whole pipeline: it runs the diffusers loop and hands the other group drivers their parts.
 """
 
 from __future__ import annotations
@@ -38,14 +39,25 @@ class Topology:
     def is_driver(self) -> bool:
         return self.rank == 0
 
+    @property
+    def is_group_driver(self) -> bool:
+        """Stage 0 of a CFG group other than the first: serves rank 0's guidance parts."""
+        return self.stage == 0 and self.cfg_index > 0
+
+    def group_drivers(self) -> list[int]:
+        """Global ranks of the other CFG groups' stage 0 (rank 0's peers for guidance parts)."""
+        return [c * self.stages for c in range(1, self.cfg_degree)]
+
     @classmethod
     def create(cls, stages: int, cfg_degree: int = 1) -> "Topology":
         if stages < 1:
             raise AsyncVidError(f"stages must be >= 1, got {stages}")
+        if cfg_degree < 1:
+            raise AsyncVidError(f"cfg must be >= 1, got {cfg_degree}")
         world, rank = dist.get_world_size(), dist.get_rank()
         if world != stages * cfg_degree:
             raise AsyncVidError(
-                f"world size {world} does not match stages={stages} x cfg_degree={cfg_degree}; "
+                f"world size {world} does not match stages={stages} x cfg={cfg_degree}; "
                 f"launch exactly {stages * cfg_degree} processes"
             )
         topo = cls(stages, cfg_degree, rank, world)

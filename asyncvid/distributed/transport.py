@@ -6,7 +6,8 @@ first skip) travel once. The receiver needs the layout (shapes, dtypes, aliases)
 transfer of a call; it is sent once, as a control message, and then reused for every step.
 
 Every byte sent is counted, split into ``activation`` (boundary tensors), ``control`` (step messages,
-layouts, tree structures) and ``conditioning`` (tensors of conditioning trees and per-step extras).
+layouts, tree structures), ``conditioning`` and ``extras`` (tensors of conditioning trees and of
+per-call extras) and ``guidance`` (guidance parts' latents and predictions between CFG groups).
 Nothing here is collective: no rank ever waits for the whole group.
 """
 
@@ -85,20 +86,22 @@ class Traffic:
     control: int = 0
     conditioning: int = 0  # step-invariant inputs (text embeddings ...), sent once per call
     extras: int = 0  # per-call inputs routed to the stages that consume them (ControlNet residuals)
+    guidance: int = 0  # guidance parts' latents and predictions between CFG groups' drivers
     messages: int = 0
     per_step: list[int] = field(default_factory=list)  # activation bytes sent in each executed step
 
     def snapshot(self) -> dict:
         return {"activation_bytes": self.activation, "control_bytes": self.control,
-                "conditioning_bytes": self.conditioning, "extras_bytes": self.extras, "messages": self.messages,
+                "conditioning_bytes": self.conditioning, "extras_bytes": self.extras,
+                "guidance_bytes": self.guidance, "messages": self.messages,
                 "activation_bytes_per_step": list(self.per_step)}
 
 
 class StateLink:
     """One direction of one edge (this rank -> peer, or peer -> this rank) for carried states."""
 
-    def __init__(self, peer: int, device: torch.device, traffic: Traffic):
-        self.peer, self.device, self.traffic = peer, device, traffic
+    def __init__(self, peer: int, device: torch.device, traffic: Traffic, kind: str = "activation"):
+        self.peer, self.device, self.traffic, self.kind = peer, device, traffic, kind
         self.layout: Layout | None = None
         self._pending: list = []
 
@@ -118,7 +121,7 @@ class StateLink:
         buffers = pack(tensors, self.layout)
         for buf in buffers:
             self._pending.append(dist.isend(buf, dst=self.peer))
-            self.traffic.activation += buf.numel() * buf.element_size()
+            setattr(self.traffic, self.kind, getattr(self.traffic, self.kind) + buf.numel() * buf.element_size())
             self.traffic.messages += 1
         self._keep = buffers  # buffers must outlive the send
 

@@ -18,6 +18,7 @@ call signature, used by the hook layer
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -105,34 +106,56 @@ class StageAdapter:
         raise NotImplementedError
 
     # ----- the guidance batch (classifier-free guidance over several stage groups) -------------
-    def split_batch(self, call: DenoiserCall, parts: int) -> list[DenoiserCall]:
-        """``call`` as ``parts`` calls over equal slices of its batch (the guidance branches), in
-        order. Every tensor of the conditioning and extras is batch-major in the families so far
-        (``(B, ...)`` or ``(B*F, ...)``), so each is cut along dim 0; a family with other layouts
-        overrides this. The timestep is shared."""
+    def guidance_layout(self, setup: Any, degree: int) -> tuple[list[int], list[Any]]:
+        """How ``degree`` stage groups share the guidance batch of a pass whose module setup is
+        ``setup``: the branches each group takes (``split_batch`` shares) and the module setup each
+        group computes with. By default the batch is cut into ``degree`` equal parts that all use the
+        pass's setup; a family whose modules themselves cut the batch (PAG's processors) overrides it."""
+        return [1] * degree, [setup] * degree
+
+    def split_batch(self, call: DenoiserCall, shares) -> list[DenoiserCall]:
+        """``call`` as consecutive slices of its batch (the guidance branches), in order: ``shares``
+        is a number of equal parts or a list of relative sizes (``[2, 1]``: two thirds, one third).
+        Every tensor of the conditioning and extras is batch-major in the families so far (``(B, ...)``
+        or ``(B*F, ...)``), so each is cut along dim 0; a family with other layouts overrides this.
+        The timestep is shared."""
         from torch.utils._pytree import tree_map
 
-        batch = call.sample.shape[0]
-        if parts < 1 or batch % parts:
-            raise AsyncVidError(f"a denoiser batch of {batch} cannot be split into {parts} equal guidance parts")
+        shares = [1] * shares if isinstance(shares, int) else list(shares)
+        total, batch = sum(shares), call.sample.shape[0]
+        if not shares or min(shares) < 1 or batch % total:
+            raise AsyncVidError(f"a denoiser batch of {batch} cannot be split into {len(shares)} guidance parts "
+                                f"of {':'.join(map(str, shares))}")
+        bounds = [sum(shares[:i]) for i in range(len(shares) + 1)]
 
         def piece(i):
             def cut(x):
                 if not torch.is_tensor(x):
                     return x
-                if x.ndim == 0 or x.shape[0] % parts:
+                if x.ndim == 0 or x.shape[0] % total:
                     raise AsyncVidError(f"cannot split a conditioning tensor of shape {tuple(x.shape)} into "
-                                        f"{parts} parts along its batch")
-                size = x.shape[0] // parts
-                return x[i * size:(i + 1) * size]
+                                        f"{len(shares)} guidance parts along its batch")
+                unit = x.shape[0] // total
+                return x[bounds[i] * unit:bounds[i + 1] * unit]
             return cut
 
         return [DenoiserCall(piece(i)(call.sample), call.timestep, tree_map(piece(i), call.cond), call.return_dict,
-                             tree_map(piece(i), call.extras)) for i in range(parts)]
+                             tree_map(piece(i), call.extras)) for i in range(len(shares))]
 
     def merge_predictions(self, predictions: list[torch.Tensor]) -> torch.Tensor:
         """The predictions of :meth:`split_batch`'s parts, back as one batch."""
         return torch.cat(predictions, dim=0)
+
+    @contextmanager
+    def module_setup_applied(self, setup: Any):
+        """This rank's modules with ``setup`` applied for the duration of the block, then as before
+        (the driver computing its guidance part with other processors than the pipeline set)."""
+        before = self.module_setup()
+        self.apply_module_setup(setup)
+        try:
+            yield
+        finally:
+            self.apply_module_setup(before)
 
     # ----- convenience ---------------------------------------------------------------------
     def run_all(self, call: DenoiserCall) -> torch.Tensor:

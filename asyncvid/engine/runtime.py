@@ -79,6 +79,7 @@ class StageRuntime:
         self._tag_pattern: list[int] = [0]  # workers: the call tags of one step, as last seen
         self._tags_this_step: list[int] = []
         self._setup_sent: Any = None  # driver: the module setup the workers have
+        self.local_setup: Any = None  # driver: a module setup its own stage computes with (a guidance part's)
 
     # ------------------------------------------------------------------ shared
     def _stream(self, tag: int) -> _CallStream:
@@ -112,13 +113,20 @@ class StageRuntime:
     def _compute(self, stream: _CallStream, timestep: torch.Tensor, state: Carried, extras=None) -> Carried:
         cond = stream.cond if not extras else {**stream.cond, **extras}
         ctx = self.adapter.context(stream.sample_shape, timestep, cond)
-        return run_units(self.units, ctx, state)
+        if self.local_setup is None:
+            return run_units(self.units, ctx, state)
+        with self.adapter.module_setup_applied(self.local_setup):
+            return run_units(self.units, ctx, state)
 
     def _send_on(self, stream: _CallStream, action: StepAction, out: Carried) -> None:
         if "send_next" in stream.links and (action.kind == SEQUENTIAL or not action.last_round):
             stream.links["send_next"].isend(out.tensors())
         if "send_eps" in stream.links:
             stream.links["send_eps"].isend([self.adapter.prediction(out)])
+
+    def reuses(self, step: int) -> bool:
+        """Whether ``step`` of the current pass reuses the previous prediction (stride > 1)."""
+        return self._action(step).kind == REUSE
 
     def _count_step(self, before: int) -> None:
         self.steps_executed += 1

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from ..engine.adapter import StageAdapter
+from .pag_parts import pag_layout
 
 
 def _lora_layer(module) -> bool:
@@ -76,8 +77,8 @@ def first_difference(before: tuple, after: tuple) -> str:
 
 
 def _processor(module_path: str, qualname: str, attrs: dict):
-    if module_path.split(".")[0] != "diffusers":  # only diffusers' own processors are rebuilt by name
-        raise ValueError(f"attention processor {module_path}.{qualname} is not one of diffusers'")
+    if module_path.split(".")[0] not in ("diffusers", "asyncvid"):  # only known processors are rebuilt by name
+        raise ValueError(f"attention processor {module_path}.{qualname} is not one of diffusers' or asyncvid's")
     cls = getattr(importlib.import_module(module_path), qualname)
     processor = cls()
     vars(processor).update(attrs)
@@ -113,3 +114,8 @@ class DiffusersAdapter(StageAdapter):
 
     def apply_module_setup(self, setup: dict[str, Any]) -> None:
         apply_synced_state(self.model, setup)
+
+    def guidance_layout(self, setup, degree):
+        """PAG's processors cut the batch into their branches themselves: each CFG group gets
+        processors for the branches it holds (``pag_parts.py``); otherwise equal parts."""
+        return pag_layout(setup, degree) or super().guidance_layout(setup, degree)

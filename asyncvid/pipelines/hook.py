@@ -10,7 +10,10 @@ diffusers-specific, once, and hands the engine tensors:
    ``callback_on_step_end``); several calls in one step get call tags 0, 1, ...;
 3. at the first call of a denoising pass it reads the pass's timesteps from the scheduler
    (aligned to the first timestep the loop passes, so video-to-video's shortened schedule is right);
-4. ``runtime.drive`` returns the prediction tensor, which the adapter wraps as the model's output.
+4. ``engine.drive`` returns the prediction tensor, which the adapter wraps as the model's output.
+
+The engine is the rank's ``StageRuntime``, or with ``cfg`` > 1 the ``GuidanceFanout`` that cuts the
+call into guidance parts over the stage groups; both take the same calls.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import torch
 from diffusers.hooks import HookRegistry, ModelHook
 
 from ..engine.adapter import StageAdapter
+from ..engine.guidance import GuidanceFanout
 from ..engine.runtime import StageRuntime
 from ..errors import AsyncVidError
 from ..models.module_sync import first_difference, fixed_state
@@ -63,9 +67,9 @@ def pass_timesteps(scheduler, first: torch.Tensor) -> torch.Tensor:
 class StagesHook(ModelHook):
     """Replaces the denoiser's forward on the driver by the distributed stage runtime."""
 
-    def __init__(self, runtime: StageRuntime, adapter: StageAdapter, loop: LoopPosition, pipe):
+    def __init__(self, engine: StageRuntime | GuidanceFanout, adapter: StageAdapter, loop: LoopPosition, pipe):
         super().__init__()
-        self.runtime, self.adapter, self.loop, self.pipe = runtime, adapter, loop, pipe
+        self.engine, self.adapter, self.loop, self.pipe = engine, adapter, loop, pipe
         self.state = fixed_state(adapter.model)
 
     def _check_module_state(self) -> None:
@@ -81,14 +85,14 @@ class StagesHook(ModelHook):
     def new_forward(self, module, *args, **kwargs):
         call = self.adapter.split_call(args, kwargs)
         loop = self.loop
-        if not loop.in_pass or (loop.calls_in_step == 0 and loop.step >= self.runtime.total):
+        if not loop.in_pass or (loop.calls_in_step == 0 and loop.step >= self.engine.total):
             # the first call of a pipeline call, or the loop started over (FreeInit runs it several times)
             self._check_module_state()
             loop.step, loop.in_pass = 0, True
-            self.runtime.begin(pass_timesteps(self.pipe.scheduler, call.timestep), self.adapter.module_setup())
+            self.engine.begin(pass_timesteps(self.pipe.scheduler, call.timestep), self.adapter.module_setup())
         tag = loop.calls_in_step
         loop.calls_in_step += 1
-        eps = self.runtime.drive(loop.step, call, tag)
+        eps = self.engine.drive(loop.step, call, tag)
         return self.adapter.wrap_output(eps, call.return_dict)
 
 

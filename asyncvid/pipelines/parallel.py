@@ -15,6 +15,7 @@ import torch.distributed as dist
 from ..distributed.env import default_device, ensure_process_group
 from ..distributed.protocol import Op
 from ..distributed.topology import Topology
+from ..engine.guidance import GuidanceBranch, GuidanceFanout
 from ..engine.runtime import StageRuntime
 from ..engine.schedule import AsyncOptions
 from ..engine.split import SplitPlan, balanced_ranges, ranges_from_names
@@ -48,9 +49,11 @@ class ProfileShape:
         return self.height or default_h, self.width or default_w
 
     @classmethod
-    def parse(cls, value) -> "ProfileShape":
+    def parse(cls, value, cfg: int = 1) -> "ProfileShape":
+        """From None (the default), a ProfileShape or a dict; with ``cfg`` groups each stage runs
+        a ``cfg``-th of the default guidance batch."""
         if value is None:
-            return cls()
+            return cls(batch=max(1, cls.batch // cfg))
         if isinstance(value, ProfileShape):
             return value
         return cls(**value)
@@ -102,8 +105,14 @@ class ParallelPipeline:
         self.pipe, self.adapter, self.runtime, self.topo, self.plan = pipe, adapter, runtime, topo, plan
         self.loop = hook.LoopPosition()
         self._closed = False
+        # what this rank's calls go through: its stage runtime, or the guidance layer over the CFG groups
+        self.engine = runtime
+        if topo.cfg_degree > 1 and topo.is_driver:
+            self.engine = GuidanceFanout(runtime, adapter, topo)
+        elif topo.is_group_driver:
+            self.engine = GuidanceBranch(runtime, adapter)
         if topo.is_driver:
-            hook.install(adapter.model, hook.StagesHook(runtime, adapter, self.loop, pipe))
+            hook.install(adapter.model, hook.StagesHook(self.engine, adapter, self.loop, pipe))
 
     @property
     def is_driver(self) -> bool:
@@ -120,8 +129,8 @@ class ParallelPipeline:
         if self._closed:
             raise AsyncVidError("this ParallelPipeline was closed")
         if not self.is_driver:
-            op = self.runtime.follow()
-            if op == Op.UNDO:
+            op = self.engine.follow()
+            if op == Op.UNDO and self.topo.cfg_index == 0:  # the other CFG groups hold copies
                 gather_weights(self.adapter, self.plan, self.topo, self.runtime.device)
             if op != Op.END_CALL:
                 self._closed = True
@@ -136,7 +145,7 @@ class ParallelPipeline:
             raise
         finally:
             if not failed_in_step:
-                self.runtime.end_call()
+                self.engine.end_call()
 
     def _track_steps(self, kwargs):
         """Step index from the pipeline loop: the loop's own callback reports each finished step."""
@@ -160,7 +169,7 @@ class ParallelPipeline:
     def close(self) -> None:
         """Driver: release the workers from :meth:`serve`."""
         if self.is_driver and not self._closed:
-            self.runtime.release_workers(Op.SHUTDOWN)
+            self.engine.release_workers(Op.SHUTDOWN)
         self._closed = True
 
     def undo(self):
@@ -172,7 +181,7 @@ class ParallelPipeline:
             return None
         if self._closed:
             raise AsyncVidError("this ParallelPipeline was closed")
-        self.runtime.release_workers(Op.UNDO)
+        self.engine.release_workers(Op.UNDO)
         gather_weights(self.adapter, self.plan, self.topo, self.runtime.device)
         hook.remove(self.adapter.model)
         self._closed = True
@@ -183,20 +192,22 @@ class ParallelPipeline:
 
 
 def parallelize(pipe, stages: int = 2, stride: int = 1, warmup: int = 1, split="auto", time_shift: bool = False,
-                profile_shape=None, release: bool = True) -> ParallelPipeline:
+                profile_shape=None, release: bool = True, cfg: int = 1) -> ParallelPipeline:
     """Run ``pipe``'s denoiser as ``stages`` AsyncDiff stages, one per rank of the process group.
 
     Every rank calls this with the same arguments (the group is created from the torchrun /
     accelerate / srun environment if needed). ``split`` is ``"auto"`` (balanced from a profile of
-    ``profile_shape``) or a list, per stage, of module names relative to the denoiser.
+    ``profile_shape``) or a list, per stage, of module names relative to the denoiser. ``cfg`` > 1
+    runs that many stage groups side by side (``stages x cfg`` ranks), each on its part of the
+    guidance batch: exact, since the guidance branches are independent (``engine/guidance.py``).
     """
     options = AsyncOptions(stride=stride, warmup=warmup, time_shift=time_shift)
     options.validate(stages)
     ensure_process_group()
-    topo = Topology.create(stages)
+    topo = Topology.create(stages, cfg)
     device = default_device()
     adapter = adapter_for(pipe.unet)
-    plan = choose_split(adapter, split, stages, topo, device, ProfileShape.parse(profile_shape), pipe.unet.dtype,
+    plan = choose_split(adapter, split, stages, topo, device, ProfileShape.parse(profile_shape, cfg), pipe.unet.dtype,
                         driver_work=lambda *shape: driver_seconds(pipe, adapter, *shape))
     return assemble(pipe, adapter, plan, topo, device, options, release)
 

@@ -114,8 +114,27 @@ def render_variant(kind: str, options: dict, setup=None, lora_dir=None, changes=
         frames.append(None if out is None else out.frames)
     stats = {"ranges": ppipe.plan.ranges, "held": materialized_parameters(ppipe.unet),
              "traffic": ppipe.traffic.snapshot(), "calls_with_extras": ppipe.runtime.calls_with_extras,
-             "steps_executed": ppipe.runtime.steps_executed}
+             "steps_executed": ppipe.runtime.steps_executed, "shares": getattr(ppipe.engine, "shares", None)}
     all_stats = [None] * ppipe.topo.world_size
     torch.distributed.all_gather_object(all_stats, stats)
     return {"frames": frames, "stats": all_stats} if ppipe.is_driver else None
 
+
+
+def render_without_guidance(kind: str, options: dict):
+    """Every rank: ``kind`` parallelized; the driver first calls it with guidance off (one line
+    expected), then with guidance on: the pipeline must still serve. Returns the line and the frames."""
+    from asyncvid.utils import one_line
+
+    ppipe = asyncvid.parallelize(prepared(kind), **options)
+    result = {}
+    if ppipe.is_driver:
+        try:
+            ppipe(**call_of(kind, overrides={"guidance_scale": 1.0}), generator=torch.Generator().manual_seed(0))
+        except Exception as exc:  # noqa: BLE001 - the line is the result
+            result["error"] = one_line(exc)
+        result["frames"] = ppipe(**call_of(kind), generator=torch.Generator().manual_seed(0)).frames
+    else:
+        ppipe(None)
+        ppipe(None)
+    return result if ppipe.is_driver else None

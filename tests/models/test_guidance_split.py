@@ -11,7 +11,7 @@ from asyncvid.errors import AsyncVidError
 from asyncvid.models import adapter_for
 
 
-def first_denoiser_call(kind: str):
+def first_denoiser_call(kind: str, overrides: dict | None = None):
     """The arguments the ``kind`` pipeline passes to its denoiser at its first step."""
     pipe = build_variant(kind)
     seen = []
@@ -23,13 +23,12 @@ def first_denoiser_call(kind: str):
 
     pipe.unet.register_forward_pre_hook(grab, with_kwargs=True)
     with pytest.raises(StopIteration):
-        pipe(**variant_call(kind, steps=2), generator=torch.Generator().manual_seed(0))
+        pipe(**dict(variant_call(kind, steps=2), **(overrides or {})), generator=torch.Generator().manual_seed(0))
     adapter = adapter_for(pipe.unet)
     return adapter, adapter.split_call(*seen[0])
 
 
-# Not PAG: its perturbed-attention processors cut the batch into its three branches themselves, so
-# a part of one branch cannot run with them; PAG needs per-part processors (issue 13).
+# PAG is below: its perturbed-attention processors cut the batch into its branches themselves.
 @pytest.mark.parametrize("kind,parts", [("t2v", 2), ("sdxl", 2), ("controlnet", 2), ("sparsectrl", 2),
                                         ("v2v-controlnet", 2), ("svd", 2)])
 def test_guidance_parts_together_equal_the_whole_batch(kind, parts, one_thread):
@@ -52,5 +51,37 @@ def test_guidance_parts_together_equal_the_whole_batch(kind, parts, one_thread):
 
 def test_an_uneven_split_is_one_line(one_thread):
     adapter, call = first_denoiser_call("t2v")
-    with pytest.raises(AsyncVidError, match="cannot be split into 3 equal guidance parts"):
+    with pytest.raises(AsyncVidError, match="cannot be split into 3 guidance parts"):
         adapter.split_batch(call, 3)
+
+
+@pytest.mark.parametrize("guidance,degree,shares", [(7.5, 2, [2, 1]), (7.5, 3, [1, 1, 1]), (1.0, 2, [1, 1])])
+def test_pag_parts_with_their_own_processors_equal_the_whole_batch(guidance, degree, shares, one_thread):
+    """Each part runs with processors for the branches it holds (plain attention, or identity attention
+    for the perturbed branch alone); together they equal PAG's own processors on the whole batch."""
+    seen = {}
+    adapter, call = first_denoiser_call("pag", {"guidance_scale": guidance})
+    setup = adapter.module_setup()  # PAG's processors were in place at the first call; the hook kept them
+    layout_shares, setups = adapter.guidance_layout(setup, degree)
+    assert layout_shares == shares and call.sample.shape[0] == sum(shares)
+    with torch.no_grad():
+        whole = adapter.run_all(call)
+        parts = []
+        for part, part_setup in zip(adapter.split_batch(call, shares), setups):
+            with adapter.module_setup_applied(part_setup):
+                parts.append(adapter.run_all(part))
+            seen.setdefault("restored", adapter.module_setup() == setup)
+        merged = adapter.merge_predictions(parts)
+    assert float((merged - whole).abs().max()) <= 1e-5
+    assert seen["restored"]  # the pipeline's processors are back after each part
+    # the perturbed part alone, with plain attention, would be another prediction
+    with torch.no_grad(), adapter.module_setup_applied(setups[0]):
+        plain_last = adapter.run_all(adapter.split_batch(call, shares)[-1])
+    assert float((plain_last - parts[-1]).abs().max()) > 1e-4
+
+
+def test_more_groups_than_pag_branches_is_one_line():
+    from asyncvid.models.pag_parts import branch_shares
+
+    with pytest.raises(AsyncVidError, match="cfg=3 needs 3 guidance branches"):
+        branch_shares(("conditional", "perturbed"), 3)

@@ -1,0 +1,168 @@
+"""Classifier-free-guidance parallelism: several stage groups, one per part of the guidance batch.
+
+The guidance branches of a denoiser call (unconditional and conditional halves, PAG's perturbed
+branch) are independent computations, so cutting the batch between stage groups is exact. Rank 0
+(:class:`GuidanceFanout`) keeps the first part for its own group and hands each other group's
+driver (:class:`GuidanceBranch`, stage 0 of that group) its part; each group runs its own stage
+pipeline (``StageRuntime``, with its own stale states); rank 0 joins the predictions in batch order.
+
+What travels to a group driver, point to point, with the step protocol's messages: the pass's
+timesteps and the part's module setup at ``BEGIN``; per executed call a step message, the part of
+the latent, the part of the conditioning when its content changed, the part of the extras. Back
+comes the part's prediction. Both directions are counted as ``guidance`` bytes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..distributed.protocol import FIELDS, Op, StepMessage
+from ..distributed.topology import Topology
+from ..distributed.transport import StateLink, recv_message, recv_tree, send_message, send_tree
+from ..errors import AsyncVidError
+from .adapter import DenoiserCall, StageAdapter
+from .conditioning import ConditioningVersion
+from .runtime import StageRuntime
+
+
+class _Peer:
+    """Rank 0's view of one other group's driver."""
+
+    def __init__(self, rank: int, runtime: StageRuntime):
+        self.rank = rank
+        self.sample = StateLink(rank, runtime.device, runtime.traffic, kind="guidance")
+        self.eps = StateLink(rank, runtime.device, runtime.traffic, kind="guidance")
+        self.versions: dict[int, ConditioningVersion] = {}
+
+
+class GuidanceFanout:
+    """Rank 0 with ``cfg`` > 1: the same ``begin`` / ``drive`` / ``end_call`` as a ``StageRuntime``,
+    each call cut into guidance parts over the stage groups."""
+
+    def __init__(self, runtime: StageRuntime, adapter: StageAdapter, topo: Topology):
+        self.runtime, self.adapter, self.degree = runtime, adapter, topo.cfg_degree
+        self.peers = [_Peer(rank, runtime) for rank in topo.group_drivers()]
+        self.shares: list[int] = [1] * self.degree
+        self.last: dict[int, torch.Tensor] = {}  # merged prediction per call tag (reused by stride)
+        self._sent: list = []
+
+    @property
+    def total(self) -> int:
+        return self.runtime.total
+
+    @property
+    def steps_executed(self) -> int:
+        return self.runtime.steps_executed
+
+    def _tell(self, peer: _Peer, message: StepMessage, timestep: torch.Tensor | None = None) -> None:
+        send_message(message.encode(self.runtime.device, timestep), peer.rank, self.runtime.traffic, self._sent)
+
+    def _drain(self) -> None:
+        for work, _ in self._sent:
+            work.wait()
+        self._sent.clear()
+
+    def begin(self, timesteps: torch.Tensor, setup: Any = None) -> None:
+        self._drain()
+        self.shares, setups = self.adapter.guidance_layout(setup, self.degree)
+        timesteps = timesteps.detach().reshape(-1)
+        for peer, part_setup in zip(self.peers, setups[1:]):
+            peer.sample.reset()
+            peer.eps.reset()
+            self._tell(peer, StepMessage(Op.BEGIN, total=len(timesteps)))
+            send_tree({"timesteps": timesteps, "setup": part_setup}, peer.rank, self.runtime.device,
+                      self.runtime.traffic, "control")
+        self.last.clear()
+        self.runtime.local_setup = setups[0] if setups[0] != setup else None
+        self.runtime.begin(timesteps, setups[0])
+
+    def drive(self, step: int, call: DenoiserCall, tag: int = 0) -> torch.Tensor:
+        if self.runtime.timesteps is not None and 0 <= step < self.total and self.runtime.reuses(step):
+            if tag not in self.last:
+                raise AsyncVidError(f"step {step} reuses a prediction that call tag {tag} never made")
+            return self.last[tag]
+        batch = call.sample.shape[0]
+        if batch % sum(self.shares):
+            raise AsyncVidError(
+                f"cfg={self.degree} splits the guidance batch across stage groups, but this denoiser call has "
+                f"batch {batch}, not a multiple of {sum(self.shares)} branches (guidance off: guidance_scale <= 1, "
+                "or a guidance-distilled model); use cfg=1")
+        parts = self.adapter.split_batch(call, self.shares)
+        self._drain()
+        for peer, part in zip(self.peers, parts[1:]):
+            version = peer.versions.setdefault(tag, ConditioningVersion())
+            changed = version.update((tuple(part.sample.shape), part.cond))
+            message = StepMessage(Op.STEP, step, -1, tag, version.version, int(bool(part.extras)),
+                                  timestep_dtype=part.timestep.dtype)
+            self._tell(peer, message, part.timestep)
+            peer.sample.isend([part.sample])
+            if changed:
+                send_tree(part.cond, peer.rank, self.runtime.device, self.runtime.traffic)
+            if part.extras:
+                send_tree(part.extras, peer.rank, self.runtime.device, self.runtime.traffic, "extras")
+        pending = [peer.eps.irecv() for peer in self.peers]
+        first = self.runtime.drive(step, parts[0], tag)
+        eps = self.adapter.merge_predictions([first] + [p.wait()[0] for p in pending])
+        self.last[tag] = eps
+        return eps
+
+    def _release(self, op: Op) -> None:
+        self._drain()
+        for peer in self.peers:
+            peer.sample.wait()
+            self._tell(peer, StepMessage(op))
+        self._drain()
+
+    def end_call(self) -> None:
+        self.runtime.end_call()
+        self._release(Op.END_CALL)
+
+    def release_workers(self, op: Op = Op.SHUTDOWN) -> None:
+        self.runtime.release_workers(op)
+        self._release(op)
+
+
+class GuidanceBranch:
+    """Stage 0 of a CFG group other than the first: runs rank 0's guidance parts through its group."""
+
+    def __init__(self, runtime: StageRuntime, adapter: StageAdapter):
+        self.runtime, self.adapter = runtime, adapter
+        device, traffic = runtime.device, runtime.traffic
+        self.sample = StateLink(0, device, traffic, kind="guidance")
+        self.eps = StateLink(0, device, traffic, kind="guidance")
+        self.conds: dict[int, tuple[int, Any]] = {}  # call tag -> (version, conditioning part)
+
+    @property
+    def steps_executed(self) -> int:
+        return self.runtime.steps_executed
+
+    def follow(self) -> Op:
+        """Serve one pipeline call of rank 0; returns ``END_CALL``, ``SHUTDOWN`` or ``UNDO``."""
+        device = self.runtime.device
+        while True:
+            message = StepMessage.decode(recv_message(0, FIELDS, device))
+            if message.op == Op.BEGIN:
+                control = recv_tree(0, device)
+                self.sample.reset()
+                self.eps.reset()
+                if control["setup"] is not None:
+                    self.adapter.apply_module_setup(control["setup"])
+                self.runtime.begin(control["timesteps"], control["setup"])
+                continue
+            if message.op != Op.STEP:
+                self.eps.wait()
+                if message.op == Op.END_CALL:
+                    self.runtime.end_call()
+                else:
+                    self.runtime.release_workers(message.op)
+                return message.op
+            sample = self.sample.irecv().wait()[0]
+            version, cond = self.conds.get(message.call_tag, (None, None))
+            if version != message.cond_version:
+                cond = recv_tree(0, device)
+                self.conds[message.call_tag] = (message.cond_version, cond)
+            extras = recv_tree(0, device) if message.extras else {}
+            call = DenoiserCall(sample, message.timestep_tensor(device), cond, True, extras)
+            self.eps.isend([self.runtime.drive(message.step, call, message.call_tag)])
