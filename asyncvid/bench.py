@@ -65,16 +65,16 @@ def run_baseline(cfg: dict, threads: int, profile: bool = False) -> dict:
     return result
 
 
-def run_parallel_rank(cfg: dict, stages: int, stride: int, warmup: int = 1) -> dict | None:
-    """Runs on every rank (launched by :func:`asyncvid.launch.launch_local`)."""
+def run_parallel_rank(cfg: dict, stages: int, stride: int, warmup: int = 1, groups: int = 1) -> dict | None:
+    """Runs on every rank (launched by :func:`asyncvid.launch.launch_local`); ``groups``: CFG groups."""
     import torch.distributed as dist
 
     from .pipelines.parallel import parallelize
 
     pipe = _build(cfg)
     latent = cfg["latent"]
-    ppipe = parallelize(pipe, stages=stages, stride=stride, warmup=warmup, split="auto",
-                        profile_shape=dict(frames=cfg["frames"], height=latent, width=latent, batch=2))
+    ppipe = parallelize(pipe, stages=stages, stride=stride, warmup=warmup, split="auto", cfg=groups,
+                        profile_shape=dict(frames=cfg["frames"], height=latent, width=latent, batch=2 // groups))
     if ppipe.is_driver:
         result = _measure(ppipe, cfg, warmup=warmup, repeats=cfg["repeats"])
         ppipe.close()
@@ -85,13 +85,15 @@ def run_parallel_rank(cfg: dict, stages: int, stride: int, warmup: int = 1) -> d
         peak = phase_peak_mib()
     t = ppipe.traffic
     rows = [None] * dist.get_world_size()
-    dist.all_gather_object(rows, (peak, t.activation, t.activation + t.control + t.conditioning))
+    dist.all_gather_object(rows, (peak, t.activation, t.activation + t.control + t.conditioning + t.guidance,
+                                   t.guidance))
     if not ppipe.is_driver:
         return None
     steps = (1 + cfg["repeats"]) * cfg["steps"]  # every call of the run: set-up call + timed calls
     result.update(peak_rss_mib=[r[0] for r in rows], plan=ppipe.plan.to_dict(),
                   bytes_sent_per_rank=[r[2] for r in rows],
-                  activation_bytes_per_step=sum(r[1] for r in rows) / steps)
+                  activation_bytes_per_step=sum(r[1] for r in rows) / steps,
+                  guidance_bytes_per_step=sum(r[3] for r in rows) / steps)
     return result
 
 
@@ -109,14 +111,14 @@ def hardware() -> dict:
 def run_bench(preset: str = "small", frames: int = 8, latent: int = 16, steps: int = 12, warmup: int = 1,
               repeats: int = 2, configs: list[tuple] | None = None, log=print, model: str = "animatediff",
               memory: bool = True, dtype: str = "float32") -> dict:
-    """Baselines, then every (stages, stride[, warmup]) configuration, each with the planner's
+    """Baselines, then every (stages, stride[, warmup[, cfg]]) configuration, each with the planner's
     prediction from the one-thread profile beside the measurement."""
     from .launch import launch_local
     from .planner.report import predict_from
 
     cfg = dict(model=model, preset=preset, frames=frames, latent=latent, steps=steps, warmup=warmup, repeats=repeats,
                dtype=dtype)
-    configs = [tuple(c) + (warmup,) * (3 - len(c)) for c in (configs or [(1, 1), (1, 2), (2, 1), (2, 2)])]
+    configs = [(tuple(c) + (warmup, 1)[len(c) - 2:])[:4] for c in (configs or [(1, 1), (1, 2), (2, 1), (2, 2)])]
     report = {"config": dict(cfg, cfg_guidance=True, batch=2), "hardware": hardware(), "results": []}
     one = launch_local(run_baseline, 1, cfg, 1, True, threads_per_rank=1)
     profile = report["profile"] = one.pop("profile")
@@ -133,23 +135,23 @@ def run_bench(preset: str = "small", frames: int = 8, latent: int = 16, steps: i
     # with the one-thread baseline measured right before and right after it (their mean).
     before = one
     runs = report["baselines"]["one_thread_runs"] = [dict(per_step_s=one["per_step_s"], denoise_s=one["denoise_s"])]
-    for stages, stride, wu in configs:
-        res = launch_local(run_parallel_rank, stages, cfg, stages, stride, wu)
+    for stages, stride, wu, groups in configs:
+        res = launch_local(run_parallel_rank, stages * groups, cfg, stages, stride, wu, groups)
         after = launch_local(run_baseline, 1, cfg, 1, threads_per_rank=1)
         runs.append(dict(per_step_s=after["per_step_s"], denoise_s=after["denoise_s"]))
         ref = {k: (before[k] + after[k]) / 2 for k in ("per_step_s", "denoise_s")}
         before = after
         ranges = [tuple(r) for r in res["plan"]["ranges"]]
-        pred = predict_from(profile, stages, stride, wu, steps, link, ranges)
-        res.update(stages=stages, stride=stride, warmup=wu, shares_cores=stages > cores,
+        pred = predict_from(profile, stages, stride, wu, steps, link, ranges, cfg=groups)
+        res.update(stages=stages, stride=stride, warmup=wu, cfg=groups, shares_cores=stages * groups > cores,
                    one_thread_reference=ref,
                    speedup_vs_one_thread=ref["per_step_s"] / res["per_step_s"],
                    speedup_vs_all_cores=allc["per_step_s"] / res["per_step_s"],
                    end_to_end_speedup_vs_one_thread=ref["denoise_s"] / res["denoise_s"],
                    predicted=dict(per_step_s=pred.per_step_s, speedup_per_step=pred.speedup_per_step,
-                                  speedup_per_video=pred.speedup_per_video, stage_s=pred.stage_s))
+                                  speedup_per_video=pred.speedup_per_video, stage_s=pred.stage_s, cfg=pred.cfg))
         report["results"].append(res)
-        log(f"stages={stages} stride={stride} warmup={wu}: {res['per_step_s'] * 1000:.1f} ms/step "
+        log(f"stages={stages} stride={stride} warmup={wu} cfg={groups}: {res['per_step_s'] * 1000:.1f} ms/step "
             f"(1 thread around it: {ref['per_step_s'] * 1000:.1f}), "
             f"{res['speedup_vs_one_thread']:.2f}x vs 1 thread (predicted {pred.speedup_per_step:.2f}x), "
             f"{res['speedup_vs_all_cores']:.2f}x vs {cores} threads")
@@ -161,7 +163,7 @@ def _link(configs, log):
     has more than one stage."""
     from .planner.links import LINKS, measure_local_link
 
-    if not any(c[0] > 1 for c in configs):
+    if not any(c[0] * (c[3] if len(c) > 3 else 1) > 1 for c in configs):
         return LINKS["loopback"]
     link = measure_local_link()
     log(f"link between two local ranks: {link.latency_s * 1e6:.0f} us latency, {link.bytes_per_s / 1e9:.2f} GB/s")
@@ -183,8 +185,9 @@ def markdown(report: dict) -> str:
     for r in report["results"]:
         p = r["predicted"]
         note = " (cores shared)" if r.get("shares_cores") else ""
+        groups = f" cfg={r['cfg']}" if r.get("cfg", 1) > 1 else ""
         rows.append(
-            f"| N={r['stages']} S={r['stride']} warm-up {r['warmup']}{note} | {r['per_step_s'] * 1e3:.1f} | "
+            f"| N={r['stages']} S={r['stride']}{groups} warm-up {r['warmup']}{note} | {r['per_step_s'] * 1e3:.1f} | "
             f"{r['denoise_s']:.2f} | {r['speedup_vs_one_thread']:.2f}x ({p['speedup_per_step']:.2f}x) | "
             f"{r['speedup_vs_all_cores']:.2f}x | {r['end_to_end_speedup_vs_one_thread']:.2f}x "
             f"({p['speedup_per_video']:.2f}x) | {r['activation_bytes_per_step'] / 2**20:.2f} | "

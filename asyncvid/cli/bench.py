@@ -29,8 +29,9 @@ def add_bench_parser(subparsers) -> None:
     p.add_argument("--warmup", type=int, default=1, help="warm-up of configurations that do not name one")
     p.add_argument("--repeats", type=int, default=2, help="timed calls per configuration; the fastest counts")
     add_device_and_dtype(p)
-    p.add_argument("--configs", nargs="+", metavar="NxS[wW]", default=["1x1", "1x2", "2x1", "2x2"],
-                   help="configurations: stages x stride, optionally w + warm-up, e.g. 2x1 2x2w3 4x1")
+    p.add_argument("--configs", nargs="+", metavar="NxS[wW][cC]", default=["1x1", "1x2", "2x1", "2x2"],
+                   help="configurations: stages x stride, optionally w + warm-up and c + CFG groups (N x C ranks), "
+                        "e.g. 2x1 2x2w3 4x1 1x1c2 2x1c2")
     p.add_argument("--sweep", action="store_true", help=f"run the standard sweep: {' '.join(SWEEP)}")
     p.add_argument("--no-memory", action="store_true", help="skip the memory section (full pipeline vs stage-only ranks)")
     p.add_argument("--memory-only", action="store_true",
@@ -62,12 +63,13 @@ def add_bench_parser(subparsers) -> None:
     q.set_defaults(func=cmd_plan)
 
 
-def parse_config(text: str) -> tuple[int, int, int | None]:
-    match = re.fullmatch(r"(\d+)x(\d+)(?:w(\d+))?", text.lower())
+def parse_config(text: str) -> tuple[int, int, int | None, int]:
+    """``NxS[wW][cC]``: stages x stride, optional warm-up, optional CFG groups (ranks = N x C)."""
+    match = re.fullmatch(r"(\d+)x(\d+)(?:w(\d+))?(?:c(\d+))?", text.lower())
     if not match:
-        raise AsyncVidError(f"--configs: expected STAGESxSTRIDE[wWARMUP] such as 2x1 or 2x2w3, got {text!r}")
-    stages, stride, warmup = match.groups()
-    return int(stages), int(stride), None if warmup is None else int(warmup)
+        raise AsyncVidError(f"--configs: expected STAGESxSTRIDE[wWARMUP][cCFG] such as 2x1, 2x2w3 or 1x1c2, got {text!r}")
+    stages, stride, warmup, groups = match.groups()
+    return int(stages), int(stride), None if warmup is None else int(warmup), int(groups or 1)
 
 
 def cmd_bench(args) -> int:
@@ -77,12 +79,12 @@ def cmd_bench(args) -> int:
 
     apply_device(args)
     configs = [parse_config(c) for c in (SWEEP if args.sweep else args.configs)]
-    configs = [(n, s, args.warmup if w is None else w) for n, s, w in configs]
+    configs = [(n, s, args.warmup if w is None else w, c) for n, s, w, c in configs]
     if args.memory_only:
         from ..memory_bench import run_memory
 
         cfg = dict(model=args.model, preset=args.preset, frames=args.frames, latent=args.latent, dtype=args.dtype)
-        stages = sorted({n for n, _, _ in configs if n > 1}) or [2]
+        stages = sorted({n for n, _, _, _ in configs if n > 1}) or [2]
         write_report({"memory": run_memory(cfg, stages, log=lambda line: print(line, file=sys.stderr))}, args.json)
         return 0
     report = run_bench(args.preset, args.frames, args.latent, args.steps, args.warmup, args.repeats, configs,

@@ -102,7 +102,10 @@ def cmd_fidelity(args) -> int:
     from .bench import parse_config
 
     configs = [parse_config(c) for c in args.configs]
-    configs = [(n, s, 1 if w is None else w) for n, s, w in configs]
+    if any(c > 1 for *_, c in configs):
+        raise AsyncVidError("--configs: CFG groups (cC) render exactly the video of their stages alone; "
+                            "measure the fidelity of NxS[wW]")
+    configs = [(n, s, 1 if w is None else w) for n, s, w, _ in configs]
     shapes = args.prompt is None
     prompts = args.prompt or [prompt_for(*c) for c in held_out_split()[1][: args.prompts]]
     bench = None

@@ -12,7 +12,10 @@ Model (per denoising step, one device per stage, each as fast as the profiling d
   bandwidth each). On links that do (GPUs: a stage receives the next input while it computes the
   current one), only the part of the slowest transfer that outlasts the receiving stage's compute;
 * per step         = round / stride; a video = ``warmup`` sequential steps + the rounds that
-  serve the remaining steps.
+  serve the remaining steps;
+* with ``cfg`` stage groups, each group's stages run on its part of the guidance batch; the
+  round is the slower of rank 0's group (pipeline work, sending the parts) and the others
+  (receiving a part and returning its prediction).
 """
 
 from __future__ import annotations
@@ -42,41 +45,62 @@ class Prediction:
     sequential_video_s: float
     video_s: float
     speedup_per_video: float
+    cfg: int = 1
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
+def _round(stage_s: list[float], cuts: list[int], link: LinkModel) -> tuple[float, float]:
+    """One parallel round of one stage group: (round time, communication not hidden by compute)."""
+    if len(stage_s) == 1:
+        return stage_s[0], 0.0
+    send = [c / link.bytes_per_s + link.latency_s for c in cuts]  # stage k sends cut k
+    compute = stage_s
+    if link.overlaps_compute:
+        receivers = compute[1:] + compute[:1]  # cut k feeds stage k+1; the last feeds the driver
+        exposed = max(max(0.0, t - r) for t, r in zip(send, receivers))
+        return max(stage_s) + exposed + link.latency_s, exposed
+    busy = [s + send[k] + send[k - 1] for k, s in enumerate(stage_s)]  # receive cut k-1, send cut k
+    return max(busy) + link.latency_s, max(busy) - max(stage_s)
+
+
 def predict(costs: list[float], bytes_after_unit: list[int], stages: int, stride: int = 1, warmup: int = 1,
             steps: int = 25, overhead_s: float = 0.0, link: LinkModel = LINKS["loopback"], eps_bytes: int = 0,
-            ranges: list[tuple[int, int]] | None = None) -> Prediction:
+            ranges: list[tuple[int, int]] | None = None, cfg: int = 1, part_costs: list[float] | None = None,
+            guidance_bytes: int = 0) -> Prediction:
     """Predict one configuration. ``bytes_after_unit[i]`` is the carried state's size after unit i;
-    ``eps_bytes`` what the last stage returns to the driver."""
-    if stages < 1 or stride < 1 or warmup < 0 or steps < 1:
-        raise AsyncVidError("stages, stride and steps must be >= 1 and warmup >= 0")
+    ``eps_bytes`` what the last stage returns to the driver (both for the whole guidance batch).
+
+    With ``cfg`` > 1 stage groups, each group runs its units on a ``cfg``-th of the batch
+    (``part_costs``: the units' costs at that batch, measured; default: ``costs / cfg``); rank 0
+    also sends each other group its part of the latent and receives its prediction
+    (``guidance_bytes`` per group and call, both directions together), and only rank 0 does the
+    pipeline's own per-step work."""
+    if stages < 1 or stride < 1 or warmup < 0 or steps < 1 or cfg < 1:
+        raise AsyncVidError("stages, stride, cfg and steps must be >= 1 and warmup >= 0")
     if len(costs) < stages:
         raise AsyncVidError(f"cannot cut {len(costs)} units into {stages} stages")
-    ranges = ranges or balanced_ranges(costs, stages)
-    compute = [sum(costs[a:b]) for a, b in ranges]
+    group_costs = costs if cfg == 1 else (part_costs or [c / cfg for c in costs])
+    ranges = ranges or balanced_ranges(group_costs, stages)
+    compute = [sum(group_costs[a:b]) for a, b in ranges]
     sequential = sum(costs) + overhead_s
-    if stages == 1 and stride == 1:
+    warm_step = sequential  # a warm-up step runs the stages one after the other
+    if stages == 1 and stride == 1 and cfg == 1:
         stage_s, cuts, exposed, round_s = [sequential], [], 0.0, sequential
     else:
-        cuts = [bytes_after_unit[b - 1] for _, b in ranges[:-1]] + ([eps_bytes] if stages > 1 else [])
+        cuts = [bytes_after_unit[b - 1] // cfg for _, b in ranges[:-1]] + ([eps_bytes // cfg] if stages > 1 else [])
         stage_s = [compute[0] + overhead_s * stride] + compute[1:]
-        send = [c / link.bytes_per_s + link.latency_s for c in cuts]  # stage k sends cut k
-        if stages == 1:
-            exposed, round_s = 0.0, stage_s[0]
-        elif link.overlaps_compute:
-            receivers = compute[1:] + compute[:1]  # cut k feeds stage k+1; the last feeds the driver
-            exposed = max(max(0.0, t - r) for t, r in zip(send, receivers))
-            round_s = max(stage_s) + exposed + link.latency_s
-        else:  # stage k receives cut k-1 (the driver: the eps) and sends cut k, on its own core
-            busy = [s + send[k] + send[k - 1] for k, s in enumerate(stage_s)]
-            exposed = max(busy) - max(stage_s)
-            round_s = max(busy) + link.latency_s
+        round_s, exposed = _round(stage_s, cuts, link)
+        if cfg > 1:
+            hop = guidance_bytes / link.bytes_per_s + 2 * link.latency_s  # a part out, its prediction back
+            others, _ = _round(compute, cuts, link)  # the other groups: no pipeline work, the hop on top
+            sends = 0.0 if link.overlaps_compute else (cfg - 1) * guidance_bytes / 2 / link.bytes_per_s
+            round_s = max(round_s + sends, others + hop)
+            warm_step = max(sum(group_costs) + overhead_s + sends, sum(group_costs) + hop)
     per_step = round_s / stride
     warm = min(warmup, steps)
-    video = warm * sequential + math.ceil((steps - warm) / stride) * round_s
+    video = warm * warm_step + math.ceil((steps - warm) / stride) * round_s
     return Prediction(stages, stride, warmup, steps, [tuple(r) for r in ranges], stage_s, cuts, exposed, sequential,
-                      round_s, per_step, sequential / per_step, steps * sequential, video, steps * sequential / video)
+                      round_s, per_step, sequential / per_step, steps * sequential, video, steps * sequential / video,
+                      cfg)

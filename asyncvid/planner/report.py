@@ -57,6 +57,9 @@ def profile_pipeline(pipe, frames: int, latent: int, batch: int = 2) -> dict:
     # step as its overhead.
     forward = _time_forward(adapter, call)
     costs = [c * forward / sum(raw) for c in raw]
+    # CFG-parallel groups each run a part of the batch: the forward at one guidance branch
+    part = adapter.split_batch(call, batch)[0] if batch > 1 else call
+    part_forward = _time_forward(adapter, part) if batch > 1 else forward
     sizes = cut_bytes(type(adapter), pipe.unet, call)
     eps = initial_bytes(adapter, call.sample)
     kwargs = call_kwargs(pipe, frames, latent, steps=4)
@@ -74,6 +77,8 @@ def profile_pipeline(pipe, frames: int, latent: int, batch: int = 2) -> dict:
         "costs_s": costs,
         "bytes_after_unit": sizes,
         "eps_bytes": eps,
+        "sample_bytes": call.sample.numel() * call.sample.element_size(),
+        "part_forward_s": part_forward,  # the forward at batch / ``batch`` (one guidance branch)
         "unit_costs_timed_alone_s": raw,
         "unet_forward_s": forward,
         "pipeline_step_s": per_step,
@@ -107,10 +112,27 @@ def load_profile(path: str) -> dict:
 
 
 def predict_from(profile: dict, stages: int, stride: int = 1, warmup: int = 1, steps: int = 25,
-                 link: LinkModel = LINKS["loopback"], ranges: list[tuple[int, int]] | None = None) -> Prediction:
-    """Predict from a saved profile; ``ranges``: a given split (default: the balanced one)."""
-    return predict(profile["costs_s"], profile["bytes_after_unit"], stages, stride, warmup, steps,
-                   profile["overhead_s"], link, profile.get("eps_bytes", 0), ranges)
+                 link: LinkModel = LINKS["loopback"], ranges: list[tuple[int, int]] | None = None,
+                 cfg: int = 1) -> Prediction:
+    """Predict from a saved profile; ``ranges``: a given split (default: the balanced one); ``cfg``
+    stage groups, each on a ``cfg``-th of the profiled batch (scaled from the profile's one-branch
+    forward when the profile has one, linearly otherwise)."""
+    costs, eps = profile["costs_s"], profile.get("eps_bytes", 0)
+    part_costs = None
+    if cfg > 1:
+        batch = profile.get("shape", {}).get("batch", 2)
+        if batch % cfg:
+            raise AsyncVidError(f"cfg={cfg} does not divide the profile's guidance batch of {batch}")
+        if "part_forward_s" in profile and cfg == batch:
+            scale = profile["part_forward_s"] / sum(costs) if sum(costs) else 0.0
+            part_costs = [c * scale for c in costs]
+    guidance = (profile.get("sample_bytes", eps) + eps) // cfg if cfg > 1 else 0
+    return predict(costs, profile["bytes_after_unit"], stages, stride, warmup, steps, profile["overhead_s"], link, eps,
+                   ranges, cfg, part_costs, guidance)
+
+
+def _groups(cfg: int) -> str:
+    return f" in each of {cfg} CFG groups (one per part of the guidance batch)" if cfg > 1 else ""
 
 
 def describe(profile: dict, pred: Prediction, link: LinkModel) -> str:
@@ -123,7 +145,7 @@ def describe(profile: dict, pred: Prediction, link: LinkModel) -> str:
     lines = [f"profile: {profile['unet']} at batch {shape['batch']} x {shape['frames']} frames x "
              f"{shape['latent']}x{shape['latent']} latents on {profile['device']} ({profile['threads']} thread(s)): "
              f"UNet {total * 1e3:.1f} ms + {profile['overhead_s'] * 1e3:.1f} ms other work per step",
-             f"split into {pred.stages} stage(s), link {link.name} ({link.bytes_per_s / 1e9:g} GB/s):"]
+             f"split into {pred.stages} stage(s){_groups(pred.cfg)}, link {link.name} ({link.bytes_per_s / 1e9:g} GB/s):"]
     for k, (a, b) in enumerate(pred.ranges):
         sent = f", sends {pred.cut_bytes[k] / 2**20:.2f} MiB per round" if k < len(pred.cut_bytes) else ""
         lines.append(f"  stage {k}: {100 * sum(costs[a:b]) / total:5.1f}% ({sum(costs[a:b]) * 1e3:.1f} ms){sent}: "

@@ -51,6 +51,24 @@ def test_cpu_links_add_transfers_to_the_stages():
 
 
 @pytest.mark.multiprocess
+def test_cfg_groups_halve_the_units_and_add_the_parts_round_trip():
+    fast = LinkModel("ideal", 1e30, 0.0)
+    # one stage per group, two groups: each runs half the batch; only rank 0 does the pipeline's work
+    c2 = predict(COSTS, BYTES, 1, steps=10, warmup=1, overhead_s=1.0, link=fast, cfg=2)
+    assert c2.round_s == pytest.approx(10 / 2 + 1.0) and c2.speedup_per_step == pytest.approx(11 / 6)
+    assert c2.video_s == pytest.approx(10 * 6)  # no sequential warm-up with one stage per group
+    # measured part costs win over the halving; the parts' round trip costs on a CPU link
+    part = [c * 0.6 for c in COSTS]
+    cpu = LinkModel("cpu", 100.0, 0.5, overlaps_compute=False)
+    p = predict(COSTS, BYTES, 1, steps=10, overhead_s=1.0, link=cpu, cfg=2, part_costs=part, guidance_bytes=100)
+    hop = 100 / 100.0 + 2 * 0.5
+    assert p.round_s == pytest.approx(max(6.0 + 1.0 + 0.5, 6.0 + hop))  # rank 0 sends 50 B; the other waits out the hop
+    # two stages in each of two groups: the group's cuts carry half the batch
+    s2 = predict(COSTS, BYTES, 2, steps=10, link=fast, cfg=2, eps_bytes=50)
+    assert s2.cut_bytes == [150, 25] and s2.per_step_s == pytest.approx(3.0)
+
+
+@pytest.mark.multiprocess
 def test_measured_local_link():
     from asyncvid.planner.links import measure_local_link
 
@@ -92,16 +110,17 @@ def test_plan_cli_profiles_saves_and_reads_back(tmp_path, capsys):
 @pytest.mark.multiprocess
 def test_bench_reports_every_configuration(tmp_path):
     out, md = tmp_path / "bench.json", tmp_path / "bench.md"
-    configs = ["1x1", "2x1", "2x2w2"]
+    configs = ["1x1", "2x1", "2x2w2", "1x1c2"]
     assert main(["bench", "--preset", "null", "--latent", "4", "--frames", "2", "--steps", "4", "--repeats", "1",
                  "--no-memory", "--configs", *configs, "--json", str(out), "--markdown", str(md)]) == 0
     report = json.loads(out.read_text())
-    got = [(r["stages"], r["stride"], r["warmup"]) for r in report["results"]]
-    assert got == [(1, 1, 1), (2, 1, 1), (2, 2, 2)]
+    got = [(r["stages"], r["stride"], r["warmup"], r["cfg"]) for r in report["results"]]
+    assert got == [(1, 1, 1, 1), (2, 1, 1, 1), (2, 2, 2, 1), (1, 1, 1, 2)]
     for r in report["results"]:
-        assert len(r["peak_rss_mib"]) == r["stages"] and all(m > 0 for m in r["peak_rss_mib"])
-        assert r["per_step_s"] > 0 and r["predicted"]["speedup_per_step"] > 0
+        assert len(r["peak_rss_mib"]) == r["stages"] * r["cfg"] and all(m > 0 for m in r["peak_rss_mib"])
+        assert r["per_step_s"] > 0 and r["predicted"]["speedup_per_step"] > 0 and r["predicted"]["cfg"] == r["cfg"]
         assert (r["activation_bytes_per_step"] > 0) == (r["stages"] > 1)
+        assert (r["guidance_bytes_per_step"] > 0) == (r["cfg"] > 1)
     assert report["profile"]["units"] and report["baselines"]["one_thread"]["per_step_s"] > 0
     # each configuration is compared with the one-thread runs right before and after it
     runs = report["baselines"]["one_thread_runs"]
@@ -110,7 +129,7 @@ def test_bench_reports_every_configuration(tmp_path):
         assert r["one_thread_reference"]["per_step_s"] == pytest.approx((runs[i]["per_step_s"] + runs[i + 1]["per_step_s"]) / 2)
         assert r["speedup_vs_one_thread"] == pytest.approx(r["one_thread_reference"]["per_step_s"] / r["per_step_s"])
     table = md.read_text()
-    assert table.count("\n| N=") == 3 and "| N=2 S=2 warm-up 2 |" in table
+    assert table.count("\n| N=") == 4 and "| N=2 S=2 warm-up 2 |" in table and "| N=1 S=1 cfg=2 warm-up 1 |" in table
 
 
 def test_plan_profiles_in_the_requested_dtype(tmp_path, capsys):
