@@ -21,8 +21,8 @@ from .errors import AsyncVidError, RankFailure
 from .utils import atomic_write, free_port, one_line
 
 
-def _rank_main(rank: int, world: int, port: int, workdir: str, threads: int, fn, args) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
+def _rank_main(rank: int, world: int, port: int, workdir: str, threads: int, fn, args, first_local: int = 0) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(first_local + rank), LOCAL_WORLD_SIZE=str(world),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS=str(threads))
     out = Path(workdir)
     faulthandler.enable()  # a native crash (abort, segfault) still prints where each thread was
@@ -49,14 +49,17 @@ def _rank_main(rank: int, world: int, port: int, workdir: str, threads: int, fn,
     os._exit(0)
 
 
-def launch_local(fn, nprocs: int, *args, threads_per_rank: int = 1, timeout: float | None = None):
-    """Run ``fn(*args)`` on ``nprocs`` local ranks; return rank 0's result."""
+def launch_local(fn, nprocs: int, *args, threads_per_rank: int = 1, timeout: float | None = None,
+                 first_local_rank: int = 0):
+    """Run ``fn(*args)`` on ``nprocs`` local ranks; return rank 0's result. ``first_local_rank``
+    shifts the ranks' ``LOCAL_RANK`` (and so their GPU): groups side by side on one node."""
     if nprocs < 1:
         raise AsyncVidError(f"nprocs must be >= 1, got {nprocs}")
     ctx = mp.get_context("spawn")
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="asyncvid-launch-") as workdir:
-        procs = [ctx.Process(target=_rank_main, args=(r, nprocs, port, workdir, threads_per_rank, fn, args), daemon=False)
+        procs = [ctx.Process(target=_rank_main, args=(r, nprocs, port, workdir, threads_per_rank, fn, args, first_local_rank),
+                             daemon=False)
                  for r in range(nprocs)]
         for p in procs:
             p.start()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 
 from ..errors import AsyncVidError
+from ..utils import atomic_write
 from .options import add_device_and_dtype, apply_device
 
 SWEEP = ["1x1", "1x2", "2x1", "2x2", "2x1w3", "2x2w3", "3x1", "3x2", "4x1", "4x2"]
@@ -41,15 +42,24 @@ def add_bench_parser(subparsers) -> None:
     p.add_argument("--markdown", metavar="FILE", help="also write the table as markdown")
     p.set_defaults(func=cmd_bench)
 
-    q = subparsers.add_parser("plan", help="predict the speed of N devices from a unit profile",
-                              description="Profile the UNet's units on this device (or read a saved profile), choose "
-                                          "the split for N devices, and print each stage's share, the bytes per cut "
-                                          "and the predicted per-step time and speedup on the given link.")
+    q = subparsers.add_parser("plan", help="rank the layouts of D devices (replicas x cfg x stages x stride x warm-up)",
+                              description="Profile the UNet's units on this device (or read a saved profile), predict "
+                                          "every layout of D devices (replicas x CFG groups x stages x stride x "
+                                          "warm-up) on the given link, rank them for --objective, and print the best "
+                                          "one's split: each stage's share, the bytes per cut and the predicted "
+                                          "per-step time. With --fidelity, each layout's measured PSNR beside it. "
+                                          "With --stages, only that configuration.")
     q.add_argument("model", nargs="?", default="shapes-t2v",
                    help="`animatediff`/`svd` presets, a built-in model or a local folder (ignored with --profile)")
-    q.add_argument("--devices", type=int, required=True, metavar="N")
-    q.add_argument("--stride", type=int, default=1)
-    q.add_argument("--warmup", type=int, default=1)
+    q.add_argument("--devices", type=int, required=True, metavar="D")
+    q.add_argument("--objective", choices=["latency", "throughput"], default="latency",
+                   help="latency: fastest single video; throughput: most videos per hour over replicas (default latency)")
+    q.add_argument("--fidelity", metavar="FILE", help="an `asyncvid eval --fidelity --json` report: PSNR per layout")
+    q.add_argument("--min-psnr", type=float, metavar="DB", help="only layouts measured at or above this PSNR (needs --fidelity)")
+    q.add_argument("--stages", type=int, help="predict only this many stages (with --stride, --warmup, --cfg)")
+    q.add_argument("--cfg", type=int, default=1, help="with --stages: CFG groups (default 1)")
+    q.add_argument("--stride", type=int, default=1, help="with --stages (default 1)")
+    q.add_argument("--warmup", type=int, default=1, help="with --stages (default 1)")
     q.add_argument("--steps", type=int, default=25)
     q.add_argument("--link", default="loopback", help="nvlink, pcie, ib, ethernet, loopback, or GB/s (default loopback)")
     q.add_argument("--profile", metavar="FILE", help="read this saved profile instead of profiling")
@@ -120,9 +130,36 @@ def cmd_plan(args) -> int:
         profile["model"] = args.model
     if args.save_profile:
         save_profile(profile, args.save_profile)
-    pred = predict_from(profile, args.devices, args.stride, args.warmup, args.steps, link)
+    layouts = []
+    if args.stages:
+        if args.stages * args.cfg > args.devices:
+            raise AsyncVidError(f"--stages {args.stages} x --cfg {args.cfg} needs more than --devices {args.devices}")
+        pred = predict_from(profile, args.stages, args.stride, args.warmup, args.steps, link, cfg=args.cfg)
+    else:
+        from ..planner.layouts import describe_layouts, enumerate_layouts, fidelity_table, rank_layouts
+
+        if args.min_psnr is not None and not args.fidelity:
+            raise AsyncVidError("--min-psnr needs --fidelity FILE (an asyncvid eval --fidelity --json report)")
+        fidelity = fidelity_table(_read_json(args.fidelity)) if args.fidelity else None
+        ranked = rank_layouts(enumerate_layouts(profile, args.devices, args.steps, link, fidelity), args.objective,
+                              args.min_psnr)
+        print(describe_layouts(ranked, args.objective, args.devices))
+        print()
+        pred, layouts = ranked[0].prediction, [lay.to_dict() for lay in ranked]
     print(describe(profile, pred, link))
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump({"profile": profile, "link": link.__dict__, "prediction": pred.to_dict()}, f, indent=1)
+        atomic_write(args.json, json.dumps({"profile": profile, "link": link.__dict__, "prediction": pred.to_dict(),
+                                            "layouts": layouts}, indent=1))
     return 0
+
+
+def _read_json(path: str) -> dict:
+    import json
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise AsyncVidError(f"{path}: not found") from None
+    except ValueError as exc:
+        raise AsyncVidError(f"{path}: not JSON ({exc})") from None

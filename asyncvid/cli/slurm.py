@@ -68,7 +68,8 @@ def cmd_submit(args) -> int:
                       gpus_per_device=args.gpus_per_device, cpus_per_device=args.cpus_per_device,
                       partition=args.partition, time=args.time, requeue=args.requeue, extra_sbatch=extra,
                       python=sys.executable, workdir=Path.cwd())
-    check_spec(spec, {job.name: job.stages for job in jobfile.jobs}, None)
+    needs = {job.name: job.stages * job.cfg for job in jobfile.jobs}
+    check_spec(spec, needs, None)
     check_folders(jobfile, jobfile.jobs, tasks_for(jobfile, out))
     try:
         nodes = commands.partition_nodes(args.partition)
@@ -77,8 +78,8 @@ def cmd_submit(args) -> int:
             raise
         nodes = None
         print(f"asyncvid: note: cluster limits not checked ({exc})", file=sys.stderr)
-    check_spec(spec, {job.name: job.stages for job in jobfile.jobs}, nodes)
-    script = sbatch_script(spec)
+    check_spec(spec, needs, nodes)
+    script = sbatch_script(spec, replicas=any(n < spec.devices for n in needs.values()))
     if args.dry_run:
         sys.stdout.write(script)
         return 0

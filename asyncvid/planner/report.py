@@ -53,8 +53,7 @@ def profile_pipeline(pipe, frames: int, latent: int, batch: int = 2) -> dict:
     call = adapter.example_call(batch, frames, latent, latent, device, dtype, **extra)
     raw = unit_costs(adapter, call, use_cache=False)
     # Timed one by one, small units carry Python overhead that the whole forward does not: keep the
-    # units' shares but scale them to the measured whole forward, and take the rest of the pipeline
-    # step as its overhead.
+    # units' shares but scale them to the measured whole forward.
     forward = _time_forward(adapter, call)
     costs = [c * forward / sum(raw) for c in raw]
     # CFG-parallel groups each run a part of the batch: the forward at one guidance branch
@@ -66,6 +65,11 @@ def profile_pipeline(pipe, frames: int, latent: int, batch: int = 2) -> dict:
     timed_call(pipe, kwargs)  # one-off set-up
     marks = timed_call(pipe, kwargs)
     per_step = (marks[-1] - marks[1]) / (len(marks) - 2)  # steps 2.., after the first
+    # the pipeline's own work per step, timed directly with the denoiser answering zeros: the
+    # difference of two timings (step minus forward) would carry both timings' noise
+    from ..pipelines.driver_work import pipeline_step_seconds
+
+    overhead = pipeline_step_seconds(pipe, adapter, frames, latent) or max(0.0, per_step - forward)
     return {
         "version": PROFILE_VERSION,
         "unet": type(pipe.unet).__name__,
@@ -82,7 +86,7 @@ def profile_pipeline(pipe, frames: int, latent: int, batch: int = 2) -> dict:
         "unit_costs_timed_alone_s": raw,
         "unet_forward_s": forward,
         "pipeline_step_s": per_step,
-        "overhead_s": max(0.0, per_step - forward),
+        "overhead_s": overhead,
     }
 
 

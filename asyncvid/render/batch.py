@@ -54,8 +54,9 @@ def clean_partials(tasks: list[Task], quiet: bool) -> None:
         print(f"removed {len(removed)} partial file(s) left by an interrupted run")
 
 
-def pending_work(tasks: list[Task], options: RenderOptions) -> tuple[list[Task], list[str], int]:
-    """(pending tasks, names of jobs that failed before rendering, number skipped as up to date)."""
+def pending_work(tasks: list[Task], options: RenderOptions, exact: bool = False) -> tuple[list[Task], list[str], int]:
+    """(pending tasks, names of jobs that failed before rendering, number skipped as up to date).
+    ``exact``: every job must use all the devices (a launcher's group: no replicas)."""
     quiet, devices = options.quiet, options.devices
     clean_partials(tasks, quiet)
     pending, failed, skipped = [], [], 0
@@ -65,11 +66,13 @@ def pending_work(tasks: list[Task], options: RenderOptions) -> tuple[list[Task],
             if not quiet:
                 print(f"skip {task.name} (up to date: {task.output})")
             continue
-        stages = task.config["stages"]
         try:
-            if stages != devices:
-                raise AsyncVidError(f"stages is {stages} but --devices is {devices}: a job runs one stage per device, "
-                                    f"so set `stages: {devices}` or run with --devices {stages}")
+            need = devices_per_job(task)
+            if need > devices or (exact and need != devices):
+                raise AsyncVidError(f"needs {need} devices (stages {task.config['stages']} x cfg "
+                                    f"{task.config.get('cfg', 1)}) but the group has {devices}"
+                                    + ("; under a launcher a job uses every rank (replicas: run `asyncvid render "
+                                       f"--devices {devices}` in one task)" if exact and need < devices else ""))
             resolve(task)
         except AsyncVidError as exc:
             failed.append(task.name)
@@ -77,6 +80,11 @@ def pending_work(tasks: list[Task], options: RenderOptions) -> tuple[list[Task],
             continue
         pending.append(task)
     return pending, failed, skipped
+
+
+def devices_per_job(task: Task) -> int:
+    """Ranks one job runs on: its stages times its CFG groups."""
+    return task.config["stages"] * task.config.get("cfg", 1)
 
 
 def profile_path(out: Path, options: RenderOptions) -> str | None:

@@ -35,7 +35,7 @@ def render_launched(tasks: list[Task], options: RenderOptions, out: Path) -> int
     rank = dist.get_rank()
     box = [None]
     if rank == 0:
-        pending, failed, skipped = pending_work(tasks, options)
+        pending, failed, skipped = pending_work(tasks, options, exact=True)
         box = [([t.name for t in pending], failed, skipped)]
     dist.broadcast_object_list(box, src=0)
     names, failed, skipped = box[0]

@@ -34,11 +34,12 @@ class Reporter:
     """Rank 0's view: a rich progress bar over jobs, one line per job, and the results file.
     Jobs finish on the encoder thread and fail on either thread, hence the lock."""
 
-    def __init__(self, total: int, quiet: bool, results_path: str | None):
+    def __init__(self, total: int, quiet: bool, results_path: str | None, label: str | None = None):
         self.quiet, self.results_path, self.results = quiet, results_path, []
+        self.prefix = f"[{label}] " if label else ""
         self.lock = threading.Lock()
         self.progress = None
-        if not quiet and total:
+        if not quiet and total and not label:  # replicas side by side: lines, no bars
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
             self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -60,7 +61,7 @@ class Reporter:
             if not ok:
                 print(f"asyncvid: job {task.name!r} failed: {message}", file=sys.stderr, flush=True)
             elif not self.quiet:
-                print(f"done {task.name} -> {task.output} ({message})", flush=True)
+                print(f"{self.prefix}done {task.name} -> {task.output} ({message})", flush=True)
             if self.progress:
                 self.progress.advance(self.bar)
 
@@ -88,6 +89,7 @@ class Driver:
         cfg, kind = task.config, task.config["task"]
         self.reporter.begin(task)
         start = time.perf_counter()
+        started_at = time.time()
         image, inputs = None, {}
         try:  # input files are read before the pipeline call: the other ranks are not involved yet
             if kind == "i2v":
@@ -107,7 +109,7 @@ class Driver:
                 raise
             return
         decoding = time.perf_counter()
-        timings = dict(denoise_s=decoding - start, _start=start)
+        timings = dict(denoise_s=decoding - start, _start=start, _started_at=started_at)
         self.encoder.begin(EncodeJob(task, task.output, cfg["fps"], cfg["format"], cfg["crf"], timings))
         try:
             for frames in decode_chunks(pipe, latents, kind, decode_chunk(cfg)):
@@ -124,6 +126,7 @@ class Driver:
         task, t = job.key, job.timings
         now = time.perf_counter()
         start = t.pop("_start")
+        span = dict(started_at=round(t.pop("_started_at"), 3), finished_at=round(time.time(), 3))  # wall clock
         t["wall_s"] = now - start
         timings = {k: round(t.get(k, 0.0), 4) for k in ("denoise_s", "decode_s", "encode_s", "wall_s")}
         if error is None:
@@ -133,7 +136,7 @@ class Driver:
                 error = one_line(exc)
         # the profile also places each job on the batch's timeline (seconds since the batch began)
         self.timings.append(dict(name=task.name, ok=error is None, started_s=round(start - self.start, 4),
-                                 done_s=round(now - self.start, 4), **timings))
+                                 done_s=round(now - self.start, 4), **timings, **span))
         if error is not None:
             self.reporter.finish(task, False, error)
             return
@@ -152,12 +155,26 @@ class Driver:
                     jobs_timings=self.timings)
 
 
-def _render_single(tasks: list[Task], driver: Driver) -> None:
+def claim(claims: str | None, task: Task) -> bool:
+    """Take ``task`` for this replica: True for the one replica that creates its claim file first
+    (always True without replicas)."""
+    if claims is None:
+        return True
+    try:
+        os.close(os.open(os.path.join(claims, task.name), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        return True
+    except FileExistsError:
+        return False
+
+
+def _render_single(tasks: list[Task], driver: Driver, claims: str | None = None) -> None:
     """One device: the plain pipeline (stages=1), loaded once per model and reused."""
     from ..distributed.env import default_device
 
     pipes: dict[tuple, object] = {}
     for task in tasks:
+        if not claim(claims, task):
+            continue
         if task.model_key not in pipes:
             started = time.perf_counter()
             try:
@@ -177,12 +194,12 @@ def _groups(tasks: list[Task]) -> dict[tuple, list[Task]]:
     groups: dict[tuple, list[Task]] = {}
     for t in tasks:
         c = t.config
-        key = (t.model_key, c["stages"], c["stride"], c["warmup"], json.dumps(c["split"]))
+        key = (t.model_key, c["stages"], c.get("cfg", 1), c["stride"], c["warmup"], json.dumps(c["split"]))
         groups.setdefault(key, []).append(t)
     return groups
 
 
-def _render_parallel(tasks: list[Task], devices: int, driver: Driver | None) -> None:
+def _render_parallel(tasks: list[Task], devices: int, driver: Driver | None, claims: str | None = None) -> None:
     """Every rank: one ParallelPipeline per group; rank 0 renders, the others serve until closed."""
     import asyncvid
 
@@ -199,7 +216,8 @@ def _render_parallel(tasks: list[Task], devices: int, driver: Driver | None) -> 
         pipe = loaded.pop(model_key) if uses[model_key] == 0 else copy.deepcopy(loaded[model_key])
         c = group[0].config
         try:
-            ppipe = asyncvid.parallelize(pipe, stages=c["stages"], stride=c["stride"], warmup=c["warmup"], split=c["split"])
+            ppipe = asyncvid.parallelize(pipe, stages=c["stages"], stride=c["stride"], warmup=c["warmup"], split=c["split"],
+                                         cfg=c.get("cfg", 1))
         except PlanError as exc:
             if not isinstance(c["split"], list):
                 raise  # an auto split may fail mid-collective on some ranks only: stop the group
@@ -213,29 +231,32 @@ def _render_parallel(tasks: list[Task], devices: int, driver: Driver | None) -> 
             continue
         driver.setup_s += time.perf_counter() - started
         for task in group:
-            driver.render(ppipe, task, fatal_pipe_errors=True)
+            if claim(claims, task):
+                driver.render(ppipe, task, fatal_pipe_errors=True)
         ppipe.close()
 
 
 def render_all(tasks: list[Task], devices: int, quiet: bool = False, results_path: str | None = None,
-                profile_path: str | None = None):
+               profile_path: str | None = None, claims: str | None = None, label: str | None = None):
     """Render ``tasks`` (each with ``model_dir`` set); runs on every rank when ``devices`` > 1.
 
     Returns the list of per-job results on rank 0 (``None`` on the other ranks). With
-    ``profile_path``, rank 0 also writes the batch's timings there (JSON).
+    ``profile_path``, rank 0 also writes the batch's timings there (JSON). With ``claims`` (a
+    folder shared by replicas rendering the same tasks side by side) a job is rendered only by the
+    replica that claims it first; ``label`` names the replica in its lines.
     """
     is_driver = devices == 1 or int(os.environ.get("RANK", "0")) == 0
     if devices > 1:  # torch's object collectives warn about a deprecated pytree API on every rank
         warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
     import torch  # noqa: F401 - the first import takes a second: before the batch's clock starts
 
-    reporter = Reporter(len(tasks), quiet, results_path) if is_driver else None
+    reporter = Reporter(len(tasks), quiet, results_path, label) if is_driver else None
     driver = Driver(devices, reporter) if is_driver else None
     try:
         if devices == 1:
-            _render_single(tasks, driver)
+            _render_single(tasks, driver, claims)
         else:
-            _render_parallel(tasks, devices, driver)
+            _render_parallel(tasks, devices, driver, claims)
     finally:
         if driver:
             profile = driver.close()  # finishes the videos already denoised, even on the way out

@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 
 from ..errors import AsyncVidError
-from .batch import RenderOptions, check_folders, pending_work, profile_path, summarize
+from .batch import RenderOptions, check_folders, devices_per_job, pending_work, profile_path, summarize
 from .jobfile import load_job_file
 from .select import select_jobs
 from .tasks import Task, is_done, tasks_for
@@ -53,20 +53,32 @@ def render_file(file, devices: int | None = None, out=None, only: list[str] | No
 
 
 def render_local(tasks: list[Task], options: RenderOptions, out: Path) -> int:
-    """In this process for one device, else on ``options.devices`` local ranks."""
+    """In this process for one device, else on local ranks: jobs needing G devices (stages x cfg)
+    run as ``devices // G`` replicas side by side (``replicas.py``), one group size after another."""
     from .loop import render_all
+    from .replicas import render_replicas
 
     pending, failed, skipped = pending_work(tasks, options)
     results = []
     profile = profile_path(out, options)
     if profile and os.path.exists(profile):
         os.remove(profile)  # a stale profile must not pass for this run's
-    if pending:
+    by_size: dict[int, list[Task]] = {}
+    for task in pending:
+        by_size.setdefault(devices_per_job(task), []).append(task)
+    for group, batch in by_size.items():
         sys.stdout.flush()
-        if options.devices == 1:
-            results = render_all(pending, 1, options.quiet, None, profile)
+        replicas = min(options.devices // group, len(batch))
+        idle = options.devices - replicas * group
+        if not options.quiet and (replicas > 1 or idle):
+            print(f"{len(batch)} job(s) of {group} device(s) each: {replicas} replica(s) side by side"
+                  + (f", {idle} device(s) idle" if idle else ""), flush=True)
+        if replicas > 1:
+            results += render_replicas(batch, replicas, group, options.quiet, profile)
+        elif group == 1:
+            results += render_all(batch, 1, options.quiet, None, profile)
         else:
-            results = render_group(pending, options.devices, options.quiet, profile)
+            results += render_group(batch, group, options.quiet, profile)
     return summarize(results, failed, skipped, options, profile)
 
 

@@ -104,6 +104,7 @@ class Job(BaseModel):
     format: Format = "mp4"
     crf: int = Field(18, ge=0, le=63)
     stages: int = Field(1, ge=1)
+    cfg: int = Field(1, ge=1, le=3)
     stride: Stride = 1
     warmup: int = Field(1, ge=0)
     split: Split = "auto"
@@ -154,6 +155,11 @@ class Job(BaseModel):
             raise ValueError(f"crf: must be <= 51 for mp4 (H.264), got {self.crf}")
         if self.stages > 1 and self.warmup < 1:
             raise ValueError("warmup: must be >= 1 when stages > 1 (the first step seeds every stage)")
+        scale = self.guidance if kind == "t2v" else self.max_guidance
+        if self.cfg > 1 and scale <= 1:
+            field = "guidance" if kind == "t2v" else "max_guidance"
+            raise ValueError(f"cfg: {self.cfg} splits the guidance batch across device groups, but {field} is "
+                             f"{scale:g} (<= 1: no guidance batch); use cfg: 1")
         if isinstance(self.split, list) and len(self.split) != self.stages:
             raise ValueError(f"split: lists {len(self.split)} stage(s) but stages is {self.stages}")
         return self

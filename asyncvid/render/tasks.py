@@ -46,9 +46,14 @@ class Task:
                 self.video is not None)
 
 
+#: job fields that do not change the video: CFG groups compute the same branches, only elsewhere
+NOT_HASHED = ("cfg",)
+
+
 def config_hash(config: dict) -> str:
-    """sha256 of the config as canonical JSON (sorted keys, no whitespace)."""
-    text = json.dumps(config, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    """sha256 of the config as canonical JSON (sorted keys, no whitespace), without :data:`NOT_HASHED`."""
+    hashed = {k: v for k, v in config.items() if k not in NOT_HASHED}
+    text = json.dumps(hashed, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 

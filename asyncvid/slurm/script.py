@@ -1,9 +1,12 @@
 """The sbatch script for a job file: what one ``asyncvid slurm submit`` asks of the cluster.
 
-Array task I of K runs ``srun`` with N ranks (``--devices-per-task``) spread over M nodes; the ranks
-form one torch.distributed group from the Slurm environment and render jobs I, I+K, I+2K, ... of
-the file. The script is a pure function of the options (no dates, no job ids), so ``--dry-run``
-prints exactly what a submission writes and submits.
+Array task I of K renders jobs I, I+K, I+2K, ... of the file on N devices (``--devices-per-task``).
+When every job uses all N (stages x cfg = N), the task runs ``srun`` with N ranks spread over M
+nodes, which form one torch.distributed group from the Slurm environment. When jobs need fewer
+devices, the task is one process on one node holding all N devices, and ``asyncvid render
+--devices N`` runs N // (stages x cfg) replicas there side by side, each on its own devices. The
+script is a pure function of the options (no dates, no job ids), so ``--dry-run`` prints exactly
+what a submission writes and submits.
 """
 
 from __future__ import annotations
@@ -45,7 +48,8 @@ class SubmitSpec:
 
 def check_spec(spec: SubmitSpec, stages: dict[str, int], nodes: list[Node] | None) -> None:
     """Everything that would make the array fail, found before submitting. ``stages`` maps each job
-    of the file to its stage count; ``nodes`` are the partition's nodes (None: not checked)."""
+    of the file to the devices it needs (stages x cfg); ``nodes`` are the partition's nodes (None:
+    not checked)."""
     if spec.devices < 1:
         raise AsyncVidError(f"--devices-per-task must be >= 1, got {spec.devices}")
     if spec.nodes < 1 or spec.devices % spec.nodes:
@@ -54,11 +58,13 @@ def check_spec(spec: SubmitSpec, stages: dict[str, int], nodes: list[Node] | Non
         raise AsyncVidError(f"{spec.file}: no jobs to submit")
     if not 1 <= spec.tasks <= len(stages):
         raise AsyncVidError(f"--tasks must be between 1 and the file's {len(stages)} job(s), got {spec.tasks}")
-    wrong = {name: n for name, n in stages.items() if n != spec.devices}
+    wrong = {name: n for name, n in stages.items() if n > spec.devices or (spec.nodes > 1 and n != spec.devices)}
     if wrong:
         name, n = next(iter(wrong.items()))
-        raise AsyncVidError(f"job {name!r} has stages {n} but --devices-per-task is {spec.devices} (one stage per "
-                            f"device){f'; {len(wrong) - 1} more job(s) differ' if len(wrong) > 1 else ''}")
+        why = ("replicas of smaller jobs need --nodes-per-task 1" if n < spec.devices
+               else "one stage per device, times cfg")
+        raise AsyncVidError(f"job {name!r} needs {n} device(s) (stages x cfg) but --devices-per-task is {spec.devices} "
+                            f"({why}){f'; {len(wrong) - 1} more job(s) differ' if len(wrong) > 1 else ''}")
     if spec.gpus_per_device < 0 or spec.cpus_per_device < 1:
         raise AsyncVidError("--gpus-per-device must be >= 0 and --cpus-per-device >= 1")
     if nodes is None:
@@ -79,23 +85,29 @@ def check_spec(spec: SubmitSpec, stages: dict[str, int], nodes: list[Node] | Non
                             f"the nodes of {where} have at most {fits.gpus}")
 
 
-def sbatch_script(spec: SubmitSpec) -> str:
+def sbatch_script(spec: SubmitSpec, replicas: bool = False) -> str:
+    """The script; ``replicas``: some jobs need fewer than N devices, so each array task is one
+    process holding the N devices of one node, rendering with ``--devices N``."""
     q = shlex.quote
     per_node = spec.devices // spec.nodes
+    ranks, cpus, gpus = (1, spec.devices * spec.cpus_per_device, spec.devices * spec.gpus_per_device) if replicas \
+        else (per_node, spec.cpus_per_device, spec.gpus_per_device)
     lines = [
         "#!/bin/bash",
         f"# asyncvid render {spec.file} -> {spec.out}",
-        f"# {spec.tasks} array task(s), each one group of {spec.devices} rank(s) on {spec.nodes} node(s); task I renders",
+        (f"# {spec.tasks} array task(s), each one process with {spec.devices} device(s) running replicas side by "
+         "side; task I renders" if replicas else
+         f"# {spec.tasks} array task(s), each one group of {spec.devices} rank(s) on {spec.nodes} node(s); task I renders"),
         f"# jobs I, I+{spec.tasks}, ... and skips videos whose manifest matches, so re-running a task only renders",
         "# what is missing. Status and the resubmit command: asyncvid slurm status " + q(str(spec.out)),
         f"#SBATCH --job-name=asyncvid-{spec.file.stem}",
         f"#SBATCH --array=0-{spec.tasks - 1}",
         f"#SBATCH --nodes={spec.nodes}",
-        f"#SBATCH --ntasks-per-node={per_node}",
-        f"#SBATCH --cpus-per-task={spec.cpus_per_device}",
+        f"#SBATCH --ntasks-per-node={ranks}",
+        f"#SBATCH --cpus-per-task={cpus}",
     ]
-    if spec.gpus_per_device:
-        lines.append(f"#SBATCH --gpus-per-task={spec.gpus_per_device}")
+    if gpus:
+        lines.append(f"#SBATCH --gpus-per-task={gpus}")
     lines.append(f"#SBATCH --output={spec.log_dir}/%A_%a.out")
     if spec.partition:
         lines.append(f"#SBATCH --partition={spec.partition}")
@@ -105,14 +117,15 @@ def sbatch_script(spec: SubmitSpec) -> str:
         lines.append("#SBATCH --requeue")
     lines += [f"#SBATCH {option}" for option in spec.extra_sbatch]
     lines += ["set -euo pipefail", f"cd {q(str(spec.workdir))}"]
-    if spec.gpus_per_device:
-        gpu = f" --gpus-per-task={spec.gpus_per_device}"
+    if gpus:
+        gpu = f" --gpus-per-task={gpus}"
     else:
         gpu = ""
         # CPU ranks: gloo, and as many threads as CPUs per rank
         lines += ["export ASYNCVID_DEVICE=cpu", f"export OMP_NUM_THREADS={spec.cpus_per_device}"]
+    devices = f" --devices {spec.devices}" if replicas else ""
     lines.append(
-        f"srun --kill-on-bad-exit=1 --cpus-per-task={spec.cpus_per_device}{gpu} "
-        f"{q(spec.python)} -m asyncvid render {q(str(spec.file))} --out {q(str(spec.out))} "
+        f"srun --kill-on-bad-exit=1 --cpus-per-task={cpus}{gpu} "
+        f"{q(spec.python)} -m asyncvid render {q(str(spec.file))} --out {q(str(spec.out))}{devices} "
         f'--shard "$SLURM_ARRAY_TASK_ID/{spec.tasks}"')
     return "\n".join(lines) + "\n"

@@ -88,7 +88,7 @@ def test_links():
 
 def test_plan_cli_profiles_saves_and_reads_back(tmp_path, capsys):
     profile, first = tmp_path / "profile.json", tmp_path / "plan.json"
-    args = ["plan", "animatediff", "--preset", "tiny", "--latent", "8", "--devices", "2", "--steps", "10"]
+    args = ["plan", "animatediff", "--preset", "tiny", "--latent", "8", "--devices", "2", "--stages", "2", "--steps", "10"]
     assert main(args + ["--save-profile", str(profile), "--json", str(first)]) == 0
     text = capsys.readouterr().out
     assert "stage 0:" in text and "stage 1:" in text and "predicted:" in text
@@ -99,7 +99,8 @@ def test_plan_cli_profiles_saves_and_reads_back(tmp_path, capsys):
     assert pred["cut_bytes"][0] == prof["bytes_after_unit"][pred["ranges"][0][1] - 1] > 0
     # the saved profile predicts the same without profiling again
     second = tmp_path / "again.json"
-    assert main(["plan", "--profile", str(profile), "--devices", "2", "--steps", "10", "--json", str(second)]) == 0
+    assert main(["plan", "--profile", str(profile), "--devices", "2", "--stages", "2", "--steps", "10",
+                 "--json", str(second)]) == 0
     assert json.loads(second.read_text())["prediction"] == pred
     (tmp_path / "bad.json").write_text("{}")
     assert main(["plan", "--profile", str(tmp_path / "bad.json"), "--devices", "2"]) == 2
@@ -172,3 +173,55 @@ def test_memory_bench_reports_parameters_and_peaks_per_rank(tmp_path, model):
     assert full["unet_params_held"][0] < sum(held) < full["unet_params_held"][0] * 1.1  # shared modules twice
     assert all(p > 0 for p in two["peak_mib"]) and len(two["peak_over_full"]) == 2
     assert two["peak_over_full"] == [round(p / full["peak_mib"][0], 3) for p in two["peak_mib"]]
+
+
+def saved_profile(tmp_path) -> str:
+    """A profile as ``asyncvid plan --save-profile`` writes it, with made-up costs: nothing is timed."""
+    path = tmp_path / "profile.json"
+    path.write_text(json.dumps({
+        "units": [f"u{i}" for i in range(len(COSTS))], "costs_s": COSTS, "bytes_after_unit": BYTES,
+        "overhead_s": 0.5, "eps_bytes": 50, "sample_bytes": 50, "part_forward_s": 0.55 * sum(COSTS),
+        "shape": {"batch": 2, "frames": 8, "latent": 8}, "unet": "Toy", "device": "cpu", "threads": 1}))
+    return str(path)
+
+
+def fidelity_report(tmp_path) -> str:
+    path = tmp_path / "fidelity.json"
+    rows = [dict(stages=n, stride=s, warmup=w, metrics=dict(psnr_db=40.0 - 5 * n - 3 * (s - 1) + w))
+            for n in (2, 3, 4) for s in (1, 2) for w in (1, 3)]
+    path.write_text(json.dumps({"configs": rows}))
+    return str(path)
+
+
+@pytest.mark.parametrize("objective", ["latency", "throughput"])
+def test_plan_ranks_every_layout_of_the_devices(tmp_path, capsys, objective):
+    out = tmp_path / "plan.json"
+    assert main(["plan", "--profile", saved_profile(tmp_path), "--devices", "4", "--objective", objective,
+                 "--fidelity", fidelity_report(tmp_path), "--link", "100", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    layouts = json.loads(out.read_text())["layouts"]
+    # every layout fits: replicas fill the devices that one video's stages x cfg leave
+    assert all(lay["replicas"] == 4 // (lay["stages"] * lay["cfg"]) for lay in layouts)
+    assert {(lay["stages"], lay["cfg"]) for lay in layouts} >= {(1, 1), (2, 1), (4, 1), (1, 2), (2, 2)}
+    key = "latency_speedup" if objective == "latency" else "throughput_speedup"
+    speeds = [round(lay[key], 2) for lay in layouts]
+    assert speeds == sorted(speeds, reverse=True)
+    # one-stage layouts are exact; the others carry the measured PSNR of their stages x stride x warm-up
+    for lay in layouts:
+        expected = float("inf") if lay["stages"] == 1 else 40.0 - 5 * lay["stages"] - 3 * (lay["stride"] - 1) + lay["warmup"]
+        assert lay["psnr_db"] == expected
+    single = next(lay for lay in layouts if (lay["replicas"], lay["stages"], lay["cfg"]) == (4, 1, 1))
+    assert single["throughput_speedup"] == pytest.approx(4.0) and single["latency_speedup"] == pytest.approx(1.0)
+    if objective == "latency":  # a video on every device beats one device per video
+        assert layouts[0]["stages"] * layouts[0]["cfg"] == 4 and layouts[0]["latency_speedup"] > 2
+    assert "picked " in text and "stage 0:" in text
+
+
+def test_plan_min_psnr_keeps_only_measured_layouts_above_it(tmp_path, capsys):
+    out = tmp_path / "plan.json"
+    assert main(["plan", "--profile", saved_profile(tmp_path), "--devices", "4", "--fidelity",
+                 fidelity_report(tmp_path), "--min-psnr", "32", "--json", str(out)]) == 0
+    layouts = json.loads(out.read_text())["layouts"]
+    assert layouts and all(lay["psnr_db"] >= 32 for lay in layouts)
+    assert main(["plan", "--profile", saved_profile(tmp_path), "--devices", "4", "--min-psnr", "32"]) == 2
+    assert "--min-psnr needs --fidelity" in capsys.readouterr().err

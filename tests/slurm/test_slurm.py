@@ -123,6 +123,25 @@ def test_array_of_two_tasks_times_two_ranks_renders_every_job(tmp_path, cluster_
     assert "4 done (4 jobs)" in status and "resubmit" not in status
 
 
+def test_one_array_task_holds_two_replicas_of_one_device_jobs(tmp_path, cluster_env, capsys):
+    jobs = tmp_path / "jobs.yaml"
+    jobs.write_text(JOBS.format(d_steps=3).replace("stages: 2", "stages: 1"))
+    out = tmp_path / "out"
+    assert main(["slurm", "submit", str(jobs), "--devices-per-task", "2", "--tasks", "1", "--dry-run"]) == 0
+    script = capsys.readouterr().out
+    assert "#SBATCH --ntasks-per-node=1" in script and "#SBATCH --cpus-per-task=2" in script
+    assert " --devices 2 " in script.splitlines()[-1]
+    assert main(["slurm", "submit", str(jobs), "--devices-per-task", "2", "--tasks", "1"]) == 0
+    job_id = _submitted(out)[0]["job_id"]
+    _wait_gone(job_id)
+    log = (out / "slurm" / "logs" / f"{job_id}_0.out").read_text()
+    assert "4 job(s) of 1 device(s) each: 2 replica(s) side by side" in log
+    assert "[replica 1/2] done" in log and "[replica 2/2] done" in log and "4 rendered" in log
+    for name in "abcd":
+        assert read_video_info(out / f"{name}.mp4")["frames"] == 8
+        assert json.loads((out / f"{name}.json").read_text())["devices"] == 1
+
+
 def test_cancelled_task_is_resubmitted_and_renders_only_what_is_missing(tmp_path, cluster_env, capsys):
     jobs = _jobfile(tmp_path, d_steps=30)  # d (task 1's second job) is slow enough to be cancelled mid-run
     out = tmp_path / "out"
@@ -175,7 +194,8 @@ def test_bad_arguments_fail_before_submission(tmp_path, cluster_env, capsys):
          f"= {too_many} CPUs, but the nodes of the default partition have at most {cpus}"),
         (jobs, ["--devices-per-task", "2", "--gpus-per-device", "1"], "= 2 GPUs, but the nodes of the default "
                                                                       "partition have at most 0"),
-        (jobs, ["--devices-per-task", "3"], "job 'a' has stages 2 but --devices-per-task is 3"),
+        (jobs, ["--devices-per-task", "1"], "job 'a' needs 2 device(s) (stages x cfg) but --devices-per-task is 1"),
+        (jobs, ["--devices-per-task", "4", "--nodes-per-task", "2"], "replicas of smaller jobs need --nodes-per-task 1"),
         (jobs, ["--devices-per-task", "2", "--partition", "nosuch"], "nosuch"),
         (jobs, ["--devices-per-task", "2", "--tasks", "5"], "--tasks must be between 1 and the file's 4 job(s)"),
     ]

@@ -66,8 +66,20 @@ def test_checks_pass_when_the_group_fits():
     two_nodes = [Node("a", 64, 4), Node("b", 64, 4)]
     check_spec(spec(gpus_per_device=1, nodes=1), {n: 4 for n in "abcd"}, two_nodes)
     check_spec(spec(gpus_per_device=2, nodes=2), {n: 4 for n in "abcd"}, two_nodes)  # 2 ranks x 2 GPUs per node
-    with pytest.raises(AsyncVidError, match="job 'b' has stages 2"):
-        check_spec(spec(tasks=2), {"a": 4, "b": 2}, two_nodes)
+    check_spec(spec(tasks=2), {"a": 4, "b": 2}, two_nodes)  # b runs as replicas on one node
+    with pytest.raises(AsyncVidError, match="job 'b' needs 2 device.*need --nodes-per-task 1"):
+        check_spec(spec(tasks=2, nodes=2), {"a": 4, "b": 2}, two_nodes)
+    with pytest.raises(AsyncVidError, match="job 'a' needs 8 device"):
+        check_spec(spec(tasks=2), {"a": 8, "b": 4}, two_nodes)
+
+
+def test_replica_script_is_one_process_holding_every_device():
+    lines = sbatch_script(spec(gpus_per_device=1, cpus_per_device=2), replicas=True).splitlines()
+    for expected in ("#SBATCH --nodes=1", "#SBATCH --ntasks-per-node=1", "#SBATCH --cpus-per-task=8",
+                     "#SBATCH --gpus-per-task=4"):
+        assert expected in lines
+    assert lines[-1] == ('srun --kill-on-bad-exit=1 --cpus-per-task=8 --gpus-per-task=4 /venv/bin/python -m asyncvid '
+                         'render /data/jobs.yaml --out /data/out --devices 4 --shard "$SLURM_ARRAY_TASK_ID/3"')
 
 
 def test_status_of_a_folder_without_submissions_is_one_line(tmp_path, capsys):

@@ -1,0 +1,132 @@
+"""Every way to use D devices, ranked: replicas x CFG groups x stages x stride x warm-up.
+
+A layout gives each video G = stages x cfg devices and runs D // G replicas side by side. Its
+per-video speedup (latency) comes from :func:`~.report.predict_from`; its throughput (videos per
+unit of time, relative to one device) is replicas x that speedup. Its fidelity comes from an
+``asyncvid eval --fidelity`` report when one is given: CFG groups and replicas are exact, so a
+layout costs the fidelity of its stages x stride x warm-up alone (one stage: exact).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ..errors import AsyncVidError
+from .links import LinkModel
+from .predict import Prediction
+from .report import predict_from
+
+OBJECTIVES = ("latency", "throughput")
+
+
+@dataclass
+class Layout:
+    replicas: int
+    cfg: int
+    stages: int
+    stride: int
+    warmup: int
+    prediction: Prediction
+    psnr_db: float | None = None  # vs the sequential pipeline; inf = exact; None = not measured
+
+    @property
+    def devices(self) -> int:
+        return self.replicas * self.cfg * self.stages
+
+    @property
+    def latency_speedup(self) -> float:
+        return self.prediction.speedup_per_video
+
+    @property
+    def throughput_speedup(self) -> float:
+        return self.replicas * self.prediction.speedup_per_video
+
+    def name(self) -> str:
+        parts = [f"{self.replicas} replica(s)", f"cfg {self.cfg}", f"{self.stages} stage(s)"]
+        if self.stages > 1:
+            parts += [f"stride {self.stride}", f"warm-up {self.warmup}"]
+        return " x ".join(parts[:3]) + (f", {', '.join(parts[3:])}" if parts[3:] else "")
+
+    def to_dict(self) -> dict:
+        return dict(replicas=self.replicas, cfg=self.cfg, stages=self.stages, stride=self.stride, warmup=self.warmup,
+                    devices=self.devices, latency_speedup=self.latency_speedup,
+                    throughput_speedup=self.throughput_speedup, psnr_db=self.psnr_db,
+                    video_s=self.prediction.video_s)
+
+
+def fidelity_table(report: dict | None) -> dict[tuple[int, int, int], float]:
+    """(stages, stride, warm-up) -> mean PSNR in dB, from an ``asyncvid eval --fidelity`` report."""
+    if report is None:
+        return {}
+    try:
+        return {(r["stages"], r["stride"], r["warmup"]): float(r["metrics"]["psnr_db"]) for r in report["configs"]}
+    except (KeyError, TypeError) as exc:
+        raise AsyncVidError(f"not an asyncvid eval --fidelity report (missing {exc})") from None
+
+
+def enumerate_layouts(profile: dict, devices: int, steps: int, link: LinkModel, fidelity: dict | None = None,
+                      strides=(1, 2), warmups=(1, 3)) -> list[Layout]:
+    """Every layout that fits ``devices``: stages 1..D, cfg 1 or the profile's guidance batch,
+    stride and warm-up from the given choices (one stage has neither), replicas filling the rest."""
+    if devices < 1:
+        raise AsyncVidError(f"--devices must be >= 1, got {devices}")
+    units = len(profile["costs_s"])
+    batch = profile.get("shape", {}).get("batch", 2)
+    cfgs = [1] + ([batch] if batch > 1 else [])
+    table = fidelity or {}
+    out = []
+    for cfg in cfgs:
+        for stages in range(1, min(devices // cfg, units) + 1):
+            group = stages * cfg
+            options = [(1, 1)] if stages == 1 else [(s, w) for s in strides for w in warmups if w < steps]
+            for stride, warmup in options:
+                pred = predict_from(profile, stages, stride, warmup, steps, link, cfg=cfg)
+                psnr = math.inf if stages == 1 else table.get((stages, stride, warmup))
+                out.append(Layout(devices // group, cfg, stages, stride, warmup, pred, psnr))
+    return out
+
+
+def rank_layouts(layouts: list[Layout], objective: str, min_psnr: float | None = None) -> list[Layout]:
+    """Best first for ``objective``; ties go to better fidelity, then to fewer devices per video.
+    ``min_psnr`` drops layouts measured below it, and unmeasured multi-stage ones."""
+    if objective not in OBJECTIVES:
+        raise AsyncVidError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+    if min_psnr is not None:
+        layouts = [lay for lay in layouts if lay.psnr_db is not None and lay.psnr_db >= min_psnr]
+        if not layouts:
+            raise AsyncVidError(f"no layout reaches {min_psnr:g} dB with the fidelity measured")
+
+    def key(lay: Layout):
+        speed = lay.latency_speedup if objective == "latency" else lay.throughput_speedup
+        fid = lay.psnr_db if lay.psnr_db is not None else -1.0
+        return (-round(speed, 2), -fid, lay.cfg * lay.stages)
+
+    return sorted(layouts, key=key)
+
+
+def why_first(ranked: list[Layout], objective: str) -> str:
+    """One sentence on why the first layout won."""
+    best = ranked[0]
+    speed = "per-video speedup" if objective == "latency" else "videos per unit of time"
+    value = best.latency_speedup if objective == "latency" else best.throughput_speedup
+    fid = "exact" if best.psnr_db == math.inf else ("fidelity not measured" if best.psnr_db is None
+                                                     else f"{best.psnr_db:.1f} dB PSNR vs sequential")
+    reason = f"picked {best.name()}: the highest predicted {speed} ({value:.2f}x), {fid}"
+    exact = [lay for lay in ranked if lay.psnr_db == math.inf]
+    if best.psnr_db != math.inf and exact:
+        alt = exact[0]
+        alt_value = alt.latency_speedup if objective == "latency" else alt.throughput_speedup
+        reason += f"; the best exact layout is {alt.name()} at {alt_value:.2f}x"
+    return reason
+
+
+def describe_layouts(ranked: list[Layout], objective: str, devices: int, top: int = 8) -> str:
+    lines = [f"layouts for {devices} device(s), best {objective} first (predicted; PSNR vs the sequential pipeline):",
+             "  # | devices/video | layout | s/video | per-video speedup | throughput | PSNR"]
+    for i, lay in enumerate(ranked[:top], start=1):
+        psnr = "exact" if lay.psnr_db == math.inf else ("-" if lay.psnr_db is None else f"{lay.psnr_db:.1f} dB")
+        lines.append(f"{i:3d} | {lay.cfg * lay.stages:13d} | {lay.name()} | {lay.prediction.video_s:.2f} | "
+                     f"{lay.latency_speedup:.2f}x | {lay.throughput_speedup:.2f}x | {psnr}")
+    lines.append(why_first(ranked, objective))
+    return "\n".join(lines)
