@@ -38,6 +38,10 @@ def add_bench_parser(subparsers) -> None:
     p.add_argument("--memory-only", action="store_true",
                    help="only the memory section: peak memory and parameters per rank, stage-only loading of "
                         "--configs' stage counts, against the full pipeline in one process")
+    p.add_argument("--render", metavar="JOBFILE",
+                   help="instead: time `asyncvid render JOBFILE` on 1 device and on --devices (replicas), "
+                        "one thread per device")
+    p.add_argument("--devices", type=int, default=2, help="with --render: devices to compare with one (default 2)")
     p.add_argument("--json", metavar="FILE", help="write the report here (default: stdout)")
     p.add_argument("--markdown", metavar="FILE", help="also write the table as markdown")
     p.set_defaults(func=cmd_bench)
@@ -88,6 +92,12 @@ def cmd_bench(args) -> int:
     from ..bench import run_bench, write_report
 
     apply_device(args)
+    if args.render:
+        from ..render_bench import run_render_bench
+
+        write_report(run_render_bench(args.render, args.devices, log=lambda line: print(line, file=sys.stderr)),
+                     args.json)
+        return 0
     configs = [parse_config(c) for c in (SWEEP if args.sweep else args.configs)]
     configs = [(n, s, args.warmup if w is None else w, c) for n, s, w, c in configs]
     if args.memory_only:

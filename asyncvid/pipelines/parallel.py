@@ -188,7 +188,12 @@ class ParallelPipeline:
         return self.pipe
 
     def describe(self) -> str:
-        return self.plan.describe()
+        text = self.plan.describe()
+        if self.topo.cfg_degree > 1:
+            text += (f"\n{self.topo.cfg_degree} CFG groups of {self.topo.stages} stage(s) each (ranks "
+                     f"{', '.join(f'{c * self.topo.stages}-{(c + 1) * self.topo.stages - 1}' for c in range(self.topo.cfg_degree))}"
+                     "), one per part of the guidance batch")
+        return text
 
 
 def parallelize(pipe, stages: int = 2, stride: int = 1, warmup: int = 1, split="auto", time_shift: bool = False,

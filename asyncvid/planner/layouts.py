@@ -89,7 +89,8 @@ def enumerate_layouts(profile: dict, devices: int, steps: int, link: LinkModel, 
 
 def rank_layouts(layouts: list[Layout], objective: str, min_psnr: float | None = None) -> list[Layout]:
     """Best first for ``objective``; ties go to better fidelity, then to fewer devices per video.
-    ``min_psnr`` drops layouts measured below it, and unmeasured multi-stage ones."""
+    When some layouts carry a measured fidelity, the unmeasured ones come after them (their cost is
+    unknown). ``min_psnr`` drops layouts measured below it, and unmeasured multi-stage ones."""
     if objective not in OBJECTIVES:
         raise AsyncVidError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
     if min_psnr is not None:
@@ -97,10 +98,12 @@ def rank_layouts(layouts: list[Layout], objective: str, min_psnr: float | None =
         if not layouts:
             raise AsyncVidError(f"no layout reaches {min_psnr:g} dB with the fidelity measured")
 
+    measured = any(lay.psnr_db is not None and lay.stages > 1 for lay in layouts)
+
     def key(lay: Layout):
         speed = lay.latency_speedup if objective == "latency" else lay.throughput_speedup
         fid = lay.psnr_db if lay.psnr_db is not None else -1.0
-        return (-round(speed, 2), -fid, lay.cfg * lay.stages)
+        return (measured and lay.psnr_db is None, -round(speed, 2), -fid, lay.cfg * lay.stages)
 
     return sorted(layouts, key=key)
 

@@ -69,14 +69,15 @@ def render_replicas(tasks: list[Task], replicas: int, group: int, quiet: bool, p
 
 
 def merged_profile(parts: list[dict], replicas: int, group: int, wall: float) -> dict:
-    """One profile for the batch from each replica's: job times summed, the batch's wall clock."""
+    """One profile for the batch from each replica's: job times summed; the rendering wall time is
+    the longest replica's (each replica's clock starts once its process is up, and excludes its
+    loading); ``wall_s`` is the whole run's, starting the replicas included."""
     sums = {k: round(sum(p[k] for p in parts), 4) for k in ("denoise_s", "decode_s", "encode_s")}
-    setup = max(p["setup_s"] for p in parts)
-    render_wall = wall - setup
+    render_wall = max(p["render_wall_s"] for p in parts)
     return dict(jobs=sum(p["jobs"] for p in parts), devices=replicas * group, replicas=replicas,
-                devices_per_replica=group, wall_s=round(wall, 4), setup_s=round(setup, 4),
+                devices_per_replica=group, wall_s=round(wall, 4), setup_s=round(max(p["setup_s"] for p in parts), 4),
                 render_wall_s=round(render_wall, 4), **sums,
-                wall_over_denoise=round(render_wall / sums["denoise_s"], 4) if sums["denoise_s"] else None,
+                wall_over_denoise=round(render_wall * len(parts) / sums["denoise_s"], 4) if sums["denoise_s"] else None,
                 jobs_timings=[dict(t, replica=i) for i, p in enumerate(parts) for t in p["jobs_timings"]])
 
 

@@ -225,3 +225,18 @@ def test_plan_min_psnr_keeps_only_measured_layouts_above_it(tmp_path, capsys):
     assert layouts and all(lay["psnr_db"] >= 32 for lay in layouts)
     assert main(["plan", "--profile", saved_profile(tmp_path), "--devices", "4", "--min-psnr", "32"]) == 2
     assert "--min-psnr needs --fidelity" in capsys.readouterr().err
+
+
+def test_unmeasured_layouts_rank_after_measured_ones():
+    from asyncvid.planner.layouts import enumerate_layouts, rank_layouts
+
+    prof = {"units": [f"u{i}" for i in range(len(COSTS))], "costs_s": COSTS, "bytes_after_unit": BYTES,
+            "overhead_s": 0.5, "eps_bytes": 50, "shape": {"batch": 2}}
+    fast = LinkModel("ideal", 1e30, 0.0)
+    only_two = {(2, 1, 1): 30.0}  # one multi-stage configuration measured
+    ranked = rank_layouts(enumerate_layouts(prof, 4, 10, fast, only_two), "latency")
+    measured = [lay.psnr_db is not None for lay in ranked]
+    assert measured == sorted(measured, reverse=True)  # every measured (or exact) layout first
+    assert ranked[0].psnr_db is not None
+    without = rank_layouts(enumerate_layouts(prof, 4, 10, fast), "latency")
+    assert without[0].psnr_db is None and without[0].stages > 1  # nothing measured: speed alone decides

@@ -110,3 +110,15 @@ def test_cfg_without_guidance_is_a_job_file_error(tmp_path, capsys):
     assert main(["render", str(tmp_path / "jobs.yaml"), "--dry-run"]) == 2
     err = capsys.readouterr().err
     assert "cfg: 2 splits the guidance batch" in err and "guidance is 1" in err
+
+
+def test_render_bench_times_one_device_against_replicas(tmp_path, cache, capsys):
+    jobs, report = tmp_path / "jobs.yaml", tmp_path / "bench.json"
+    jobs.write_text("defaults: {frames: 4, width: 32, height: 32, steps: 3}\njobs:\n"
+                    "  - {name: a, prompt: x}\n  - {name: b, prompt: y, seed: 1}\n")
+    assert main(["bench", "--render", str(jobs), "--devices", "2", "--json", str(report)]) == 0
+    result = json.loads(report.read_text())
+    assert [(r["devices"], r["replicas"], r["jobs"]) for r in result["runs"]] == [(1, 1, 2), (2, 2, 2), (1, 1, 2)]
+    mean = (result["runs"][0]["command_wall_s"] + result["runs"][2]["command_wall_s"]) / 2
+    assert result["speedup_command"] == pytest.approx(mean / result["runs"][1]["command_wall_s"])
+    assert not (tmp_path / "out").exists()  # the bench renders into its own temporary folders
