@@ -2,7 +2,18 @@
 
 from .errors import AsyncVidError
 
-__version__ = "0.1.0"
+
+def _version() -> str:
+    """The installed distribution's version (pyproject.toml is the one source)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("asyncvid")
+    except PackageNotFoundError:  # a source tree on sys.path without `pip install`
+        return "0+unknown"
+
+
+__version__ = _version()
 
 
 def parallelize(pipe, **options):

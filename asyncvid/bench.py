@@ -30,7 +30,7 @@ def _build(cfg: dict):
 
 def _timed_call(pipe, cfg: dict) -> list[float]:
     from .catalog.pipelines import call_kwargs
-    from .planner.report import timed_call
+    from .planner.clock import timed_call
 
     return timed_call(pipe, call_kwargs(pipe, cfg["frames"], cfg["latent"], cfg["steps"]))
 
@@ -97,6 +97,29 @@ def run_parallel_rank(cfg: dict, stages: int, stride: int, warmup: int = 1, grou
     return result
 
 
+@torch.no_grad()
+def run_contention_rank(cfg: dict) -> dict | None:
+    """Every rank (one thread each): the one-branch forward timed on rank 0 alone, the others
+    waiting, then on every rank at once. CPU ranks on one host share its caches and memory
+    bandwidth; the ratio is the slowdown the planner applies to parallel rounds here."""
+    import torch.distributed as dist
+
+    from .models import adapter_for
+    from .planner.report import pipeline_example_call, time_forward
+
+    pipe = _build(cfg)
+    adapter = adapter_for(pipe.unet)
+    call = pipeline_example_call(pipe, adapter, 1, cfg["frames"], cfg["latent"])
+    alone = time_forward(adapter, call) if dist.get_rank() == 0 else 0.0
+    dist.barrier()
+    together = time_forward(adapter, call)
+    rows = [None] * dist.get_world_size()
+    dist.all_gather_object(rows, together)
+    if dist.get_rank() != 0:
+        return None
+    return {"alone_s": alone, "together_s": rows, "slowdown": max(1.0, sum(rows) / len(rows) / alone)}
+
+
 def hardware() -> dict:
     cpu = platform.processor()
     try:
@@ -124,6 +147,12 @@ def run_bench(preset: str = "small", frames: int = 8, latent: int = 16, steps: i
     profile = report["profile"] = one.pop("profile")
     link = _link(configs, log)
     report["link"] = link.__dict__
+    slowdown = 1.0
+    if any(c[0] * c[3] > 1 for c in configs):
+        contention = report["contention"] = launch_local(run_contention_rank, 2, cfg)
+        slowdown = contention["slowdown"]
+        log(f"one-branch forward alone {contention['alone_s'] * 1000:.1f} ms, with a second rank computing "
+            f"{', '.join(f'{t * 1000:.1f}' for t in contention['together_s'])} ms: {slowdown:.2f}x slowdown")
     log(f"baseline 1 process x 1 thread: {one['per_step_s'] * 1000:.1f} ms/step")
     cores = os.cpu_count() or 1
     allc = launch_local(run_baseline, 1, cfg, cores, threads_per_rank=cores)
@@ -142,7 +171,7 @@ def run_bench(preset: str = "small", frames: int = 8, latent: int = 16, steps: i
         ref = {k: (before[k] + after[k]) / 2 for k in ("per_step_s", "denoise_s")}
         before = after
         ranges = [tuple(r) for r in res["plan"]["ranges"]]
-        pred = predict_from(profile, stages, stride, wu, steps, link, ranges, cfg=groups)
+        pred = predict_from(profile, stages, stride, wu, steps, link, ranges, cfg=groups, slowdown=slowdown)
         res.update(stages=stages, stride=stride, warmup=wu, cfg=groups, shares_cores=stages * groups > cores,
                    one_thread_reference=ref,
                    speedup_vs_one_thread=ref["per_step_s"] / res["per_step_s"],

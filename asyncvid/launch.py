@@ -11,6 +11,8 @@ import faulthandler
 import multiprocessing as mp
 import os
 import pickle
+import signal
+import socket
 import sys
 import tempfile
 import time
@@ -49,6 +51,17 @@ def _rank_main(rank: int, world: int, port: int, workdir: str, threads: int, fn,
     os._exit(0)
 
 
+def _death(code: int) -> str:
+    """How a process ended, from its exit code (negative: the signal that killed it)."""
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"was killed by {name}" + (" (out of memory?)" if name == "SIGKILL" else "")
+    return f"exited with status {code} without reporting an error"
+
+
 def launch_local(fn, nprocs: int, *args, threads_per_rank: int = 1, timeout: float | None = None,
                  first_local_rank: int = 0):
     """Run ``fn(*args)`` on ``nprocs`` local ranks; return rank 0's result. ``first_local_rank``
@@ -65,11 +78,13 @@ def launch_local(fn, nprocs: int, *args, threads_per_rank: int = 1, timeout: flo
             p.start()
         deadline = None if timeout is None else time.monotonic() + timeout
         failed = None
+        died: dict[int, int] = {}  # rank -> exit code of ranks that ended on their own, before any cleanup
         try:
             while any(p.is_alive() for p in procs):
                 if any(p.exitcode not in (None, 0) for p in procs):
                     failed = True
                     time.sleep(0.5)  # let the first failure's peers report too, then pick the earliest
+                    died = {r: p.exitcode for r, p in enumerate(procs) if p.exitcode not in (None, 0)}
                     break
                 if deadline is not None and time.monotonic() > deadline:
                     raise RankFailure(f"ranks did not finish within {timeout:.0f} s")
@@ -88,6 +103,10 @@ def launch_local(fn, nprocs: int, *args, threads_per_rank: int = 1, timeout: flo
             if path.exists():
                 stamp, line = path.read_text().splitlines()[:2]
                 errors.append((float(stamp), r, line))
+        silent = {r: code for r, code in died.items() if not (Path(workdir) / f"error.{r}").exists()}
+        if silent:  # killed (a signal, the OOM killer) or exited without a word: the cause; peers' errors follow from it
+            rank, code = min(silent.items())
+            raise RankFailure(f"rank {rank} {_death(code)} on {socket.gethostname()}; the other ranks stopped with it")
         if errors:
             _, rank, line = min(errors)
             raise RankFailure(f"rank {rank} failed: {line}")

@@ -1,8 +1,10 @@
 """Streaming video output with PyAV: frames are encoded as they are written, and the file appears
 under its final name only once it is complete.
 
-Formats: ``mp4`` (H.264), ``webm`` (VP9), ``gif``, ``av1`` (SVT-AV1 in an .mp4) and ``png`` (a
-folder of numbered PNG frames). The YUV 4:2:0 formats need even sizes, so a frame of odd width or
+Formats: ``mp4`` (H.264, x264's default B-frames, index at the front for progressive playback),
+``webm`` (VP9), ``gif`` (one adaptive palette per clip, no dithering: written at the end, the
+frames kept until then), ``av1`` (SVT-AV1 in an .mp4) and ``png`` (a folder of numbered PNG
+frames). The YUV 4:2:0 formats need even sizes, so a frame of odd width or
 height is padded by one pixel (its last row/column repeated); the output is then one pixel larger.
 """
 
@@ -88,8 +90,8 @@ def _pad_even(frames: np.ndarray) -> np.ndarray:
 
 
 def _options(fmt: str, crf: int, preset: str) -> dict[str, str]:
-    if fmt == "mp4":
-        return {"crf": str(crf), "preset": preset, "tune": "zerolatency"}
+    if fmt == "mp4":  # x264's own defaults otherwise (B-frames: smaller files at the same quality)
+        return {"crf": str(crf), "preset": preset}
     if fmt == "webm":
         # constant quality (b=0) and a speed setting that keeps VP9 usable on CPU
         return {"crf": str(crf), "b": "0", "deadline": "good", "cpu-used": "4"}
@@ -119,6 +121,7 @@ class VideoWriter:
         self.frames_written = 0
         self.size: tuple[int, int] | None = None  # (height, width) as written, after padding
         self._container = self._stream = None
+        self._gif_frames: list[np.ndarray] = []
         self._done = False
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if fmt == "png":
@@ -131,7 +134,9 @@ class VideoWriter:
 
         if self.fmt == "av1":
             os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints its whole config to stderr otherwise
-        self._container = av.open(str(self.tmp_path), mode="w", format=self.container_format)
+        # MP4: the index goes to the front once the file is complete, so players can start before the end
+        options = {"movflags": "+faststart"} if self.container_format == "mp4" else {}
+        self._container = av.open(str(self.tmp_path), mode="w", format=self.container_format, options=options)
         stream = self._container.add_stream(self.codec, rate=Fraction(self.fps).limit_denominator(1001))
         stream.width, stream.height, stream.pix_fmt = width, height, self.pix_fmt
         stream.options = _options(self.fmt, self.crf, self.preset)
@@ -147,12 +152,16 @@ class VideoWriter:
         size = frames.shape[1:3]
         if self.size is None:
             self.size = size
-            if self.fmt != "png":
+            if self.fmt not in ("png", "gif"):
                 self._open(*size)
         elif size != self.size:
             raise ValueError(f"frame size changed from {self.size} to {size}")
         if self.fmt == "png":
             self._write_png(frames)
+            return
+        if self.fmt == "gif":  # one palette for the whole clip: kept until close()
+            self._gif_frames.extend(frames)
+            self.frames_written += len(frames)
             return
         import av
 
@@ -160,6 +169,19 @@ class VideoWriter:
             vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
             self._container.mux(self._stream.encode(vf))
             self.frames_written += 1
+
+    def _write_gif(self) -> None:
+        """The clip with one adaptive palette (median cut over every frame) and no dithering, so
+        flat areas stay flat; the frame delay is in 1/100 s, as GIF stores it."""
+        from PIL import Image
+
+        frames = self._gif_frames
+        mosaic = Image.fromarray(np.concatenate(frames, axis=0))
+        palette = mosaic.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+        images = [Image.fromarray(f).quantize(palette=palette, dither=Image.Dither.NONE) for f in frames]
+        images[0].save(self.tmp_path, format="GIF", save_all=True, append_images=images[1:],
+                       duration=max(2, round(100 / self.fps)) * 10, loop=0, optimize=False)
+        self._gif_frames = []
 
     def _write_png(self, frames: np.ndarray) -> None:
         from PIL import Image
@@ -180,6 +202,8 @@ class VideoWriter:
                 self._container.mux(self._stream.encode())
                 self._container.close()
                 self._container = None
+            if self.fmt == "gif":
+                self._write_gif()
             self._publish()
         except BaseException:
             self.abort()

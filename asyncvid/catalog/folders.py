@@ -9,12 +9,14 @@ torch/diffusers): the job file loader uses it to decide each job's kind and chec
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from pathlib import Path
 
 from ..errors import AsyncVidError
-from .builtin import BUILTINS, ensure_builtin
+from .builtin import BUILTINS, PACKAGED, ensure_builtin
+from .hub import cached_snapshot, looks_like_hub_id, not_cached_line
 
 #: diffusers pipeline class -> kind. A StableDiffusion(XL)Pipeline is an AnimateDiff base model: it
 #: needs a ``motion_adapter`` folder next to it.
@@ -57,8 +59,12 @@ def missing_model(model: str) -> str | None:
     """Why a model folder cannot be used (one line), or None; built-in names are always fine."""
     if model in BUILTINS or (Path(model) / "model_index.json").is_file():
         return None
-    what = "has no model_index.json" if Path(model).is_dir() else "not found"
-    return f"model folder {what}: {model} (expected a local diffusers pipeline folder; download it first)"
+    if Path(model).is_dir():
+        return f"model folder has no model_index.json: {model} (expected a diffusers pipeline folder)"
+    if looks_like_hub_id(model):  # a hub id that was neither a folder nor in the cache
+        return not_cached_line(model)
+    return (f"model folder not found: {model} (expected a diffusers pipeline folder, a built-in name such as "
+            f"shapes-t2v, or a hub id in your Hugging Face cache)")
 
 
 def missing_adapter(folder: str) -> str | None:
@@ -117,10 +123,51 @@ def controlnet_fingerprint(folder: str) -> str:
     return digest.hexdigest()
 
 
+def model_fingerprint(model: str) -> str | None:
+    """What identifies a model's weights in a video's manifest hash, so new weights in the same
+    folder make its videos stale: for a folder, sha256 over every config and index file's content
+    and every weights file's relative name, size and modification time (weights are not read); for
+    a packaged built-in, over its files' contents (mtimes change with every checkout); None for the
+    generated built-ins (rebuilt identically from their seed)."""
+    if model in BUILTINS:
+        return _content_digest(PACKAGED[model]) if model in PACKAGED else None
+    root = Path(model)
+    if not root.is_dir():
+        return None
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        rel = path.relative_to(root).as_posix()
+        try:
+            if path.suffix == ".json":
+                digest.update(f"\0{rel}\0".encode() + path.read_bytes())
+            elif path.suffix in (".safetensors", ".bin", ".pt", ".pth", ".ckpt"):
+                stat = path.stat()
+                digest.update(f"\0{rel}\0{stat.st_size}\0{stat.st_mtime_ns}".encode())
+        except OSError as exc:
+            digest.update(f"\0{rel}: unreadable: {exc.strerror}".encode())
+    return digest.hexdigest()
+
+
+@functools.lru_cache(maxsize=None)
+def _content_digest(root: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(f"\0{path.relative_to(root).as_posix()}\0".encode())
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
 def resolve_model(model: str) -> str:
-    """The diffusers folder for a job's model (built-ins are built on first use); one-line error if missing."""
+    """The diffusers folder for a model: a built-in name (built on first use), a folder, or a hub id
+    in the local Hugging Face cache; one-line error if missing."""
     if model in BUILTINS:
         return str(ensure_builtin(model))
+    if not Path(model).exists() and looks_like_hub_id(model):
+        snapshot = cached_snapshot(model)
+        if snapshot is not None:
+            return str(snapshot)
     problem = missing_model(model)
     if problem:
         raise AsyncVidError(problem)

@@ -8,7 +8,7 @@ import os
 
 def quiet_environment() -> None:
     """Set before diffusers/transformers are first imported (they read it at import)."""
-    os.environ["HF_HUB_OFFLINE"] = "1"  # before diffusers/transformers are imported: never download
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no download unless the user set HF_HUB_OFFLINE=0
     for var in ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY"):
         os.environ.setdefault(var, "error")  # their load-time chatter would bury the one-line job reports
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")

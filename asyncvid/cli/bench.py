@@ -65,7 +65,9 @@ def add_bench_parser(subparsers) -> None:
     q.add_argument("--stride", type=int, default=1, help="with --stages (default 1)")
     q.add_argument("--warmup", type=int, default=1, help="with --stages (default 1)")
     q.add_argument("--steps", type=int, default=25)
-    q.add_argument("--link", default="loopback", help="nvlink, pcie, ib, ethernet, loopback, or GB/s (default loopback)")
+    q.add_argument("--link", default="loopback",
+                   help="nvlink, pcie, ib, ethernet, loopback, measure (a ping-pong between two local ranks), "
+                        "or a bandwidth in GB/s (default loopback)")
     q.add_argument("--profile", metavar="FILE", help="read this saved profile instead of profiling")
     q.add_argument("--save-profile", metavar="FILE", help="write the profile taken here")
     q.add_argument("--preset", choices=["null", "tiny", "small", "full"], default="small")

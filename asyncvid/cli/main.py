@@ -15,7 +15,10 @@ from ..errors import AsyncVidError
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
     parser = argparse.ArgumentParser(prog="asyncvid", description="AsyncDiff stage-parallel video diffusion.")
+    parser.add_argument("--version", action="version", version=f"asyncvid {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     from .bench import add_bench_parser
     from .evaluate import add_eval_parser
@@ -37,7 +40,8 @@ def _terminated(signum, frame):
 def main(argv=None) -> int:
     import signal
 
-    os.environ["HF_HUB_OFFLINE"] = "1"  # before any diffusers/transformers import: never download
+    # before any diffusers/transformers import: no download unless the user's own setting allows it
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     signal.signal(signal.SIGTERM, _terminated)
     parser = build_parser()
     try:
@@ -47,7 +51,8 @@ def main(argv=None) -> int:
     try:
         return args.func(args)
     except AsyncVidError as exc:
-        print(f"asyncvid: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        for problem in getattr(exc, "problems", None) or [str(exc)]:  # a job file's problems: one line each
+            print(f"asyncvid: error: {' '.join(problem.split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("asyncvid: interrupted", file=sys.stderr)

@@ -11,11 +11,13 @@ def add_render_parser(subparsers) -> None:
                                           "<name>.json manifest. Jobs whose manifest matches their config are skipped.")
     p.add_argument("file", help="job file (YAML)")
     p.add_argument("--devices", type=int, metavar="N",
-                   help="number of devices (ranks); every job's `stages` must equal N. Default: the group "
-                        "size when started by srun/torchrun (one process per rank), else 1 (local ranks are "
-                        "spawned for N > 1)")
+                   help="number of devices (ranks). A job without `stages` gets N / cfg stages; jobs needing "
+                        "fewer devices (stages x cfg) run as N / (stages x cfg) replicas side by side. Default: "
+                        "the group size when started by srun/torchrun (one process per rank), else 1 (local "
+                        "ranks are spawned for N > 1)")
     p.add_argument("--out", metavar="DIR", help="output folder (default: the file's `out`, relative to the file)")
-    p.add_argument("--only", nargs="+", action="extend", metavar="NAME", help="render only these jobs")
+    p.add_argument("--only", action="append", metavar="NAME",
+                   help="render only this job (repeat for several: --only a --only b; or --only a,b)")
     p.add_argument("--shard", metavar="I/K", type=parse_shard,
                    help="render only jobs I, I+K, I+2K, ... of the file (0-based I; Slurm array tasks use this)")
     p.add_argument("--force", action="store_true", help="render again even if an up-to-date output exists")
@@ -31,5 +33,6 @@ def add_render_parser(subparsers) -> None:
 def cmd_render(args) -> int:
     from ..render.runner import render_file
 
-    return render_file(args.file, devices=args.devices, out=args.out, only=args.only, shard=args.shard,
+    only = [name for value in args.only for name in value.split(",") if name] if args.only else None
+    return render_file(args.file, devices=args.devices, out=args.out, only=only, shard=args.shard,
                        force=args.force, dry_run=args.dry_run, profile=args.profile, quiet=args.quiet)

@@ -21,7 +21,8 @@ def add_slurm_parser(subparsers) -> None:
     s = sub.add_parser("submit", help="write the sbatch script beside the outputs and submit it")
     s.add_argument("file", help="job file (YAML)")
     s.add_argument("--devices-per-task", type=int, required=True, metavar="N",
-                   help="ranks (devices) per array task; every job's `stages` must equal N")
+                   help="devices per array task: jobs without `stages` get N / cfg stages; jobs needing fewer "
+                        "(stages x cfg) run as replicas side by side")
     s.add_argument("--tasks", type=int, metavar="K",
                    help=f"array tasks; task I renders jobs I, I+K, ... (default: jobs, at most {DEFAULT_MAX_TASKS})")
     s.add_argument("--out", metavar="DIR", help="output folder (default: the file's `out`)")
@@ -32,7 +33,8 @@ def add_slurm_parser(subparsers) -> None:
     s.add_argument("--cpus-per-device", type=int, default=1, metavar="C", help="CPUs per rank (default 1)")
     s.add_argument("--nodes-per-task", type=int, default=1, metavar="M", help="nodes one group spans (default 1)")
     s.add_argument("--extra-sbatch", default="", metavar='"..."',
-                   help='more sbatch options, e.g. "--account=vid --qos=high"; each becomes an #SBATCH line')
+                   help='more sbatch options, each becoming an #SBATCH line; write it with "=" since the value '
+                        'starts with dashes: --extra-sbatch="--account=vid --qos=high"')
     s.add_argument("--requeue", action="store_true", help="let Slurm requeue preempted or failed tasks")
     s.add_argument("--dry-run", action="store_true", help="print the script and exit without submitting")
     s.set_defaults(func=cmd_submit)
@@ -68,9 +70,10 @@ def cmd_submit(args) -> int:
                       gpus_per_device=args.gpus_per_device, cpus_per_device=args.cpus_per_device,
                       partition=args.partition, time=args.time, requeue=args.requeue, extra_sbatch=extra,
                       python=sys.executable, workdir=Path.cwd())
-    needs = {job.name: job.stages * job.cfg for job in jobfile.jobs}
+    tasks = tasks_for(jobfile, out, devices=args.devices_per_task)
+    needs = {t.name: t.config["stages"] * t.config.get("cfg", 1) for t in tasks}
     check_spec(spec, needs, None)
-    check_folders(jobfile, jobfile.jobs, tasks_for(jobfile, out))
+    check_folders(jobfile, jobfile.jobs, tasks)
     try:
         nodes = commands.partition_nodes(args.partition)
     except AsyncVidError as exc:
@@ -86,7 +89,7 @@ def cmd_submit(args) -> int:
     spec.log_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(spec.script_path, script)
     job_id = commands.sbatch(str(spec.script_path))
-    record_submission(out, job_id, spec.script_path, spec.file, spec.tasks, list(range(spec.tasks)))
+    record_submission(out, job_id, spec.script_path, spec.file, spec.tasks, list(range(spec.tasks)), spec.devices)
     print(f"submitted array job {job_id}: {spec.tasks} task(s) x {spec.devices} rank(s) for {len(jobfile.jobs)} "
           f"job(s) -> {out}\nscript: {spec.script_path}\nfollow: asyncvid slurm status {shlex.quote(str(out))}")
     return 0
@@ -102,7 +105,7 @@ def _current(out: Path):
     latest = records[-1]
     jobfile = load_job_file(latest["file"])
     same = [r["job_id"] for r in records if r["script"] == latest["script"] and r["tasks"] == latest["tasks"]]
-    return latest, tasks_for(jobfile, out), same
+    return latest, tasks_for(jobfile, out, devices=latest.get("devices", 1)), same
 
 
 def _states(out: Path):
@@ -151,6 +154,7 @@ def cmd_resubmit(args) -> int:
     if not Path(latest["script"]).is_file():
         raise AsyncVidError(f"the kept script {latest['script']} is gone; submit the job file again")
     job_id = commands.sbatch(latest["script"], array=",".join(map(str, indices)))
-    record_submission(out, job_id, Path(latest["script"]), Path(latest["file"]), latest["tasks"], indices)
+    record_submission(out, job_id, Path(latest["script"]), Path(latest["file"]), latest["tasks"], indices,
+                      latest.get("devices", 1))
     print(f"resubmitted array task(s) {','.join(map(str, indices))} as job {job_id}")
     return 0

@@ -3,7 +3,7 @@
 With classifier-free-guidance parallelism (``cfg_degree`` > 1) there are ``cfg_degree`` stage
 groups side by side, each running the same N stages on its part of the guidance batch. Each group
 has its own stage-0 rank (its *group driver*); rank 0, the first group's, is the driver of the
-whole pipeline: it runs the diffusers loop and hands the other group drivers their parts.
+whole pipeline: it runs the pipeline's denoising loop and hands the other group drivers their parts.
 """
 
 from __future__ import annotations

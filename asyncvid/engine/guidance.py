@@ -25,6 +25,7 @@ from ..errors import AsyncVidError
 from .adapter import DenoiserCall, StageAdapter
 from .conditioning import ConditioningVersion
 from .runtime import StageRuntime
+from .schedule import REUSE
 
 
 class _Peer:
@@ -79,7 +80,7 @@ class GuidanceFanout:
         self.runtime.begin(timesteps, setups[0])
 
     def drive(self, step: int, call: DenoiserCall, tag: int = 0) -> torch.Tensor:
-        if self.runtime.timesteps is not None and 0 <= step < self.total and self.runtime.reuses(step):
+        if self.runtime.timesteps is not None and 0 <= step < self.total and self.runtime.action(step).kind == REUSE:
             if tag not in self.last:
                 raise AsyncVidError(f"step {step} reuses a prediction that call tag {tag} never made")
             return self.last[tag]

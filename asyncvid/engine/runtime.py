@@ -106,7 +106,7 @@ class StageRuntime:
         self.timesteps, self.total = timesteps, len(timesteps)
         self._tags_this_step = []
 
-    def _action(self, step: int) -> StepAction:
+    def action(self, step: int) -> StepAction:
         o = self.options
         return step_action(step, self.total, o.warmup, o.stride, o.time_shift)
 
@@ -123,10 +123,6 @@ class StageRuntime:
             stream.links["send_next"].isend(out.tensors())
         if "send_eps" in stream.links:
             stream.links["send_eps"].isend([self.adapter.prediction(out)])
-
-    def reuses(self, step: int) -> bool:
-        """Whether ``step`` of the current pass reuses the previous prediction (stride > 1)."""
-        return self._action(step).kind == REUSE
 
     def _count_step(self, before: int) -> None:
         self.steps_executed += 1
@@ -166,7 +162,7 @@ class StageRuntime:
         """Driver: the prediction for denoiser call ``tag`` of step ``step`` of the current pass."""
         if self.timesteps is None or not 0 <= step < self.total:
             raise AsyncVidError(f"denoiser call for step {step} outside the current pass of {self.total} steps")
-        action = self._action(step)
+        action = self.action(step)
         stream = self._stream(tag)
         if action.kind == REUSE:
             if stream.last_eps is None:
@@ -240,7 +236,7 @@ class StageRuntime:
         extras = recv_tree(self.driver_rank, self.device) if message.routes_extras_to(self.stage) else None
         self.calls_with_extras += extras is not None
         self._note_tag(message)
-        action = self._action(message.step)
+        action = self.action(message.step)
         if action.kind == REUSE or action.t_index != message.t_index:
             raise AsyncVidError(f"step message for step {message.step} (t_index {message.t_index}) disagrees with "
                                 f"this rank's schedule ({action}): every rank must use the same options")
@@ -285,7 +281,7 @@ class StageRuntime:
         if message.call_tag in pattern and pattern.index(message.call_tag) + 1 < len(pattern):
             return message.step, pattern[pattern.index(message.call_tag) + 1]
         step = message.step + 1
-        while step < self.total and self._action(step).kind == REUSE:
+        while step < self.total and self.action(step).kind == REUSE:
             step += 1
         return (step, pattern[0]) if step < self.total else None
 
@@ -294,7 +290,7 @@ class StageRuntime:
         if nxt is None:
             return None
         step, tag = nxt
-        action = self._action(step)
+        action = self.action(step)
         stream = self.streams.get(tag)
         if action.kind != PARALLEL or stream is None or stream.prev_input is None or stream.cond is None:
             return None

@@ -100,7 +100,7 @@ def stlpips_weights_path() -> Path:
     ``find_spec`` locates the package without executing it (its modules import torchvision)."""
     spec = importlib.util.find_spec("stlpips_pytorch")
     if spec is None or spec.origin is None:
-        raise AsyncVidError("ST-LPIPS weights not found: pip install stlpips-pytorch==0.0.2")
+        raise AsyncVidError("ST-LPIPS weights not found: pip install 'asyncvid[eval]' (or stlpips-pytorch==0.0.2)")
     path = Path(spec.origin).parent / "weights" / "vST0.0" / "alex_shift_tolerant.pth"
     if not path.is_file():
         raise AsyncVidError(f"ST-LPIPS weights missing at {path}: pip install stlpips-pytorch==0.0.2")

@@ -70,7 +70,7 @@ def pipeline_step_seconds(pipe, adapter, frames: int, h: int, steps: int = 5) ->
     """Seconds per denoising step of the pipeline itself, its denoiser replaced by a zero prediction
     (0 for pipelines this cannot call without extra inputs: ControlNet, video-to-video ...)."""
     from ..catalog.pipelines import call_kwargs
-    from ..planner.report import timed_call
+    from ..planner.clock import timed_call
 
     if not any(c.__name__ in ("AnimateDiffPipeline", "StableVideoDiffusionPipeline") for c in type(pipe).__mro__):
         return 0.0

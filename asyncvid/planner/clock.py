@@ -24,3 +24,16 @@ def now(device=None) -> float:
     """Seconds, after the device's queued work has finished."""
     synchronize(device)
     return time.perf_counter()
+
+
+def timed_call(pipe, kwargs: dict, seed: int = 0) -> list[float]:
+    """Wall-clock time at the call's start and at the end of every step (the loop's own callback)."""
+    marks: list[float] = []
+
+    def on_step_end(p, i, t, cb_kwargs):
+        marks.append(now())
+        return {}
+
+    start = now()
+    out = pipe(**kwargs, generator=torch.Generator().manual_seed(seed), callback_on_step_end=on_step_end)
+    return [start] + marks if out is not None else []

@@ -68,7 +68,7 @@ def _round(stage_s: list[float], cuts: list[int], link: LinkModel) -> tuple[floa
 def predict(costs: list[float], bytes_after_unit: list[int], stages: int, stride: int = 1, warmup: int = 1,
             steps: int = 25, overhead_s: float = 0.0, link: LinkModel = LINKS["loopback"], eps_bytes: int = 0,
             ranges: list[tuple[int, int]] | None = None, cfg: int = 1, part_costs: list[float] | None = None,
-            guidance_bytes: int = 0) -> Prediction:
+            guidance_bytes: int = 0, slowdown: float = 1.0) -> Prediction:
     """Predict one configuration. ``bytes_after_unit[i]`` is the carried state's size after unit i;
     ``eps_bytes`` what the last stage returns to the driver (both for the whole guidance batch).
 
@@ -76,14 +76,19 @@ def predict(costs: list[float], bytes_after_unit: list[int], stages: int, stride
     (``part_costs``: the units' costs at that batch, measured; default: ``costs / cfg``); rank 0
     also sends each other group its part of the latent and receives its prediction
     (``guidance_bytes`` per group and call, both directions together), and only rank 0 does the
-    pipeline's own per-step work."""
+    pipeline's own per-step work.
+
+    ``slowdown``: how much slower a unit computes while the other ranks compute too (CPU ranks on
+    one host share its memory system; measured by ``asyncvid bench``; 1 for separate devices). It
+    applies to the rounds where every rank works at once, not to sequential warm-up steps."""
     if stages < 1 or stride < 1 or warmup < 0 or steps < 1 or cfg < 1:
         raise AsyncVidError("stages, stride, cfg and steps must be >= 1 and warmup >= 0")
     if len(costs) < stages:
         raise AsyncVidError(f"cannot cut {len(costs)} units into {stages} stages")
     group_costs = costs if cfg == 1 else (part_costs or [c / cfg for c in costs])
     ranges = ranges or balanced_ranges(group_costs, stages)
-    compute = [sum(group_costs[a:b]) for a, b in ranges]
+    shared = slowdown if stages * cfg > 1 else 1.0
+    compute = [shared * sum(group_costs[a:b]) for a, b in ranges]
     sequential = sum(costs) + overhead_s
     warm_step = sequential  # a warm-up step runs the stages one after the other
     if stages == 1 and stride == 1 and cfg == 1:
@@ -97,7 +102,7 @@ def predict(costs: list[float], bytes_after_unit: list[int], stages: int, stride
             others, _ = _round(compute, cuts, link)  # the other groups: no pipeline work, the hop on top
             sends = 0.0 if link.overlaps_compute else (cfg - 1) * guidance_bytes / 2 / link.bytes_per_s
             round_s = max(round_s + sends, others + hop)
-            warm_step = max(sum(group_costs) + overhead_s + sends, sum(group_costs) + hop)
+            warm_step = max(shared * sum(group_costs) + overhead_s + sends, shared * sum(group_costs) + hop)
     per_step = round_s / stride
     warm = min(warmup, steps)
     video = warm * warm_step + math.ceil((steps - warm) / stride) * round_s

@@ -17,24 +17,22 @@ import torch
 from ..catalog.pipelines import call_kwargs, is_svd
 from ..errors import AsyncVidError
 from ..utils import atomic_write
-from .clock import now
+from .clock import now, timed_call
 from .links import LINKS, LinkModel
 from .predict import Prediction, predict
 
 PROFILE_VERSION = 1
 
 
-def timed_call(pipe, kwargs: dict, seed: int = 0) -> list[float]:
-    """Wall-clock time at the call's start and at the end of every step (the loop's own callback)."""
-    marks: list[float] = []
-
-    def on_step_end(p, i, t, cb_kwargs):
-        marks.append(now())
-        return {}
-
-    start = now()
-    out = pipe(**kwargs, generator=torch.Generator().manual_seed(seed), callback_on_step_end=on_step_end)
-    return [start] + marks if out is not None else []
+def pipeline_example_call(pipe, adapter, batch: int, frames: int, latent: int):
+    """A representative denoiser call of ``pipe`` (its text length, device and dtype)."""
+    device = next(pipe.unet.parameters()).device
+    dtype = next(pipe.unet.parameters()).dtype
+    extra = {}
+    tokenizer = getattr(pipe, "tokenizer", None)
+    if tokenizer is not None and not is_svd(pipe):
+        extra["text_len"] = min(int(tokenizer.model_max_length), 77)
+    return adapter.example_call(batch, frames, latent, latent, device, dtype, **extra)
 
 
 @torch.no_grad()
@@ -46,19 +44,15 @@ def profile_pipeline(pipe, frames: int, latent: int, batch: int = 2) -> dict:
     adapter = adapter_for(pipe.unet)
     device = next(pipe.unet.parameters()).device
     dtype = next(pipe.unet.parameters()).dtype
-    extra = {}
-    tokenizer = getattr(pipe, "tokenizer", None)
-    if tokenizer is not None and not is_svd(pipe):
-        extra["text_len"] = min(int(tokenizer.model_max_length), 77)
-    call = adapter.example_call(batch, frames, latent, latent, device, dtype, **extra)
+    call = pipeline_example_call(pipe, adapter, batch, frames, latent)
     raw = unit_costs(adapter, call, use_cache=False)
     # Timed one by one, small units carry Python overhead that the whole forward does not: keep the
     # units' shares but scale them to the measured whole forward.
-    forward = _time_forward(adapter, call)
+    forward = time_forward(adapter, call)
     costs = [c * forward / sum(raw) for c in raw]
     # CFG-parallel groups each run a part of the batch: the forward at one guidance branch
     part = adapter.split_batch(call, batch)[0] if batch > 1 else call
-    part_forward = _time_forward(adapter, part) if batch > 1 else forward
+    part_forward = time_forward(adapter, part) if batch > 1 else forward
     sizes = cut_bytes(type(adapter), pipe.unet, call)
     eps = initial_bytes(adapter, call.sample)
     kwargs = call_kwargs(pipe, frames, latent, steps=4)
@@ -90,7 +84,8 @@ def profile_pipeline(pipe, frames: int, latent: int, batch: int = 2) -> dict:
     }
 
 
-def _time_forward(adapter, call, reps: int = 3) -> float:
+def time_forward(adapter, call, reps: int = 3) -> float:
+    """Seconds of one whole forward of ``call``, unit by unit (after one untimed run)."""
     adapter.run_all(call)  # one-off set-up
     start = now(call.sample.device)
     for _ in range(reps):
@@ -117,7 +112,7 @@ def load_profile(path: str) -> dict:
 
 def predict_from(profile: dict, stages: int, stride: int = 1, warmup: int = 1, steps: int = 25,
                  link: LinkModel = LINKS["loopback"], ranges: list[tuple[int, int]] | None = None,
-                 cfg: int = 1) -> Prediction:
+                 cfg: int = 1, slowdown: float = 1.0) -> Prediction:
     """Predict from a saved profile; ``ranges``: a given split (default: the balanced one); ``cfg``
     stage groups, each on a ``cfg``-th of the profiled batch (scaled from the profile's one-branch
     forward when the profile has one, linearly otherwise)."""
@@ -132,7 +127,7 @@ def predict_from(profile: dict, stages: int, stride: int = 1, warmup: int = 1, s
             part_costs = [c * scale for c in costs]
     guidance = (profile.get("sample_bytes", eps) + eps) // cfg if cfg > 1 else 0
     return predict(costs, profile["bytes_after_unit"], stages, stride, warmup, steps, profile["overhead_s"], link, eps,
-                   ranges, cfg, part_costs, guidance)
+                   ranges, cfg, part_costs, guidance, slowdown)
 
 
 def _groups(cfg: int) -> str:

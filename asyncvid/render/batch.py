@@ -67,12 +67,9 @@ def pending_work(tasks: list[Task], options: RenderOptions, exact: bool = False)
                 print(f"skip {task.name} (up to date: {task.output})")
             continue
         try:
-            need = devices_per_job(task)
-            if need > devices or (exact and need != devices):
-                raise AsyncVidError(f"needs {need} devices (stages {task.config['stages']} x cfg "
-                                    f"{task.config.get('cfg', 1)}) but the group has {devices}"
-                                    + ("; under a launcher a job uses every rank (replicas: run `asyncvid render "
-                                       f"--devices {devices}` in one task)" if exact and need < devices else ""))
+            problem = device_problem(task, devices, exact)
+            if problem:
+                raise AsyncVidError(problem)
             resolve(task)
         except AsyncVidError as exc:
             failed.append(task.name)
@@ -85,6 +82,20 @@ def pending_work(tasks: list[Task], options: RenderOptions, exact: bool = False)
 def devices_per_job(task: Task) -> int:
     """Ranks one job runs on: its stages times its CFG groups."""
     return task.config["stages"] * task.config.get("cfg", 1)
+
+
+def device_problem(task: Task, devices: int, exact: bool = False) -> str | None:
+    """Why ``task`` cannot run on ``devices`` devices (None if it can). ``exact``: under a launcher
+    every job must use every rank (no replicas)."""
+    need, c = devices_per_job(task), task.config
+    if c["stages"] > 1 and c["warmup"] < 1:
+        return f"warmup: must be >= 1 with {c['stages']} stages (one per device; the first step seeds every stage)"
+    if need > devices or (exact and need != devices):
+        hint = ("; under a launcher a job uses every rank (replicas: run `asyncvid render "
+                f"--devices {devices}` in one task)" if exact and need < devices else
+                f" (run with --devices {need} or more)" if need > devices else "")
+        return f"needs {need} devices (stages {c['stages']} x cfg {c.get('cfg', 1)}) but the group has {devices}{hint}"
+    return None
 
 
 def profile_path(out: Path, options: RenderOptions) -> str | None:

@@ -11,7 +11,8 @@ import tempfile
 from pathlib import Path
 
 from ..errors import AsyncVidError
-from .batch import RenderOptions, check_folders, devices_per_job, pending_work, profile_path, summarize
+from .batch import (RenderOptions, check_folders, device_problem, devices_per_job, pending_work, profile_path,
+                    summarize)
 from .jobfile import load_job_file
 from .select import select_jobs
 from .tasks import Task, is_done, tasks_for
@@ -35,7 +36,7 @@ def render_file(file, devices: int | None = None, out=None, only: list[str] | No
     jobfile = load_job_file(file)
     out = Path(out).expanduser().resolve() if out else jobfile.out
     jobs = select_jobs(jobfile.jobs, only, shard)
-    tasks = tasks_for(jobfile, out, jobs)
+    tasks = tasks_for(jobfile, out, jobs, devices)
     if dry_run:
         import yaml
 
@@ -43,7 +44,11 @@ def render_file(file, devices: int | None = None, out=None, only: list[str] | No
         listed = [dict(t.config, output=t.output, up_to_date=is_done(t)) for t in tasks]
         print(yaml.safe_dump({"file": str(jobfile.path), "out": str(out), "devices": devices, "jobs": listed},
                              sort_keys=False, allow_unicode=True), end="")
-        return 0
+        problems = [(t.name, device_problem(t, devices, launched > 1)) for t in tasks]
+        for name, problem in problems:
+            if problem:
+                print(f"asyncvid: job {name!r} would fail: {problem}", file=sys.stderr)
+        return 1 if any(problem for _, problem in problems) else 0
     options = RenderOptions(devices=devices, force=force, profile=profile, quiet=quiet)
     if launched > 1:
         from .launched import render_launched

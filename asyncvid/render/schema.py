@@ -8,6 +8,8 @@ job may add a ControlNet (``controlnet`` + ``conditioning_frames``) and/or an in
 
 from __future__ import annotations
 
+from ..catalog.hub import model_location
+
 import copy
 import re
 from pathlib import Path
@@ -103,7 +105,7 @@ class Job(BaseModel):
     decode_chunk: Optional[int] = Field(None, ge=1)
     format: Format = "mp4"
     crf: int = Field(18, ge=0, le=63)
-    stages: int = Field(1, ge=1)
+    stages: Optional[int] = Field(None, ge=1)  # None: one stage per device left by cfg (tasks.make_task)
     cfg: int = Field(1, ge=1, le=3)
     stride: Stride = 1
     warmup: int = Field(1, ge=0)
@@ -153,14 +155,14 @@ class Job(BaseModel):
                 self.__dict__[field] = default
         if self.format == "mp4" and self.crf > 51:
             raise ValueError(f"crf: must be <= 51 for mp4 (H.264), got {self.crf}")
-        if self.stages > 1 and self.warmup < 1:
+        if (self.stages or 1) > 1 and self.warmup < 1:
             raise ValueError("warmup: must be >= 1 when stages > 1 (the first step seeds every stage)")
         scale = self.guidance if kind == "t2v" else self.max_guidance
         if self.cfg > 1 and scale <= 1:
             field = "guidance" if kind == "t2v" else "max_guidance"
             raise ValueError(f"cfg: {self.cfg} splits the guidance batch across device groups, but {field} is "
                              f"{scale:g} (<= 1: no guidance batch); use cfg: 1")
-        if isinstance(self.split, list) and len(self.split) != self.stages:
+        if isinstance(self.split, list) and self.stages is not None and len(self.split) != self.stages:
             raise ValueError(f"split: lists {len(self.split)} stage(s) but stages is {self.stages}")
         return self
 
@@ -183,7 +185,7 @@ def job_kind(defaults: dict, item: dict, base_dir: Path) -> tuple[str | None, st
     model, task = merged.get("model", "tiny-random"), merged.get("task")
     model_says, because = None, ""
     if isinstance(model, str) and model:
-        ref = model if model in BUILTINS else str(base_dir / Path(model).expanduser())
+        ref = model if model in BUILTINS else model_location(model, base_dir)
         try:
             model_says, because = model_kind(ref)
         except AsyncVidError as exc:

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..catalog.folders import controlnet_fingerprint, resolve_adapter, resolve_controlnet, resolve_model
+from ..catalog.folders import (controlnet_fingerprint, model_fingerprint, resolve_adapter, resolve_controlnet,
+                               resolve_model)
 from ..utils import atomic_write
 from ..video import output_name
 from .inputs import frames_sha256
@@ -57,13 +58,29 @@ def config_hash(config: dict) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def resolved_stages(job, devices: int) -> int:
+    """A job's stages: its own, else as many as its split lists, else one per device its CFG groups
+    leave (``--devices 4`` with ``cfg: 2``: 2 stages)."""
+    if job.stages is not None:
+        return job.stages
+    if isinstance(job.split, list):
+        return len(job.split)
+    return max(1, devices // job.cfg)
+
+
 def make_task(job, model: str, out: Path, image: str | None = None, motion_adapter: str | None = None,
-              controlnet: str | None = None, conditioning_frames: str | None = None, video: str | None = None) -> Task:
-    """The job's config holds only its own kind's fields. Input files go in by content, so a changed
-    file is rendered again: the image's sha256, the conditioning frames' and the input video's
-    (:func:`~.inputs.frames_sha256`), and the ControlNet folder's fingerprint (its config and the
-    names, sizes and modification times of its weights files)."""
+              controlnet: str | None = None, conditioning_frames: str | None = None, video: str | None = None,
+              devices: int = 1) -> Task:
+    """The job's config holds only its own kind's fields, and its stages resolved for ``devices``
+    (they change the video, so they are part of its identity). Input files go in by content, so a
+    changed file is rendered again: the image's sha256, the conditioning frames' and the input
+    video's (:func:`~.inputs.frames_sha256`), and the ControlNet folder's fingerprint (its config
+    and the names, sizes and modification times of its weights files)."""
     config = job.model_dump(mode="json", exclude_none=True)
+    config["stages"] = resolved_stages(job, devices)
+    fingerprint = model_fingerprint(model)
+    if fingerprint is not None:  # new weights in the same folder make the video stale
+        config["model_fingerprint"] = fingerprint
     if image is not None:
         config["image_sha256"] = hashlib.sha256(Path(image).read_bytes()).hexdigest()
     if controlnet is not None:
@@ -76,10 +93,11 @@ def make_task(job, model: str, out: Path, image: str | None = None, motion_adapt
                 str(out / f"{job.name}.json"), image, motion_adapter, controlnet, conditioning_frames, video)
 
 
-def tasks_for(jobfile, out: Path, jobs=None) -> list[Task]:
-    """Tasks of ``jobs`` (default: every job) of a loaded job file, writing into ``out``."""
+def tasks_for(jobfile, out: Path, jobs=None, devices: int = 1) -> list[Task]:
+    """Tasks of ``jobs`` (default: every job) of a loaded job file, writing into ``out``, for a run
+    on ``devices`` devices (jobs that do not set ``stages`` get one stage per device)."""
     return [make_task(job, jobfile.model_ref(job), out, jobfile.image_path(job), jobfile.adapter_ref(job),
-                      **jobfile.input_paths(job))
+                      **jobfile.input_paths(job), devices=devices)
             for job in (jobfile.jobs if jobs is None else jobs)]
 
 

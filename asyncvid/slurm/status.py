@@ -22,10 +22,13 @@ def records_path(out: Path) -> Path:
     return out / SLURM_DIR / "submissions.jsonl"
 
 
-def record_submission(out: Path, job_id: int, script: Path, file: Path, tasks: int, indices: list[int]) -> None:
+def record_submission(out: Path, job_id: int, script: Path, file: Path, tasks: int, indices: list[int],
+                      devices: int = 1) -> None:
+    """One line of ``submissions.jsonl``; ``devices`` per task decides unpinned jobs' stages (and so
+    the videos' identity), which ``status`` needs to recognise finished ones."""
     path = records_path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
-    entry = dict(job_id=job_id, script=str(script), file=str(file), tasks=tasks, indices=indices,
+    entry = dict(job_id=job_id, script=str(script), file=str(file), tasks=tasks, indices=indices, devices=devices,
                  submitted=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     with open(path, "a", encoding="utf-8") as f:  # one short line per append: no torn records
         f.write(json.dumps(entry) + "\n")

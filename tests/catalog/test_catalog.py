@@ -4,6 +4,7 @@ preset, and a benchmark call's kwargs."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -40,8 +41,9 @@ def test_folder_kinds(tmp_path):
 
 
 def test_missing_folders_are_one_line(tmp_path):
-    assert missing_model(str(tmp_path / "nope")) == (f"model folder not found: {tmp_path / 'nope'} (expected a local "
-                                                     "diffusers pipeline folder; download it first)")
+    assert missing_model(str(tmp_path / "nope")) == (
+        f"model folder not found: {tmp_path / 'nope'} (expected a diffusers pipeline folder, a built-in name such as "
+        "shapes-t2v, or a hub id in your Hugging Face cache)")
     assert missing_model(str(tmp_path)).startswith("model folder has no model_index.json")
     assert missing_adapter(str(tmp_path)).startswith("motion adapter folder has no config.json")
     with pytest.raises(AsyncVidError, match="model folder not found"):
@@ -66,3 +68,20 @@ def test_build_pipeline_null_preset():
     pipe = build_pipeline("animatediff", "null")
     assert tuple(pipe.unet.config.block_out_channels) == (8, 8)
     assert not is_svd(pipe)
+
+
+def test_a_hub_id_resolves_from_the_local_cache_and_is_one_line_when_absent(tmp_path, monkeypatch):
+    from jobfiles import hub_cache_with
+
+    monkeypatch.setenv("ASYNCVID_CACHE", str(tmp_path / "asyncvid-cache"))
+    cache = hub_cache_with(tmp_path, "someone/tiny-video", ensure_builtin("tiny-random"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # asyncvid's default: offline
+    folder = resolve_model("someone/tiny-video")
+    assert Path(folder).parent == cache / "models--someone--tiny-video" / "snapshots"
+    assert model_kind(folder)[0] == "t2v"
+    with pytest.raises(AsyncVidError) as err:
+        resolve_model("someone/not-cached")
+    line = str(err.value)
+    assert "'someone/not-cached' is neither a folder" in line and "`hf download someone/not-cached`" in line
+    assert str(cache) in line and "\n" not in line

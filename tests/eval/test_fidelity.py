@@ -158,7 +158,7 @@ def test_missing_stlpips_is_one_line_error(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "stlpips_pytorch" else real(name, *a))
-    with pytest.raises(AsyncVidError, match="pip install stlpips-pytorch==0.0.2") as err:
+    with pytest.raises(AsyncVidError, match=r"pip install .asyncvid\[eval\]. \(or stlpips-pytorch==0.0.2\)") as err:
         stlpips_weights_path()
     assert "\n" not in str(err.value)
 

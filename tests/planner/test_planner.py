@@ -68,6 +68,16 @@ def test_cfg_groups_halve_the_units_and_add_the_parts_round_trip():
     assert s2.cut_bytes == [150, 25] and s2.per_step_s == pytest.approx(3.0)
 
 
+def test_a_shared_host_slows_parallel_rounds_not_warm_up_steps():
+    fast = LinkModel("ideal", 1e30, 0.0)
+    base = predict(COSTS, BYTES, 2, steps=10, warmup=1, link=fast)
+    slow = predict(COSTS, BYTES, 2, steps=10, warmup=1, link=fast, slowdown=1.5)
+    assert slow.round_s == pytest.approx(1.5 * base.round_s)
+    assert slow.video_s == pytest.approx(base.sequential_step_s + 9 * slow.round_s)  # the warm-up step alone
+    one = predict(COSTS, BYTES, 1, steps=10, link=fast, slowdown=1.5)
+    assert one.per_step_s == pytest.approx(sum(COSTS))  # one rank: nobody to share with
+
+
 @pytest.mark.multiprocess
 def test_measured_local_link():
     from asyncvid.planner.links import measure_local_link
@@ -123,6 +133,8 @@ def test_bench_reports_every_configuration(tmp_path):
         assert (r["activation_bytes_per_step"] > 0) == (r["stages"] > 1)
         assert (r["guidance_bytes_per_step"] > 0) == (r["cfg"] > 1)
     assert report["profile"]["units"] and report["baselines"]["one_thread"]["per_step_s"] > 0
+    contention = report["contention"]  # measured once, applied to every multi-rank prediction
+    assert len(contention["together_s"]) == 2 and contention["slowdown"] >= 1.0
     # each configuration is compared with the one-thread runs right before and after it
     runs = report["baselines"]["one_thread_runs"]
     assert len(runs) == len(configs) + 1

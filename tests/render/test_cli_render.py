@@ -137,6 +137,17 @@ def test_only_unknown_name(tmp_path, capsys):
     assert capsys.readouterr().err.startswith("asyncvid: error: --only: no job named 'nope'")
 
 
+def test_only_before_the_file_does_not_swallow_it(tmp_path, capsys):
+    jobs = tmp_path / "jobs.yaml"
+    jobs.write_text("jobs:\n  - {name: a, prompt: x}\n  - {name: b, prompt: y}\n  - {name: c, prompt: z}\n")
+    assert main(["render", "--only", "a", str(jobs), "--only", "c", "--dry-run"]) == 0
+    listed = capsys.readouterr().out
+    assert "name: a" in listed and "name: c" in listed and "name: b" not in listed
+    assert main(["render", str(jobs), "--only", "a,b", "--dry-run"]) == 0
+    listed = capsys.readouterr().out
+    assert "name: a" in listed and "name: b" in listed and "name: c" not in listed
+
+
 @pytest.mark.multiprocess  # the CLI in a subprocess
 def test_bad_file_exits_2_with_one_line(tmp_path):
     jobs = tmp_path / "jobs.yaml"
@@ -169,7 +180,8 @@ def test_gpu_example_dry_run_names_the_missing_model_folder(capsys):
     assert out == "" and len(err.strip().splitlines()) == 1
     line = (EXAMPLES / "gpu.yaml").read_text().splitlines().index("    model: models/epiCRealism") + 1
     assert err.startswith(f"asyncvid: error: {EXAMPLES / 'gpu.yaml'}:{line}: job 1 'lighthouse': model: "
-                          f"model folder not found: {EXAMPLES / 'models' / 'epiCRealism'}")
+                          "model not found: 'models/epiCRealism' is neither a folder")
+    assert "`hf download models/epiCRealism`" in err
 
 
 def test_i2v_example_dry_run(capsys):
@@ -205,3 +217,23 @@ def test_base_model_plus_motion_adapter(tmp_path):
     assert read_video_info(tmp_path / "out" / "circle.mp4")["frames"] == 8
     manifest = json.loads((tmp_path / "out" / "circle.json").read_text())
     assert manifest["motion_adapter_dir"] == str(tmp_path / "adapter")
+
+
+def test_a_hub_id_in_the_local_cache_renders_offline(tmp_path, cache, monkeypatch, capsys):
+    from asyncvid.catalog.builtin import ensure_builtin
+    from jobfiles import hub_cache_with
+
+    hub = hub_cache_with(tmp_path, "someone/tiny-video", ensure_builtin("tiny-random"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    (tmp_path / "jobs.yaml").write_text("jobs:\n  - {name: a, model: someone/tiny-video, prompt: x, frames: 2, "
+                                        "width: 32, height: 32, steps: 2}\n"
+                                        "  - {name: b, model: someone/absent, prompt: x, frames: 2}\n")
+    assert main(["render", str(tmp_path / "jobs.yaml"), "--only", "a", "--out", str(tmp_path / "o")]) == 0
+    manifest = json.loads((tmp_path / "o" / "a.json").read_text())
+    assert manifest["model_dir"].startswith(str(hub / "models--someone--tiny-video" / "snapshots"))
+    assert read_video_info(tmp_path / "o" / "a.mp4")["frames"] == 2
+    capsys.readouterr()
+    assert main(["render", str(tmp_path / "jobs.yaml"), "--only", "b", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "'someone/absent' is neither a folder" in err and "hf download someone/absent" in err

@@ -34,7 +34,7 @@ def test_good_file_merges_defaults(tmp_path):
     circle, square = jf.jobs
     assert (circle.name, circle.steps, circle.frames, circle.width, circle.fps) == ("circle", 4, 8, 64, 8.0)
     assert (square.steps, square.format, square.model) == (2, "gif", "tiny-random")
-    assert circle.stages == 1 and circle.stride == 1 and circle.split == "auto"
+    assert circle.stages is None and circle.stride == 1 and circle.split == "auto"  # stages: one per device
     assert jf.out == (tmp_path / "renders").resolve()
 
 
@@ -244,3 +244,64 @@ def test_dtype_is_part_of_what_loading_a_model_depends_on(tmp_path):
     build_animatediff_pipeline("tiny", seed=0).save_pretrained(tmp_path / "model", safe_serialization=True)
     pipe = load_pipeline(*task.model_key)
     assert pipe.unet.dtype == torch.bfloat16 and pipe.vae.dtype == torch.bfloat16
+
+
+def test_stages_default_to_one_per_device_left_by_cfg(tmp_path):
+    from asyncvid.render.tasks import tasks_for
+
+    jf = load_job_file(write(tmp_path, "jobs:\n  - {name: a, prompt: x}\n  - {name: b, prompt: x, cfg: 2}\n"
+                                       "  - {name: c, prompt: x, stages: 1}\n  - {name: d, prompt: x, split: [[conv_in], [up_blocks]]}\n"))
+    stages = {n: [t.config["stages"] for t in tasks_for(jf, tmp_path, devices=n)] for n in (1, 2, 4)}
+    assert stages == {1: [1, 1, 1, 2], 2: [2, 1, 1, 2], 4: [4, 2, 1, 2]}
+    # the resolved stages are part of a video's identity: one device and two make different videos
+    one, two = tasks_for(jf, tmp_path, devices=1)[0], tasks_for(jf, tmp_path, devices=2)[0]
+    assert one.config_hash != two.config_hash
+
+
+THREE_MISTAKES = """\
+defaults: {frames: 4}
+jobs:
+  - name: a
+    prompt: x
+    num_inference_steps: 10
+  - name: b
+    prompt: y
+    frames: 0
+  - name: c
+    prompt: z
+    fromat: gif
+"""
+
+
+def test_every_mistake_is_reported_at_once_with_its_line_and_a_suggestion(tmp_path, capsys):
+    from asyncvid.cli.main import main
+
+    path = write(tmp_path, THREE_MISTAKES)
+    assert main(["render", str(path), "--out", str(tmp_path / "out")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == [
+        f"asyncvid: error: {path}:5: job 1 'a': num_inference_steps: unknown field (diffusers' name; the job "
+        "field is `steps`)",
+        f"asyncvid: error: {path}:8: job 2 'b': frames: Input should be greater than or equal to 1 (got 0)",
+        f"asyncvid: error: {path}:11: job 3 'c': fromat: unknown field; did you mean `format`?",
+    ]
+    assert not (tmp_path / "out").exists()  # nothing written
+
+
+def test_new_weights_in_the_same_model_folder_make_its_videos_stale(tmp_path):
+    import os
+
+    from asyncvid.render.tasks import tasks_for
+
+    folder = tmp_path / "model"
+    (folder / "unet").mkdir(parents=True)
+    (folder / "model_index.json").write_text('{"_class_name": "AnimateDiffPipeline"}')
+    (folder / "unet" / "config.json").write_text("{}")
+    weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(b"old")
+    path = write(tmp_path, "jobs:\n  - {name: a, prompt: x, model: model}\n")
+    before = tasks_for(load_job_file(path), tmp_path)[0].config_hash
+    assert tasks_for(load_job_file(path), tmp_path)[0].config_hash == before  # stable while nothing changes
+    weights.write_bytes(b"new weights")
+    os.utime(weights, ns=(1, 2))
+    assert tasks_for(load_job_file(path), tmp_path)[0].config_hash != before

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -41,3 +43,77 @@ def test_three_jobs_on_two_devices(tmp_path):
     assert drift["model_dir"] == str(tmp_path / "cache" / "models" / "tiny-random-svd")  # built once, cached
     profile = json.loads((out / "render_profile.json").read_text())
     assert profile["jobs"] == 3 and profile["devices"] == 2
+
+
+UNPINNED = """\
+defaults: {frames: 4, width: 32, height: 32, steps: 2, fps: 8}
+jobs:
+  - {name: whole, prompt: "a red circle"}
+  - {name: pinned, prompt: "a blue square", stages: 1}
+"""
+
+
+def test_devices_alone_parallelise_jobs_that_do_not_pin_stages(tmp_path, capsys):
+    (tmp_path / "jobs.yaml").write_text(UNPINNED)
+    out = tmp_path / "out"
+    assert main(["render", str(tmp_path / "jobs.yaml"), "--out", str(out), "--devices", "2", "--quiet"]) == 0
+    whole, pinned = (json.loads((out / f"{n}.json").read_text()) for n in ("whole", "pinned"))
+    assert (whole["config"]["stages"], whole["devices"]) == (2, 2)  # one stage per device
+    assert (pinned["config"]["stages"], pinned["devices"]) == (1, 1)
+    for name in ("whole", "pinned"):
+        assert read_video_info(out / f"{name}.mp4")["frames"] == 4
+
+
+def test_a_dry_run_fails_like_the_real_run_would(tmp_path, capsys):
+    (tmp_path / "jobs.yaml").write_text(UNPINNED + '  - {name: big, prompt: "x", stages: 2, cfg: 2}\n')
+    assert main(["render", str(tmp_path / "jobs.yaml"), "--devices", "2", "--dry-run"]) == 1
+    captured = capsys.readouterr()
+    assert "job 'big' would fail: needs 4 devices (stages 2 x cfg 2) but the group has 2" in captured.err
+    assert "whole" not in captured.err and "stages: 2" in captured.out  # the listing shows the resolved stages
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+def test_a_killed_rank_is_named_with_its_signal(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    (tmp_path / "jobs.yaml").write_text(
+        "defaults: {frames: 8, width: 32, height: 32, stages: 2}\njobs:\n"
+        "  - {name: first, prompt: x, steps: 2}\n  - {name: second, prompt: y, steps: 400}\n")
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "asyncvid.cli.main", "render", str(tmp_path / "jobs.yaml"),
+                             "--out", str(out), "--devices", "2", "--quiet"], stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, ASYNCVID_CACHE=str(tmp_path / "cache")))
+    try:
+        deadline = time.monotonic() + 180
+        while not (out / "first.json").exists():
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.monotonic() < deadline, "the first job never finished"
+            time.sleep(0.05)
+        time.sleep(1.0)  # the second job is being denoised
+        ranks = _children(proc.pid)
+        assert len(ranks) >= 2, ranks
+        os.kill(max(ranks), signal.SIGKILL)
+        err = proc.communicate(timeout=60)[1]
+    finally:
+        proc.kill()
+    assert proc.returncode == 1
+    lines = [line for line in err.splitlines() if "second" in line]
+    assert len(lines) == 1 and re.search(r"rank \d was killed by SIGKILL", lines[0]), err
+    assert "gloo" not in err and "GLHF" not in err
+    assert read_video_info(out / "first.mp4")["frames"] == 8  # finished work kept
+    assert not [p for p in out.iterdir() if ".partial" in p.name]

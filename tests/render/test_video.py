@@ -91,7 +91,7 @@ def test_png_folder_is_lossless(tmp_path):
 def test_temp_name_until_closed(tmp_path):
     path = tmp_path / "clip.mp4"
     with VideoWriter(path, fps=8) as writer:
-        writer.write(moving_gradient(2))
+        writer.write(moving_gradient(40))  # past x264's look-ahead: packets are being written
         assert not path.exists()
         assert [p.name for p in tmp_path.iterdir()] == [".clip.partial.mp4"]
     assert [p.name for p in tmp_path.iterdir()] == ["clip.mp4"]
@@ -154,3 +154,35 @@ def test_remove_partial_also_removes_a_png_folder_moved_aside(tmp_path):
     (tmp_path / ".frames.old").mkdir()  # a kill between the two renames of a folder replacement
     assert remove_partial(path, "png") == [tmp_path / ".frames.old"]
     assert read_video_info(path)["frames"] == 2
+
+
+def test_gif_palette_keeps_a_flat_background_flat(tmp_path):
+    """A mid-gray background (not a colour of a fixed 3-3-2 palette) with a moving anti-aliased
+    shape: one adaptive palette, no dithering, so every background pixel is the same gray again."""
+    frames = np.full((6, 32, 32, 3), 128, dtype=np.uint8)
+    yy, xx = np.mgrid[0:32, 0:32]
+    for i, frame in enumerate(frames):
+        disc = np.clip(6.5 - np.hypot(yy - 16, xx - 6 - 4 * i), 0, 1)[..., None]  # soft edge
+        frame[:] = (frame * (1 - disc) + np.array([220, 40, 40]) * disc).astype(np.uint8)
+    path = write_video(tmp_path / "disc.gif", frames, fps=8, fmt="gif")
+    gif = Image.open(path)
+    decoded = []
+    for i in range(6):
+        gif.seek(i)
+        decoded.append(np.asarray(gif.convert("RGB")))
+    background = np.stack(decoded)[:, :4]  # the top rows: background only
+    assert np.unique(background.reshape(-1, 3), axis=0).tolist() == [[128, 128, 128]]
+    assert read_video_info(path) == dict(frames=6, width=32, height=32, fps=pytest.approx(8, rel=0.25))
+
+
+def test_mp4_starts_with_its_index_and_uses_b_frames(tmp_path):
+    import av
+
+    path = write_video(tmp_path / "a.mp4", moving_gradient(16, 64, 64), fps=8)
+    data = path.read_bytes()
+    assert 0 < data.find(b"moov") < data.find(b"mdat")  # faststart: playable before fully downloaded
+    from av.video.frame import PictureType
+
+    with av.open(str(path)) as container:
+        types = {frame.pict_type for frame in container.decode(video=0)}
+    assert PictureType.B in types, types

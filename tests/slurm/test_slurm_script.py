@@ -92,3 +92,13 @@ def test_status_of_a_folder_without_submissions_is_one_line(tmp_path, capsys):
     (tmp_path / "slurm" / "submissions.jsonl").write_text("{not json\n")
     assert main(["slurm", "resubmit", str(tmp_path)]) == 2
     assert "submissions.jsonl:1: not a JSON line" in capsys.readouterr().err
+
+
+def test_extra_sbatch_as_the_readme_writes_it(tmp_path, capsys):
+    from asyncvid.cli.main import main
+
+    (tmp_path / "jobs.yaml").write_text("jobs:\n  - {name: a, prompt: x}\n")
+    assert main(["slurm", "submit", str(tmp_path / "jobs.yaml"), "--devices-per-task", "1",
+                 '--extra-sbatch=--account=video --qos=high', "--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "#SBATCH --account=video" in lines and "#SBATCH --qos=high" in lines
