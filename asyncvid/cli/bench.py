@@ -58,7 +58,7 @@ def add_bench_parser(subparsers) -> None:
     q.add_argument("--devices", type=int, required=True, metavar="D")
     q.add_argument("--objective", choices=["latency", "throughput"], default="latency",
                    help="latency: fastest single video; throughput: most videos per hour over replicas (default latency)")
-    q.add_argument("--fidelity", metavar="FILE", help="an `asyncvid eval --fidelity --json` report: PSNR per layout")
+    q.add_argument("--fidelity", metavar="FILE", help="an `asyncvid eval fidelity --json` report: PSNR per layout")
     q.add_argument("--min-psnr", type=float, metavar="DB", help="only layouts measured at or above this PSNR (needs --fidelity)")
     q.add_argument("--stages", type=int, help="predict only this many stages (with --stride, --warmup, --cfg)")
     q.add_argument("--cfg", type=int, default=1, help="with --stages: CFG groups (default 1)")
@@ -151,7 +151,7 @@ def cmd_plan(args) -> int:
         from ..planner.layouts import describe_layouts, enumerate_layouts, fidelity_table, rank_layouts
 
         if args.min_psnr is not None and not args.fidelity:
-            raise AsyncVidError("--min-psnr needs --fidelity FILE (an asyncvid eval --fidelity --json report)")
+            raise AsyncVidError("--min-psnr needs --fidelity FILE (an asyncvid eval fidelity --json report)")
         fidelity = fidelity_table(_read_json(args.fidelity)) if args.fidelity else None
         ranked = rank_layouts(enumerate_layouts(profile, args.devices, args.steps, link, fidelity), args.objective,
                               args.min_psnr)

@@ -13,7 +13,10 @@ def add_eval_parser(subparsers) -> None:
                                           "each clip from its pixels: is the dominant colour the prompt's, and does it "
                                           "move the prompt's way? Also reports how alike the mid-block hidden states "
                                           "of neighbouring steps are (AsyncDiff's premise). JSON out.")
-    p.add_argument("--model", default="shapes-t2v", help="built-in name or local AnimateDiff folder")
+    p.add_argument("what", nargs="?", choices=["adherence", "fidelity"], default="adherence",
+                   help="adherence: how well the model follows shapes prompts; fidelity: the quality cost of "
+                        "accelerated configurations against the sequential output (same as --fidelity)")
+    p.add_argument("--model", default="shapes-t2v", help="built-in name, local AnimateDiff folder or cached hub id")
     p.add_argument("--seeds", type=int, default=2, help="seeds per prompt (default 2: 48 samples)")
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--guidance", type=float, default=5.0)
@@ -21,7 +24,7 @@ def add_eval_parser(subparsers) -> None:
                    help="also measure step similarity of a random-weight UNet and text encoder of the same config")
     p.add_argument("--json", metavar="FILE", help="write the report here (default: stdout)")
     add_device_and_dtype(p, "precision of every pipeline, the reference included")
-    f = p.add_argument_group("fidelity of accelerated configurations (--fidelity)")
+    f = p.add_argument_group("fidelity of accelerated configurations (`asyncvid eval fidelity`)")
     f.add_argument("--fidelity", action="store_true",
                    help="render each configuration and the sequential pipeline from the same seeds and compare: "
                         "PSNR, SSIM, ST-LPIPS, temporal error (+ CLIP score, + adherence on the shapes world)")
@@ -47,7 +50,7 @@ def cmd_eval(args) -> int:
     import json
 
     apply_device(args)
-    if args.fidelity:
+    if args.fidelity or args.what == "fidelity":
         return cmd_fidelity(args)
 
     import torch

@@ -14,6 +14,28 @@ import sys
 from ..errors import AsyncVidError
 
 
+class DefaultsHelp(argparse.HelpFormatter):
+    """Help that shows each option's default, unless its text already says it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if ("default" in text or default in (None, False, argparse.SUPPRESS, "")
+                or not action.option_strings or isinstance(default, (list, tuple))):
+            return text
+        return f"{text} (default: {default})" if text else f"default: {default}"
+
+
+def _with_defaults_help(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = DefaultsHelp
+    for action in parser._actions:  # noqa: SLF001 - argparse has no public walk of subparsers
+        if action.help is None and action.option_strings and action.default not in (None, False, argparse.SUPPRESS):
+            action.help = "(default: %(default)s)"  # argparse prints nothing for an option without help
+        if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
+            for sub in action.choices.values():
+                _with_defaults_help(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
 
@@ -29,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench_parser(subparsers)
     add_eval_parser(subparsers)
     add_slurm_parser(subparsers)
+    _with_defaults_help(parser)
     return parser
 
 

@@ -23,11 +23,18 @@ def add_render_parser(subparsers) -> None:
     p.add_argument("--force", action="store_true", help="render again even if an up-to-date output exists")
     p.add_argument("--dry-run", action="store_true",
                    help="check the file and its model folders, print the resolved jobs and exit")
-    p.add_argument("--profile", action="store_true",
+    p.add_argument("--timings", "--profile", dest="profile", action="store_true",
                    help="print the batch's wall time against its summed denoising time and write them, with "
                         "per-job timings, to <out>/render_profile.json")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no per-job success lines")
     p.set_defaults(func=cmd_render)
+
+    s = subparsers.add_parser("schema", help="print the JSON Schema of a job file (for editors)",
+                              description="Print the JSON Schema of render job files, derived from the models that "
+                                          "validate them. Point a YAML language server at it with a first-line "
+                                          "comment: # yaml-language-server: $schema=asyncvid-jobs.schema.json")
+    s.add_argument("--out", metavar="FILE", help="write it here instead of printing it")
+    s.set_defaults(func=cmd_schema)
 
 
 def cmd_render(args) -> int:
@@ -36,3 +43,17 @@ def cmd_render(args) -> int:
     only = [name for value in args.only for name in value.split(",") if name] if args.only else None
     return render_file(args.file, devices=args.devices, out=args.out, only=only, shard=args.shard,
                        force=args.force, dry_run=args.dry_run, profile=args.profile, quiet=args.quiet)
+
+
+def cmd_schema(args) -> int:
+    import json
+
+    from ..render.json_schema import job_file_schema
+    from ..utils import atomic_write
+
+    text = json.dumps(job_file_schema(), indent=2) + "\n"
+    if args.out:
+        atomic_write(args.out, text)
+    else:
+        print(text, end="")
+    return 0

@@ -23,13 +23,16 @@ def add_slurm_parser(subparsers) -> None:
     s.add_argument("--devices-per-task", type=int, required=True, metavar="N",
                    help="devices per array task: jobs without `stages` get N / cfg stages; jobs needing fewer "
                         "(stages x cfg) run as replicas side by side")
-    s.add_argument("--tasks", type=int, metavar="K",
+    s.add_argument("--array-size", "--tasks", dest="tasks", type=int, metavar="K",
                    help=f"array tasks; task I renders jobs I, I+K, ... (default: jobs, at most {DEFAULT_MAX_TASKS})")
+    s.add_argument("--max-concurrent", type=int, metavar="J", help="at most J array tasks running at once (%%J)")
+    s.add_argument("--mem", metavar="SIZE", help="memory per node, e.g. 64G (sbatch --mem)")
     s.add_argument("--out", metavar="DIR", help="output folder (default: the file's `out`)")
     s.add_argument("--partition", metavar="P")
     s.add_argument("--time", metavar="T", help="time limit per array task, e.g. 2:00:00")
-    s.add_argument("--gpus-per-device", type=int, default=0, metavar="G",
-                   help="GPUs per rank (NCCL); 0 (default) runs CPU ranks over gloo")
+    s.add_argument("--gpus-per-device", type=int, metavar="G",
+                   help="GPUs per rank (NCCL); 0 runs CPU ranks over gloo (default: 1 if the partition's nodes "
+                        "have GPUs, per sinfo's GRES, else 0)")
     s.add_argument("--cpus-per-device", type=int, default=1, metavar="C", help="CPUs per rank (default 1)")
     s.add_argument("--nodes-per-task", type=int, default=1, metavar="M", help="nodes one group spans (default 1)")
     s.add_argument("--extra-sbatch", default="", metavar='"..."',
@@ -65,15 +68,6 @@ def cmd_submit(args) -> int:
         extra = tuple(shlex.split(args.extra_sbatch))
     except ValueError as exc:
         raise AsyncVidError(f"--extra-sbatch: {exc}") from None
-    spec = SubmitSpec(file=jobfile.path.resolve(), out=out, devices=args.devices_per_task,
-                      tasks=args.tasks or min(len(jobfile.jobs), DEFAULT_MAX_TASKS), nodes=args.nodes_per_task,
-                      gpus_per_device=args.gpus_per_device, cpus_per_device=args.cpus_per_device,
-                      partition=args.partition, time=args.time, requeue=args.requeue, extra_sbatch=extra,
-                      python=sys.executable, workdir=Path.cwd())
-    tasks = tasks_for(jobfile, out, devices=args.devices_per_task)
-    needs = {t.name: t.config["stages"] * t.config.get("cfg", 1) for t in tasks}
-    check_spec(spec, needs, None)
-    check_folders(jobfile, jobfile.jobs, tasks)
     try:
         nodes = commands.partition_nodes(args.partition)
     except AsyncVidError as exc:
@@ -81,6 +75,18 @@ def cmd_submit(args) -> int:
             raise
         nodes = None
         print(f"asyncvid: note: cluster limits not checked ({exc})", file=sys.stderr)
+    gpus = args.gpus_per_device
+    if gpus is None:  # the partition says: GPU nodes get one GPU per rank
+        gpus = 1 if nodes and any(n.gpus for n in nodes) else 0
+    spec = SubmitSpec(file=jobfile.path.resolve(), out=out, devices=args.devices_per_task,
+                      tasks=args.tasks or min(len(jobfile.jobs), DEFAULT_MAX_TASKS), nodes=args.nodes_per_task,
+                      gpus_per_device=gpus, cpus_per_device=args.cpus_per_device,
+                      partition=args.partition, time=args.time, requeue=args.requeue, extra_sbatch=extra,
+                      python=sys.executable, workdir=Path.cwd(), max_concurrent=args.max_concurrent, mem=args.mem)
+    tasks = tasks_for(jobfile, out, devices=args.devices_per_task)
+    needs = {t.name: t.config["stages"] * t.config.get("cfg", 1) for t in tasks}
+    check_spec(spec, needs, None)
+    check_folders(jobfile, jobfile.jobs, tasks)
     check_spec(spec, needs, nodes)
     script = sbatch_script(spec, replicas=any(n < spec.devices for n in needs.values()))
     if args.dry_run:

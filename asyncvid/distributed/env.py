@@ -152,3 +152,16 @@ def describe_group() -> str:
     return (f"rank {rank}/{world} local {os.environ.get('LOCAL_RANK', '0')} host {socket.gethostname()} "
             f"master {os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')} backend {dist.get_backend()} "
             f"members {int(members.item())}{where}")
+
+
+_LOST = re.compile(r"(Connection (?:closed|reset) by peer|Read error|Broken pipe)[^\[]*(\[[^\]]+\]:\d+)?")
+
+
+def lost_peer(exc: BaseException) -> str | None:
+    """When ``exc`` is the transport noticing that another rank went away (gloo's "Connection
+    closed by peer ... GLHF!"), one plain line saying so; None for any other error."""
+    match = _LOST.search(str(exc))
+    if match is None:
+        return None
+    where = f" at {match.group(2)}" if match.group(2) else ""
+    return f"lost the connection to another rank{where}: it died or was killed"

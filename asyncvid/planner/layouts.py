@@ -3,7 +3,7 @@
 A layout gives each video G = stages x cfg devices and runs D // G replicas side by side. Its
 per-video speedup (latency) comes from :func:`~.report.predict_from`; its throughput (videos per
 unit of time, relative to one device) is replicas x that speedup. Its fidelity comes from an
-``asyncvid eval --fidelity`` report when one is given: CFG groups and replicas are exact, so a
+``asyncvid eval fidelity`` report when one is given: CFG groups and replicas are exact, so a
 layout costs the fidelity of its stages x stride x warm-up alone (one stage: exact).
 """
 
@@ -56,13 +56,13 @@ class Layout:
 
 
 def fidelity_table(report: dict | None) -> dict[tuple[int, int, int], float]:
-    """(stages, stride, warm-up) -> mean PSNR in dB, from an ``asyncvid eval --fidelity`` report."""
+    """(stages, stride, warm-up) -> mean PSNR in dB, from an ``asyncvid eval fidelity`` report."""
     if report is None:
         return {}
     try:
         return {(r["stages"], r["stride"], r["warmup"]): float(r["metrics"]["psnr_db"]) for r in report["configs"]}
     except (KeyError, TypeError) as exc:
-        raise AsyncVidError(f"not an asyncvid eval --fidelity report (missing {exc})") from None
+        raise AsyncVidError(f"not an asyncvid eval fidelity report (missing {exc})") from None
 
 
 def enumerate_layouts(profile: dict, devices: int, steps: int, link: LinkModel, fidelity: dict | None = None,

@@ -20,7 +20,7 @@ from .tasks import Task, resolve
 def render_launched(tasks: list[Task], options: RenderOptions, out: Path) -> int:
     import torch.distributed as dist
 
-    from ..distributed.env import describe_group, ensure_process_group
+    from ..distributed.env import describe_group, ensure_process_group, lost_peer
     from .loop import render_all
 
     try:
@@ -49,7 +49,10 @@ def render_launched(tasks: list[Task], options: RenderOptions, out: Path) -> int
     except AsyncVidError:
         raise
     except Exception as exc:  # a rank died or the network broke: one line, not a traceback per rank
-        raise AsyncVidError(f"rank {rank}: the render group stopped: {one_line(exc)}") from None
+        why = lost_peer(exc)
+        if why:
+            why += " (the launcher's summary, e.g. torchrun's or Slurm's log, names which)"
+        raise AsyncVidError(f"rank {rank}: the render group stopped: {why or one_line(exc)}") from None
     if rank != 0:
         return 0
     return summarize(results, failed, skipped, options, profile)

@@ -20,6 +20,7 @@ from collections import Counter
 
 from ..catalog.pipelines import load_pipeline
 from ..catalog.quiet import quiet_environment
+from ..distributed.env import lost_peer
 from ..errors import PlanError
 from ..utils import atomic_write, one_line
 from .inputs import job_inputs
@@ -42,14 +43,23 @@ class Reporter:
         if not quiet and total and not label:  # replicas side by side: lines, no bars
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+            from rich.progress import TimeRemainingColumn
+
             self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                     TimeElapsedColumn())
-            self.bar = self.progress.add_task("rendering", total=total)
+                                     TimeElapsedColumn(), TimeRemainingColumn())
+            self.bar = self.progress.add_task("videos", total=total)
+            self.steps = self.progress.add_task("  steps", total=None)
             self.progress.start()
 
     def begin(self, task: Task) -> None:
         if self.progress:
-            self.progress.update(self.bar, description=f"rendering {task.name}")
+            self.progress.update(self.bar, description=f"videos (now {task.name})")
+            self.progress.reset(self.steps, total=task.config["steps"], description=f"  steps of {task.name}")
+
+    def step(self, done: int, total: int) -> None:
+        """A denoising step of the current video finished."""
+        if self.progress:
+            self.progress.update(self.steps, completed=done, total=total)
 
     def finish(self, task: Task, ok: bool, message: str, **extra) -> None:
         result = dict(name=task.name, status="done" if ok else "failed", message=message, **extra)
@@ -102,8 +112,10 @@ class Driver:
             self.reporter.finish(task, False, one_line(exc))
             return
         try:
-            latents = denoise(pipe, cfg, image, inputs)
+            latents = denoise(pipe, cfg, image, inputs, on_step=self.reporter.step)
         except Exception as exc:
+            if fatal_pipe_errors and lost_peer(exc):
+                raise  # another rank died: the launcher names it (signal, exit status) for this job
             self.reporter.finish(task, False, one_line(exc))
             if fatal_pipe_errors:
                 raise

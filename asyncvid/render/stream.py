@@ -33,14 +33,21 @@ def decode_chunk(cfg: dict) -> int:
     return cfg["frames"] if cfg.get("task") == "i2v" else T2V_DECODE_CHUNK
 
 
-def denoise(pipe, cfg: dict, image=None, inputs: dict | None = None):
+def denoise(pipe, cfg: dict, image=None, inputs: dict | None = None, on_step=None):
     """The job's pipeline call up to the latents (rank 0's result; None on the other ranks).
-    ``inputs``: a text-to-video job's ``conditioning_frames`` and ``video`` (lists of PIL frames)."""
+    ``inputs``: a text-to-video job's ``conditioning_frames`` and ``video`` (lists of PIL frames);
+    ``on_step(done, total)`` is called after every denoising step (progress)."""
     import torch
 
     generator = torch.Generator().manual_seed(cfg["seed"])
     common = dict(num_frames=cfg["frames"], height=cfg["height"], width=cfg["width"],
                   num_inference_steps=cfg["steps"], output_type="latent", generator=generator)
+    if on_step is not None:
+        def step_ended(p, i, t, kwargs):
+            on_step(i + 1, getattr(p, "num_timesteps", None) or cfg["steps"])
+            return {}
+
+        common["callback_on_step_end"] = step_ended
     if cfg.get("task") == "i2v":
         out = pipe(image=image, fps=cfg["fps"], motion_bucket_id=cfg["motion_bucket_id"],
                    noise_aug_strength=cfg["noise_aug_strength"], min_guidance_scale=cfg["min_guidance"],

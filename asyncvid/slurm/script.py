@@ -34,6 +34,8 @@ class SubmitSpec:
     time: str | None = None
     requeue: bool = False
     extra_sbatch: tuple[str, ...] = ()
+    max_concurrent: int | None = None  # array throttle (%J)
+    mem: str | None = None  # memory per node (sbatch --mem)
     python: str = "python3"
     workdir: Path = Path(".")
 
@@ -67,6 +69,8 @@ def check_spec(spec: SubmitSpec, stages: dict[str, int], nodes: list[Node] | Non
                             f"({why}){f'; {len(wrong) - 1} more job(s) differ' if len(wrong) > 1 else ''}")
     if spec.gpus_per_device < 0 or spec.cpus_per_device < 1:
         raise AsyncVidError("--gpus-per-device must be >= 0 and --cpus-per-device >= 1")
+    if spec.max_concurrent is not None and spec.max_concurrent < 1:
+        raise AsyncVidError(f"--max-concurrent must be >= 1, got {spec.max_concurrent}")
     if nodes is None:
         return
     where = f"partition {spec.partition!r}" if spec.partition else "the default partition"
@@ -101,7 +105,7 @@ def sbatch_script(spec: SubmitSpec, replicas: bool = False) -> str:
         f"# jobs I, I+{spec.tasks}, ... and skips videos whose manifest matches, so re-running a task only renders",
         "# what is missing. Status and the resubmit command: asyncvid slurm status " + q(str(spec.out)),
         f"#SBATCH --job-name=asyncvid-{spec.file.stem}",
-        f"#SBATCH --array=0-{spec.tasks - 1}",
+        f"#SBATCH --array=0-{spec.tasks - 1}" + (f"%{spec.max_concurrent}" if spec.max_concurrent else ""),
         f"#SBATCH --nodes={spec.nodes}",
         f"#SBATCH --ntasks-per-node={ranks}",
         f"#SBATCH --cpus-per-task={cpus}",
@@ -113,6 +117,8 @@ def sbatch_script(spec: SubmitSpec, replicas: bool = False) -> str:
         lines.append(f"#SBATCH --partition={spec.partition}")
     if spec.time:
         lines.append(f"#SBATCH --time={spec.time}")
+    if spec.mem:
+        lines.append(f"#SBATCH --mem={spec.mem}")
     if spec.requeue:
         lines.append("#SBATCH --requeue")
     lines += [f"#SBATCH {option}" for option in spec.extra_sbatch]

@@ -51,3 +51,12 @@ def test_slurm_environment_maps_to_torch_variables():
     assert launched_world_size(env) == 4 and launched_world_size(batch_script) == 1
     assert _first_slurm_host("node1") == "node1"
     assert _first_slurm_host("a[1,3]") == "a1"
+
+
+def test_a_lost_peer_is_one_plain_line():
+    from asyncvid.distributed.env import lost_peer
+
+    gloo = RuntimeError("[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by "
+                        "peer [127.0.0.1]:22929. This is typically caused by a remote worker crashing. GLHF!")
+    assert lost_peer(gloo) == "lost the connection to another rank at [127.0.0.1]:22929: it died or was killed"
+    assert lost_peer(ValueError("height must be divisible by 8")) is None

@@ -305,3 +305,20 @@ def test_new_weights_in_the_same_model_folder_make_its_videos_stale(tmp_path):
     weights.write_bytes(b"new weights")
     os.utime(weights, ns=(1, 2))
     assert tasks_for(load_job_file(path), tmp_path)[0].config_hash != before
+
+
+def test_schema_command_prints_the_job_file_schema(tmp_path, capsys):
+    import json
+
+    from asyncvid.cli.main import main
+
+    assert main(["schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    assert schema["required"] == ["jobs"] and schema["additionalProperties"] is False
+    item = schema["properties"]["jobs"]["items"]
+    assert item["required"] == ["name"] and item["additionalProperties"] is False
+    assert "num_inference_steps" not in item["properties"] and "steps" in item["properties"]
+    assert "name" not in schema["properties"]["defaults"]["properties"]  # each job names itself
+    assert "num_inference_steps" in item["properties"]["steps"]["description"]
+    assert main(["schema", "--out", str(tmp_path / "s.json")]) == 0
+    assert json.loads((tmp_path / "s.json").read_text()) == schema

@@ -114,7 +114,7 @@ def test_cfg_without_guidance_is_a_job_file_error(tmp_path, capsys):
 
 def test_render_bench_times_one_device_against_replicas(tmp_path, cache, capsys):
     jobs, report = tmp_path / "jobs.yaml", tmp_path / "bench.json"
-    jobs.write_text("defaults: {frames: 4, width: 32, height: 32, steps: 3}\njobs:\n"
+    jobs.write_text("defaults: {frames: 4, width: 32, height: 32, steps: 3, stages: 1}\njobs:\n"
                     "  - {name: a, prompt: x}\n  - {name: b, prompt: y, seed: 1}\n")
     assert main(["bench", "--render", str(jobs), "--devices", "2", "--json", str(report)]) == 0
     result = json.loads(report.read_text())

@@ -155,3 +155,12 @@ def test_encoding_failure_fails_only_its_job(tmp_path, capsys):
     assert len(err) == 1 and err[0].startswith("asyncvid: job 'blocked' failed: ")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["blocked.mp4", "fine.json", "fine.mp4"]
     assert read_video_info(tmp_path / "out" / "fine.mp4")["frames"] == 2
+
+
+def test_denoise_reports_every_step(one_thread):
+    pipe = build_animatediff_pipeline("tiny", seed=0)
+    cfg = dict(task="t2v", seed=0, frames=2, height=32, width=32, steps=3, prompt="x", negative_prompt="",
+               guidance=7.5)
+    seen = []
+    latents = denoise(pipe, cfg, on_step=lambda done, total: seen.append((done, total)))
+    assert seen == [(1, 3), (2, 3), (3, 3)] and latents is not None

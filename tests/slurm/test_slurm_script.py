@@ -102,3 +102,23 @@ def test_extra_sbatch_as_the_readme_writes_it(tmp_path, capsys):
                  '--extra-sbatch=--account=video --qos=high', "--dry-run"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert "#SBATCH --account=video" in lines and "#SBATCH --qos=high" in lines
+
+
+def test_array_throttle_and_memory():
+    lines = sbatch_script(spec(max_concurrent=2, mem="64G")).splitlines()
+    assert "#SBATCH --array=0-2%2" in lines and "#SBATCH --mem=64G" in lines
+    with pytest.raises(AsyncVidError, match="--max-concurrent must be >= 1"):
+        check_spec(spec(max_concurrent=0), {n: 4 for n in "abcd"}, None)
+
+
+@pytest.mark.parametrize("gres_gpus, expected", [(4, "#SBATCH --gpus-per-task=1"), (0, "export ASYNCVID_DEVICE=cpu")])
+def test_gpus_per_device_follows_the_partition_when_not_given(tmp_path, capsys, monkeypatch, gres_gpus, expected):
+    from asyncvid.cli.main import main
+    from asyncvid.slurm import commands
+
+    monkeypatch.setattr(commands, "partition_nodes", lambda partition: [Node("n1", 64, gres_gpus)])
+    (tmp_path / "jobs.yaml").write_text("jobs:\n  - {name: a, prompt: x}\n")
+    assert main(["slurm", "submit", str(tmp_path / "jobs.yaml"), "--devices-per-task", "2", "--array-size", "1",
+                 "--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert expected in lines and "#SBATCH --array=0-0" in lines
