@@ -92,20 +92,24 @@ def _group_lines(log: Path) -> list[dict]:
             for m in re.finditer(pattern, log.read_text())]
 
 
-def test_array_of_two_tasks_times_two_ranks_renders_every_job(tmp_path, cluster_env, capsys):
-    jobs = _jobfile(tmp_path)
-    out = tmp_path / "out"
+def test_the_quick_start_as_an_array_of_two_tasks_times_two_ranks(tmp_path, cluster_env, capsys):
+    """The README's newcomer path: the quick start's jobs pin no `stages`, so two devices per task
+    give each video two stages; each array task's two ranks form one group."""
+    jobs = tmp_path / "quickstart.yaml"
+    jobs.write_text((ROOT / "examples" / "quickstart.yaml").read_text().replace("\nout: out", "\nout: renders"))
+    out = tmp_path / "renders"
     args = ["slurm", "submit", str(jobs), "--devices-per-task", "2", "--tasks", "2"]
     assert main(args + ["--dry-run"]) == 0
     dry = capsys.readouterr().out
     assert main(args) == 0
-    assert (out / "slurm" / "jobs.sbatch").read_text() == dry  # --dry-run shows exactly what was submitted
+    assert (out / "slurm" / "quickstart.sbatch").read_text() == dry  # --dry-run shows exactly what was submitted
     job_id = _submitted(out)[0]["job_id"]
     _wait_gone(job_id)
 
-    for name in "abcd":
-        assert read_video_info(out / f"{name}.mp4")["frames"] == 8
-        assert json.loads((out / f"{name}.json").read_text())["devices"] == 2
+    for name, ext in (("red-circle", "mp4"), ("yellow-triangle", "gif")):
+        assert read_video_info(out / f"{name}.{ext}")["frames"] == 8
+        manifest = json.loads((out / f"{name}.json").read_text())
+        assert manifest["devices"] == 2 and manifest["config"]["stages"] == 2
     # each array task's two ranks formed one group: both logged, same master, all-reduce saw 2 members
     for index in (0, 1):
         lines = _group_lines(out / "slurm" / "logs" / f"{job_id}_{index}.out")
@@ -118,9 +122,9 @@ def test_array_of_two_tasks_times_two_ranks_renders_every_job(tmp_path, cluster_
     assert len(masters) == 2
 
     capsys.readouterr()
-    assert main(["slurm", "status", str(out)]) == 0
+    assert main(["slurm", "status", str(out)]) == 0  # the status knows the stages the submission resolved
     status = capsys.readouterr().out
-    assert "4 done (4 jobs)" in status and "resubmit" not in status
+    assert "2 done (2 jobs)" in status and "resubmit" not in status
 
 
 def test_one_array_task_holds_two_replicas_of_one_device_jobs(tmp_path, cluster_env, capsys):
