@@ -16,6 +16,7 @@ import platform
 import torch
 
 from .memory_bench import phase_peak_mib, reset_peak_rss, run_memory
+from .progress import progress
 from .utils import atomic_write
 
 
@@ -137,7 +138,6 @@ def run_bench(preset: str = "small", frames: int = 8, latent: int = 16, steps: i
     """Baselines, then every (stages, stride[, warmup[, cfg]]) configuration, each with the planner's
     prediction from the one-thread profile beside the measurement."""
     from .launch import launch_local
-    from .planner.report import predict_from
 
     cfg = dict(model=model, preset=preset, frames=frames, latent=latent, steps=steps, warmup=warmup, repeats=repeats,
                dtype=dtype)
@@ -162,29 +162,42 @@ def run_bench(preset: str = "small", frames: int = 8, latent: int = 16, steps: i
         report["memory"] = run_memory(cfg, sorted({c[0] for c in configs if c[0] > 1}) or [2], log=log)
     # This machine's speed drifts by 10-25 % from minute to minute: every configuration is compared
     # with the one-thread baseline measured right before and right after it (their mean).
-    before = one
-    runs = report["baselines"]["one_thread_runs"] = [dict(per_step_s=one["per_step_s"], denoise_s=one["denoise_s"])]
-    for stages, stride, wu, groups in configs:
-        res = launch_local(run_parallel_rank, stages * groups, cfg, stages, stride, wu, groups)
-        after = launch_local(run_baseline, 1, cfg, 1, threads_per_rank=1)
-        runs.append(dict(per_step_s=after["per_step_s"], denoise_s=after["denoise_s"]))
-        ref = {k: (before[k] + after[k]) / 2 for k in ("per_step_s", "denoise_s")}
-        before = after
-        ranges = [tuple(r) for r in res["plan"]["ranges"]]
-        pred = predict_from(profile, stages, stride, wu, steps, link, ranges, cfg=groups, slowdown=slowdown)
-        res.update(stages=stages, stride=stride, warmup=wu, cfg=groups, shares_cores=stages * groups > cores,
-                   one_thread_reference=ref,
-                   speedup_vs_one_thread=ref["per_step_s"] / res["per_step_s"],
-                   speedup_vs_all_cores=allc["per_step_s"] / res["per_step_s"],
-                   end_to_end_speedup_vs_one_thread=ref["denoise_s"] / res["denoise_s"],
-                   predicted=dict(per_step_s=pred.per_step_s, speedup_per_step=pred.speedup_per_step,
-                                  speedup_per_video=pred.speedup_per_video, stage_s=pred.stage_s, cfg=pred.cfg))
-        report["results"].append(res)
-        log(f"stages={stages} stride={stride} warmup={wu} cfg={groups}: {res['per_step_s'] * 1000:.1f} ms/step "
-            f"(1 thread around it: {ref['per_step_s'] * 1000:.1f}), "
-            f"{res['speedup_vs_one_thread']:.2f}x vs 1 thread (predicted {pred.speedup_per_step:.2f}x), "
-            f"{res['speedup_vs_all_cores']:.2f}x vs {cores} threads")
+    report["baselines"]["one_thread_runs"] = [dict(per_step_s=one["per_step_s"], denoise_s=one["denoise_s"])]
+    with progress(len(configs), "configurations") as advance:
+        for stages, stride, wu, groups in configs:
+            _run_config(report, cfg, (stages, stride, wu, groups), profile, link, slowdown, allc, cores, log)
+            advance()
     return report
+
+
+def _run_config(report: dict, cfg: dict, config: tuple, profile: dict, link, slowdown: float, allc: dict,
+                cores: int, log) -> None:
+    """One configuration between two one-thread baselines (the one before is the previous one's after)."""
+    from .launch import launch_local
+    from .planner.report import predict_from
+
+    stages, stride, wu, groups = config
+    steps = cfg["steps"]
+    runs = report["baselines"]["one_thread_runs"]
+    before = runs[-1]
+    res = launch_local(run_parallel_rank, stages * groups, cfg, stages, stride, wu, groups)
+    after = launch_local(run_baseline, 1, cfg, 1, threads_per_rank=1)
+    runs.append(dict(per_step_s=after["per_step_s"], denoise_s=after["denoise_s"]))
+    ref = {k: (before[k] + after[k]) / 2 for k in ("per_step_s", "denoise_s")}
+    ranges = [tuple(r) for r in res["plan"]["ranges"]]
+    pred = predict_from(profile, stages, stride, wu, steps, link, ranges, cfg=groups, slowdown=slowdown)
+    res.update(stages=stages, stride=stride, warmup=wu, cfg=groups, shares_cores=stages * groups > cores,
+               one_thread_reference=ref,
+               speedup_vs_one_thread=ref["per_step_s"] / res["per_step_s"],
+               speedup_vs_all_cores=allc["per_step_s"] / res["per_step_s"],
+               end_to_end_speedup_vs_one_thread=ref["denoise_s"] / res["denoise_s"],
+               predicted=dict(per_step_s=pred.per_step_s, speedup_per_step=pred.speedup_per_step,
+                              speedup_per_video=pred.speedup_per_video, stage_s=pred.stage_s, cfg=pred.cfg))
+    report["results"].append(res)
+    log(f"stages={stages} stride={stride} warmup={wu} cfg={groups}: {res['per_step_s'] * 1000:.1f} ms/step "
+        f"(1 thread around it: {ref['per_step_s'] * 1000:.1f}), "
+        f"{res['speedup_vs_one_thread']:.2f}x vs 1 thread (predicted {pred.speedup_per_step:.2f}x), "
+        f"{res['speedup_vs_all_cores']:.2f}x vs {cores} threads")
 
 
 def _link(configs, log):

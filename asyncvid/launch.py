@@ -68,6 +68,12 @@ def launch_local(fn, nprocs: int, *args, threads_per_rank: int = 1, timeout: flo
     shifts the ranks' ``LOCAL_RANK`` (and so their GPU): groups side by side on one node."""
     if nprocs < 1:
         raise AsyncVidError(f"nprocs must be >= 1, got {nprocs}")
+    # Ranks leave with os._exit (see _rank_main), so semaphores torch created in them are freed by
+    # multiprocessing's resource tracker, which then warns about each at exit. The tracker is its own
+    # process started with this interpreter's -W options: tell it the clean-up is expected.
+    quiet_tracker = "ignore::UserWarning:multiprocessing.resource_tracker"
+    if quiet_tracker not in sys.warnoptions:
+        sys.warnoptions.append(quiet_tracker)
     ctx = mp.get_context("spawn")
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="asyncvid-launch-") as workdir:

@@ -13,7 +13,8 @@ SWEEP = ["1x1", "1x2", "2x1", "2x2", "2x1w3", "2x2w3", "3x1", "3x2", "4x1", "4x2
 
 
 def add_bench_parser(subparsers) -> None:
-    p = subparsers.add_parser("bench", help="measure per-step speed of stage/stride/warm-up configurations (JSON)",
+    p = subparsers.add_parser("bench", help="measure the speed of stage/stride/warm-up/CFG configurations, or of a "
+                                            "job file on 1 vs D devices (--render); JSON",
                               description="Per-step and per-video denoising time of AsyncDiff configurations against "
                                           "the untouched pipeline in one process with one thread and with every core, "
                                           "with the planner's prediction beside each speedup. Each rank runs one "

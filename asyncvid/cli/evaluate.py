@@ -8,7 +8,8 @@ from .options import add_device_and_dtype, apply_device
 
 
 def add_eval_parser(subparsers) -> None:
-    p = subparsers.add_parser("eval", help="score prompt adherence (colour, direction) on held-out shapes prompts",
+    p = subparsers.add_parser("eval", help="prompt adherence on held-out shapes prompts; `eval fidelity`: the quality "
+                                           "cost of accelerated configurations",
                               description="Render the held-out prompts of the shapes world with a model and score "
                                           "each clip from its pixels: is the dominant colour the prompt's, and does it "
                                           "move the prompt's way? Also reports how alike the mid-block hidden states "

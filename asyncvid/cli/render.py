@@ -22,7 +22,8 @@ def add_render_parser(subparsers) -> None:
                    help="render only jobs I, I+K, I+2K, ... of the file (0-based I; Slurm array tasks use this)")
     p.add_argument("--force", action="store_true", help="render again even if an up-to-date output exists")
     p.add_argument("--dry-run", action="store_true",
-                   help="check the file and its model folders, print the resolved jobs and exit")
+                   help="check the file and its model folders, print the resolved jobs and exit (status 1 if "
+                        "a job would fail on these devices)")
     p.add_argument("--timings", "--profile", dest="profile", action="store_true",
                    help="print the batch's wall time against its summed denoising time and write them, with "
                         "per-job timings, to <out>/render_profile.json")
