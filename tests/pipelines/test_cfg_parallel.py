@@ -27,8 +27,15 @@ EXACT_KINDS = ("t2v", "sdxl", "controlnet", "svd", "pag")
 ASYNC_KINDS = ("t2v", "controlnet", "svd", "pag")
 
 
-def jobs() -> dict:
+LORA_CHANGES = (None, "lora-scale")
+
+
+def jobs(lora_dir: str) -> dict:
     two = {f"{kind}-cfg2": ("_variants.render_variant", (kind, ONE_STAGE)) for kind in EXACT_KINDS}
+    # module state reaches the other group too: an IP-Adapter (its image embeddings cut with the batch)
+    # and a LoRA whose scale changes between calls
+    two["ip-adapter-cfg2"] = ("_variants.render_variant", ("t2v", ONE_STAGE, "ip-adapter"))
+    two["lora-cfg2"] = ("_variants.render_variant", ("t2v", ONE_STAGE, "lora", lora_dir, LORA_CHANGES))
     two["pag-unguided-cfg2"] = ("_variants.render_variant", ("pag", ONE_STAGE, None, None, (None,), None, NO_GUIDANCE))
     two["no-guidance"] = ("_variants.render_without_guidance", ("t2v", ONE_STAGE))
     three = {"pag-cfg3": ("_variants.render_variant", ("pag", dict(stages=1, cfg=3)))}
@@ -38,9 +45,14 @@ def jobs() -> dict:
 
 
 @pytest.fixture(scope="module")
-def runs():
+def lora_dir(tmp_path_factory):
+    return _variants.lora_file(str(tmp_path_factory.mktemp("lora")))
+
+
+@pytest.fixture(scope="module")
+def runs(lora_dir):
     out = {}
-    for world, group in jobs().items():
+    for world, group in jobs(lora_dir).items():
         out.update(zip(group, launch_local(_workers.run_many, world, list(group.values()), timeout=1200)))
     return out
 
@@ -55,6 +67,19 @@ def test_cfg2_with_one_stage_equals_the_untouched_pipeline(runs, kind, one_threa
     assert maxdiff(out["frames"][0], _variants.sequential(kind)[0]) <= 1e-5
     # both groups computed every step: rank 1 really ran its part
     assert [s["steps_executed"] for s in out["stats"]] == [_variants.STEPS] * 2
+
+
+def test_ip_adapter_embeddings_are_cut_with_the_batch(runs, one_thread):
+    expected = _variants.sequential("t2v", "ip-adapter")[0]
+    assert maxdiff(runs["ip-adapter-cfg2"]["frames"][0], expected) <= 1e-5
+    assert maxdiff(expected, _variants.sequential("t2v")[0]) > 1e-3  # the adapter matters
+
+
+def test_a_lora_scale_change_reaches_the_other_group(runs, lora_dir, one_thread):
+    expected = _variants.sequential("t2v", "lora", lora_dir, LORA_CHANGES)
+    frames = runs["lora-cfg2"]["frames"]
+    assert all(maxdiff(a, b) <= 1e-5 for a, b in zip(frames, expected))
+    assert maxdiff(expected[0], expected[1]) > 1e-3
 
 
 def test_pag_with_guidance_on_two_groups_puts_the_perturbed_branch_alone(runs, one_thread):
