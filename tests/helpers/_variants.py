@@ -138,3 +138,15 @@ def render_without_guidance(kind: str, options: dict):
         ppipe(None)
         ppipe(None)
     return result if ppipe.is_driver else None
+
+
+def undo_after(kind: str, options: dict):
+    """Every rank: ``kind`` parallelized, one call, then ``undo()``: rank 0 gets the plain pipeline
+    back and calls it once more, alone. Returns both calls' frames on rank 0."""
+    ppipe = asyncvid.parallelize(prepared(kind), **options)
+    out = ppipe(**call_of(kind), generator=torch.Generator().manual_seed(0))
+    pipe = ppipe.undo()
+    if pipe is None:
+        return None
+    again = pipe(**call_of(kind), generator=torch.Generator().manual_seed(0))
+    return {"frames": [out.frames, again.frames]}

@@ -38,6 +38,7 @@ def jobs(lora_dir: str) -> dict:
     two["lora-cfg2"] = ("_variants.render_variant", ("t2v", ONE_STAGE, "lora", lora_dir, LORA_CHANGES))
     two["pag-unguided-cfg2"] = ("_variants.render_variant", ("pag", ONE_STAGE, None, None, (None,), None, NO_GUIDANCE))
     two["no-guidance"] = ("_variants.render_without_guidance", ("t2v", ONE_STAGE))
+    two["undo"] = ("_variants.undo_after", ("t2v", ONE_STAGE))
     three = {"pag-cfg3": ("_variants.render_variant", ("pag", dict(stages=1, cfg=3)))}
     four = {f"{kind}-2x2": ("_variants.render_variant", (kind, TWO_STAGES)) for kind in ASYNC_KINDS}
     four["t2v-2x2-stride2"] = ("_variants.render_variant", ("t2v", dict(TWO_STAGES, stride=2)))
@@ -153,3 +154,9 @@ def test_a_call_without_a_guidance_batch_is_one_line_and_the_pipeline_serves_on(
     out = runs["no-guidance"]
     assert "cfg=2" in out["error"] and "batch 1" in out["error"] and "\n" not in out["error"]
     assert maxdiff(out["frames"][0], _variants.sequential("t2v")[0]) <= 1e-5
+
+
+def test_undo_gives_rank_0_the_plain_pipeline_back(runs, one_thread):
+    expected = _variants.sequential("t2v")[0]
+    parallel, alone = runs["undo"]["frames"]
+    assert maxdiff(parallel, expected) <= 1e-5 and maxdiff(alone, expected) <= 1e-5
