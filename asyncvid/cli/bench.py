@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 
+from .. import logs
 from ..errors import AsyncVidError
 from ..utils import atomic_write
 from .options import add_device_and_dtype, apply_device
@@ -90,15 +91,13 @@ def parse_config(text: str) -> tuple[int, int, int | None, int]:
 
 
 def cmd_bench(args) -> int:
-    import sys
-
     from ..bench import run_bench, write_report
 
     apply_device(args)
     if args.render:
         from ..render_bench import run_render_bench
 
-        write_report(run_render_bench(args.render, args.devices, log=lambda line: print(line, file=sys.stderr)),
+        write_report(run_render_bench(args.render, args.devices, log=logs.info),
                      args.json)
         return 0
     configs = [parse_config(c) for c in (SWEEP if args.sweep else args.configs)]
@@ -108,10 +107,10 @@ def cmd_bench(args) -> int:
 
         cfg = dict(model=args.model, preset=args.preset, frames=args.frames, latent=args.latent, dtype=args.dtype)
         stages = sorted({n for n, _, _, _ in configs if n > 1}) or [2]
-        write_report({"memory": run_memory(cfg, stages, log=lambda line: print(line, file=sys.stderr))}, args.json)
+        write_report({"memory": run_memory(cfg, stages, log=logs.info)}, args.json)
         return 0
     report = run_bench(args.preset, args.frames, args.latent, args.steps, args.warmup, args.repeats, configs,
-                       log=lambda line: print(line, file=sys.stderr), model=args.model, memory=not args.no_memory,
+                       log=logs.info, model=args.model, memory=not args.no_memory,
                        dtype=args.dtype)
     write_report(report, args.json, args.markdown)
     return 0

@@ -3,6 +3,7 @@ with ``--fidelity``, the quality cost of AsyncDiff configurations against the se
 
 from __future__ import annotations
 
+from .. import logs
 from ..utils import atomic_write
 from .options import add_device_and_dtype, apply_device
 
@@ -97,7 +98,6 @@ def _random_twin(pipe):
 
 def cmd_fidelity(args) -> int:
     import json
-    import sys
 
     from ..errors import AsyncVidError
     from ..eval.fidelity import finite
@@ -121,7 +121,7 @@ def cmd_fidelity(args) -> int:
             raise AsyncVidError(f"--bench {args.bench}: {exc}") from None
     report = run_fidelity(args.model, configs, prompts, list(range(args.seeds)), args.steps, args.guidance,
                           args.frames, args.size, bench, args.clip, not args.no_lpips, shapes,
-                          log=lambda line: print(line, file=sys.stderr), dtype=args.dtype)
+                          log=logs.info, dtype=args.dtype)
     text = json.dumps(finite(report), indent=2)
     if args.json:
         atomic_write(args.json, text)

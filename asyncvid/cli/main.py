@@ -41,6 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="asyncvid", description="AsyncDiff stage-parallel video diffusion.")
     parser.add_argument("--version", action="version", version=f"asyncvid {__version__}")
+    loud = parser.add_mutually_exclusive_group()
+    loud.add_argument("-q", "--quiet", dest="verbosity", action="store_const", const=-1, default=0,
+                      help="warnings and results only (render: no progress bars or per-job lines)")
+    loud.add_argument("-v", "--verbose", dest="verbosity", action="store_const", const=1,
+                      help="more detail, and the libraries' own warnings; other ranks speak too")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     from .bench import add_bench_parser
     from .evaluate import add_eval_parser
@@ -71,6 +76,11 @@ def main(argv=None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, or a usage error argparse already printed
         return exc.code if isinstance(exc.code, int) else 2
+    from .. import logs
+
+    logs.configure(args.verbosity)
+    if args.verbosity < 0 and hasattr(args, "quiet"):
+        args.quiet = True  # `asyncvid -q render ...` is `render --quiet`
     try:
         return args.func(args)
     except AsyncVidError as exc:
