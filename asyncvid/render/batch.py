@@ -98,6 +98,18 @@ def device_problem(task: Task, devices: int, exact: bool = False) -> str | None:
     return None
 
 
+def fail_unfinished(tasks: list[Task], results: list[dict], reason: str) -> list[dict]:
+    """``results`` plus a failed entry, printed as one line each, for every task none of them names
+    (a group or replica that stopped before finishing them)."""
+    finished = {r["name"] for r in results}
+    for task in tasks:
+        if task.name not in finished:
+            message = f"not rendered: {reason}"
+            print(f"asyncvid: job {task.name!r} failed: {message}", file=sys.stderr)
+            results.append(dict(name=task.name, status="failed", message=message))
+    return results
+
+
 def profile_path(out: Path, options: RenderOptions) -> str | None:
     return str(out / "render_profile.json") if options.profile else None
 

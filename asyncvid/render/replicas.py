@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ..errors import AsyncVidError
 from ..utils import atomic_write, one_line
+from .batch import fail_unfinished
 from .tasks import Task
 
 
@@ -58,14 +59,7 @@ def render_replicas(tasks: list[Task], replicas: int, group: int, quiet: bool, p
             parts = [json.loads(p.read_text(encoding="utf-8")) for p in sorted(Path(tmp).glob("profile.*.json"))]
             if parts:
                 atomic_write(profile, json.dumps(merged_profile(parts, replicas, group, wall), indent=2) + "\n")
-    finished = {r["name"] for r in results}
-    reason = "; ".join(errors.values()) or "no replica rendered it"
-    for task in tasks:
-        if task.name not in finished:
-            message = f"not rendered: {reason}"
-            print(f"asyncvid: job {task.name!r} failed: {message}", file=sys.stderr)
-            results.append(dict(name=task.name, status="failed", message=message))
-    return results
+    return fail_unfinished(tasks, results, "; ".join(errors.values()) or "no replica rendered it")
 
 
 def merged_profile(parts: list[dict], replicas: int, group: int, wall: float) -> dict:

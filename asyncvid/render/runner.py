@@ -11,8 +11,8 @@ import tempfile
 from pathlib import Path
 
 from ..errors import AsyncVidError
-from .batch import (RenderOptions, check_folders, device_problem, devices_per_job, pending_work, profile_path,
-                    summarize)
+from .batch import (RenderOptions, check_folders, device_problem, devices_per_job, fail_unfinished, pending_work,
+                    profile_path, summarize)
 from .jobfile import load_job_file
 from .select import select_jobs
 from .tasks import Task, is_done, tasks_for
@@ -104,10 +104,4 @@ def render_group(tasks: list[Task], devices: int, quiet: bool, profile: str | No
         if os.path.exists(results_path):
             with open(results_path, encoding="utf-8") as f:
                 results = [json.loads(line) for line in f if line.strip()]
-    finished = {r["name"] for r in results}
-    for task in tasks:
-        if task.name not in finished:
-            message = f"not rendered: {error or 'the device group stopped early'}"
-            print(f"asyncvid: job {task.name!r} failed: {message}", file=sys.stderr)
-            results.append(dict(name=task.name, status="failed", message=message))
-    return results
+    return fail_unfinished(tasks, results, error or "the device group stopped early")

@@ -150,3 +150,22 @@ def undo_after(kind: str, options: dict):
         return None
     again = pipe(**call_of(kind), generator=torch.Generator().manual_seed(0))
     return {"frames": [out.frames, again.frames]}
+
+
+def maxdiff(a, b) -> float:
+    """Largest absolute difference of two frame arrays, in float64."""
+    import numpy as np
+
+    return float(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)).max())
+
+
+def run_groups(groups: dict) -> dict:
+    """``{world size: {name: (function, args)}}``: each world's jobs in one group of ranks (spawning
+    ranks costs seconds: a module's cases share them); ``{name: rank 0's result}``."""
+    import _workers
+    from asyncvid.launch import launch_local
+
+    out = {}
+    for world, group in groups.items():
+        out.update(zip(group, launch_local(_workers.run_many, world, list(group.values()), timeout=1200)))
+    return out

@@ -9,13 +9,10 @@ reach every rank.
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 import _variants
-import _workers
 from asyncvid.catalog.variants import KINDS
-from asyncvid.launch import launch_local
 
 pytestmark = pytest.mark.multiprocess
 
@@ -52,14 +49,10 @@ def lora_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def runs(lora_dir):
-    out = {}
-    for world, group in jobs(lora_dir).items():
-        out.update(zip(group, launch_local(_workers.run_many, world, list(group.values()), timeout=1200)))
-    return out
+    return _variants.run_groups(jobs(lora_dir))
 
 
-def maxdiff(a, b):
-    return float(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)).max())
+maxdiff = _variants.maxdiff
 
 
 @pytest.mark.parametrize("kind", KINDS)
