@@ -26,9 +26,11 @@ def adapter_for(model) -> StageAdapter:
 def _load_builtin() -> None:
     from .motion import MotionUNetAdapter
     from .svd import SpatioTemporalUNetAdapter
+    from .wan import WanTransformerAdapter
 
     register_adapter(MotionUNetAdapter)
     register_adapter(SpatioTemporalUNetAdapter)
+    register_adapter(WanTransformerAdapter)
 
 
 __all__ = ["StageAdapter", "adapter_for", "register_adapter"]
