@@ -15,6 +15,8 @@ import platform
 
 import torch
 
+from .catalog.builtin import DEFAULT_MODEL, DEFAULT_STEPS
+from .catalog.pipelines import latent_side
 from .memory_bench import phase_peak_mib, reset_peak_rss, run_memory
 from .progress import progress
 from .utils import atomic_write
@@ -25,7 +27,7 @@ def _build(cfg: dict):
     from .catalog.pipelines import build_pipeline
     from .distributed.env import default_device
 
-    pipe = build_pipeline(cfg.get("model", "animatediff"), cfg["preset"])
+    pipe = build_pipeline(cfg["model"], cfg["preset"])
     return pipe.to(device=default_device(), dtype=getattr(torch, cfg.get("dtype", "float32")))
 
 
@@ -33,7 +35,7 @@ def _timed_call(pipe, cfg: dict) -> list[float]:
     from .catalog.pipelines import call_kwargs
     from .planner.clock import timed_call
 
-    return timed_call(pipe, call_kwargs(pipe, cfg["frames"], cfg["latent"], cfg["steps"]))
+    return timed_call(pipe, call_kwargs(pipe, cfg["frames"], latent_side(pipe, cfg), cfg["steps"]))
 
 
 def _per_step(marks: list[float], warmup: int) -> dict:
@@ -58,11 +60,12 @@ def run_baseline(cfg: dict, threads: int, profile: bool = False) -> dict:
     torch.set_num_threads(threads)
     pipe = _build(cfg)
     result = _measure(pipe, cfg, warmup=1, repeats=cfg["repeats"])
-    result.update(threads=threads, peak_rss_mib=[result["peak_rss_mib"]])
+    result.update(threads=threads, peak_rss_mib=[result["peak_rss_mib"]], latent=latent_side(pipe, cfg),
+                  size=latent_side(pipe, cfg) * pipe.vae_scale_factor)
     if profile:
         from .planner.report import profile_pipeline
 
-        result["profile"] = profile_pipeline(pipe, cfg["frames"], cfg["latent"])
+        result["profile"] = profile_pipeline(pipe, cfg["frames"], result["latent"])
     return result
 
 
@@ -73,7 +76,7 @@ def run_parallel_rank(cfg: dict, stages: int, stride: int, warmup: int = 1, grou
     from .pipelines.parallel import parallelize
 
     pipe = _build(cfg)
-    latent = cfg["latent"]
+    latent = latent_side(pipe, cfg)
     ppipe = parallelize(pipe, stages=stages, stride=stride, warmup=warmup, split="auto", cfg=groups,
                         profile_shape=dict(frames=cfg["frames"], height=latent, width=latent, batch=2 // groups))
     if ppipe.is_driver:
@@ -110,7 +113,7 @@ def run_contention_rank(cfg: dict) -> dict | None:
 
     pipe = _build(cfg)
     adapter = adapter_for(pipe.unet)
-    call = pipeline_example_call(pipe, adapter, 1, cfg["frames"], cfg["latent"])
+    call = pipeline_example_call(pipe, adapter, 1, cfg["frames"], latent_side(pipe, cfg))
     alone = time_forward(adapter, call) if dist.get_rank() == 0 else 0.0
     dist.barrier()
     together = time_forward(adapter, call)
@@ -132,19 +135,21 @@ def hardware() -> dict:
             "load_avg_1m": os.getloadavg()[0]}
 
 
-def run_bench(preset: str = "small", frames: int = 8, latent: int = 16, steps: int = 12, warmup: int = 1,
-              repeats: int = 2, configs: list[tuple] | None = None, log=print, model: str = "animatediff",
-              memory: bool = True, dtype: str = "float32") -> dict:
+def run_bench(preset: str = "small", frames: int = 8, size: int | None = None, steps: int = DEFAULT_STEPS,
+              warmup: int = 1, repeats: int = 2, configs: list[tuple] | None = None, log=print,
+              model: str = DEFAULT_MODEL, memory: bool = True, dtype: str = "float32", latent: int | None = None) -> dict:
     """Baselines, then every (stages, stride[, warmup[, cfg]]) configuration, each with the planner's
     prediction from the one-thread profile beside the measurement."""
     from .launch import launch_local
 
-    cfg = dict(model=model, preset=preset, frames=frames, latent=latent, steps=steps, warmup=warmup, repeats=repeats,
-               dtype=dtype)
+    cfg = dict(model=model, preset=preset, frames=frames, size=size, latent=latent, steps=steps, warmup=warmup,
+               repeats=repeats, dtype=dtype)
     configs = [(tuple(c) + (warmup, 1)[len(c) - 2:])[:4] for c in (configs or [(1, 1), (1, 2), (2, 1), (2, 2)])]
     report = {"config": dict(cfg, cfg_guidance=True, batch=2), "hardware": hardware(), "results": []}
     one = launch_local(run_baseline, 1, cfg, 1, True, threads_per_rank=1)
     profile = report["profile"] = one.pop("profile")
+    cfg.update(latent=one["latent"], size=one["size"])  # resolved by the first rank: every later one uses it
+    report["config"].update(latent=one["latent"], size=one["size"])
     link = _link(configs, log)
     report["link"] = link.__dict__
     slowdown = 1.0

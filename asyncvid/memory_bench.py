@@ -35,12 +35,14 @@ def phase_peak_mib() -> float:
         return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmHWM:"))
 
 
-def save_preset(model: str, preset: str, dtype: str, folder: str) -> str:
-    """Build the random preset, cast it and save it (safetensors); runs in a child process."""
-    from .catalog.pipelines import build_pipeline
+def save_preset(cfg: dict, folder: str) -> int:
+    """Build the configuration's pipeline, cast it and save it (safetensors); runs in a child
+    process. Returns its latent side (``--size`` or the model's own)."""
+    from .catalog.pipelines import build_pipeline, latent_side
 
-    build_pipeline(model, preset).to(dtype=getattr(torch, dtype)).save_pretrained(folder, safe_serialization=True)
-    return folder
+    pipe = build_pipeline(cfg["model"], cfg["preset"]).to(dtype=getattr(torch, cfg["dtype"]))
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return latent_side(pipe, cfg)
 
 
 def _call(pipe, cfg: dict) -> None:
@@ -100,11 +102,11 @@ def run_memory(cfg: dict, stages_list=(2,), log=print) -> dict:
     """The full pipeline's peak and every rank's peak under stage-only loading, with their ratios."""
     from .launch import launch_local
 
-    model = cfg.get("model", "animatediff")
-    out = {"dtype": cfg["dtype"], "preset": cfg["preset"], "model": model}
+    out = {"dtype": cfg["dtype"], "preset": cfg["preset"], "model": cfg["model"]}
     with tempfile.TemporaryDirectory(prefix="asyncvid-memory-") as tmp:
         folder = os.path.join(tmp, "model")
-        launch_local(save_preset, 1, model, cfg["preset"], cfg["dtype"], folder)
+        cfg = dict(cfg, latent=launch_local(save_preset, 1, cfg, folder))
+        out["latent"] = cfg["latent"]
         full = out["full_pipeline"] = launch_local(memory_rank, 1, folder, 0, cfg)
         log(f"memory, full pipeline in one process: peak {full['peak_mib'][0]:.0f} MiB, "
             f"{full['unet_params_held'][0] / 1e6:.0f} M denoiser parameters")

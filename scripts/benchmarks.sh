@@ -9,14 +9,14 @@ out=${1:-benchmarks}
 mkdir -p "$out"
 av=.venv/bin/asyncvid
 # the default model at the quick-start's settings: 8 frames of 32x32 (8x8 latents), 25 steps, CFG
-$av bench --model shapes-t2v --latent 8 --steps 25 --sweep --no-memory \
+$av bench --model shapes-t2v --size 32 --steps 25 --sweep --no-memory \
     --json "$out/bench-shapes-t2v.json" --markdown "$out/bench-shapes-t2v.md"
 $av eval --fidelity --model shapes-t2v --steps 25 --guidance 5 --prompts 12 --seeds 2 \
     --bench "$out/bench-shapes-t2v.json" --json "$out/fidelity-shapes-t2v.json" \
     --markdown "$out/fidelity-shapes-t2v.md" --plot "$out/pareto-shapes-t2v.png"
 # a larger random-weight UNet (34 M parameters), where compute dominates communication
-$av bench --preset small --latent 16 --steps 12 --sweep \
+$av bench --model animatediff --preset small --size 32 --steps 12 --sweep \
     --json "$out/bench-small.json" --markdown "$out/bench-small.md"
-$av bench --model svd --preset small --latent 16 --steps 12 --configs 1x1 1x2 2x1 2x2 \
+$av bench --model svd --preset small --size 32 --steps 12 --configs 1x1 1x2 2x1 2x2 \
     --json "$out/bench-svd-small.json" --markdown "$out/bench-svd-small.md"
 echo "done: $out"

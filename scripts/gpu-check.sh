@@ -11,5 +11,5 @@ PY=${PYTHON:-python}
 "$PY" -m pytest -q -m gpu tests/gpu 2>&1 | tee "$out/tests.txt"
 gpus=$("$PY" -c "import torch; print(torch.cuda.device_count())")
 configs="1x1 1x2"; [ "$gpus" -ge 2 ] && configs="1x1 2x1 2x2"
-"$PY" -m asyncvid bench --model animatediff --preset small --latent 32 --frames 16 --steps 12 \
+"$PY" -m asyncvid bench --model animatediff --preset small --size 64 --frames 16 --steps 12 \
   --configs $configs --no-memory --dtype float16 --json "$out/bench-fp16.json" --markdown "$out/bench-fp16.md" 2>&1 | tail -20 | tee "$out/bench.txt"

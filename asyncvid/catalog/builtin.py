@@ -18,6 +18,9 @@ SHAPES_T2V = "shapes-t2v"
 PACKAGED = {SHAPES_T2V: Path(__file__).resolve().parents[1] / "assets" / SHAPES_T2V}
 #: built-in model name -> kind. Random-weight ones are built into the cache on first use.
 BUILTINS = {TINY_RANDOM: "t2v", TINY_RANDOM_SVD: "i2v", SHAPES_T2V: "t2v"}
+#: what every command uses when not told: jobs, bench, plan and eval render the same model the same way
+DEFAULT_MODEL = SHAPES_T2V
+DEFAULT_STEPS = 25
 
 
 def ensure_builtin(name: str) -> Path:

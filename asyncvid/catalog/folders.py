@@ -159,6 +159,22 @@ def _content_digest(root: Path) -> str:
     return digest.hexdigest()
 
 
+def native_size(model: str) -> tuple[int, int] | None:
+    """(height, width) in pixels a model renders when not told, as its diffusers pipeline computes
+    it: the denoiser's ``sample_size`` times the VAE's downscaling (2 per level after the first);
+    None when the folder's configs cannot be read (rendering then reports the folder)."""
+    try:
+        root = Path(resolve_model(model))
+        unet = json.loads((root / "unet" / "config.json").read_text(encoding="utf-8"))
+        vae = json.loads((root / "vae" / "config.json").read_text(encoding="utf-8"))
+        sample = unet["sample_size"]
+        scale = 2 ** (len(vae["block_out_channels"]) - 1)
+        h, w = (sample[0], sample[-1]) if isinstance(sample, list) else (sample, sample)
+        return int(h) * scale, int(w) * scale
+    except (AsyncVidError, OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def resolve_model(model: str) -> str:
     """The diffusers folder for a model: a built-in name (built on first use), a folder, or a hub id
     in the local Hugging Face cache; one-line error if missing."""

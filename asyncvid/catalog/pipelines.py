@@ -71,6 +71,23 @@ def is_svd(pipe) -> bool:
     return hasattr(pipe, "image_encoder") and not hasattr(pipe, "text_encoder")
 
 
+def latent_side(pipe, cfg: dict) -> int:
+    """Latent height = width of a benchmark configuration: ``cfg["latent"]`` when set (resolved
+    already), else ``cfg["size"]`` pixels over the VAE's scale, else the model's own size (the
+    denoiser's ``sample_size``, as its pipeline renders when not told)."""
+    if cfg.get("latent"):
+        return int(cfg["latent"])
+    scale = pipe.vae_scale_factor
+    if cfg.get("size"):
+        if cfg["size"] % scale:
+            raise AsyncVidError(f"--size {cfg['size']}: must be a multiple of the VAE's scale {scale} for this model")
+        return cfg["size"] // scale
+    from ..pipelines.parallel import ProfileShape
+
+    denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
+    return ProfileShape().latent_size(getattr(denoiser.config, "sample_size", None))[0]
+
+
 def call_kwargs(pipe, frames: int, latent: int, steps: int, guidance: float = 7.5,
                 prompt: str = "a red circle moving left on a black background") -> dict:
     """One denoising call at ``latent`` x ``latent`` latents, to latents (no VAE decode)."""

@@ -1,4 +1,4 @@
-"""Tiny random-weight Wan 2.1 pipelines (text-to-video and image-to-video), built from configs.
+"""Tiny random-weight Wan pipelines (text-to-video, Wan 2.1 image-to-video, Wan 2.2 TI2V), built from configs.
 
 Nothing is downloaded: the transformer, the Wan VAE, the UMT5 text encoder and (image-to-video) the
 CLIP vision encoder get random weights; the tokenizer is the byte-level one of ``presets.py``. The
@@ -17,7 +17,7 @@ import torch
 
 from .presets import byte_level_tokenizer
 
-KINDS = ("t2v", "i2v")
+KINDS = ("t2v", "i2v", "ti2v")
 LATENT_CHANNELS = 4
 TEXT_DIM = 16
 IMAGE_DIM = 8
@@ -44,7 +44,7 @@ def _vae():
 def _transformer(kind: str, layers: int):
     from diffusers import WanTransformer3DModel
 
-    image = kind == "i2v"
+    image = kind == "i2v"  # ti2v (Wan 2.2 TI2V) conditions on the image through the latent only
     # image-to-video (Wan 2.1 style): the latent, a 4-channel first-frame mask and the encoded condition video
     in_channels = 2 * LATENT_CHANNELS + 4 if image else LATENT_CHANNELS
     return WanTransformer3DModel(
@@ -66,9 +66,25 @@ def _image_encoder():
     return CLIPVisionModel(config).eval(), processor
 
 
+def image_to_video_class():
+    """``WanImageToVideoPipeline``; its module imports ``transformers.CLIPImageProcessor``, which
+    without torchvision warns that it falls back to the PIL backend: the fallback is fine, the warning noise."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        from diffusers import WanImageToVideoPipeline
+    finally:
+        hf_logging.set_verbosity(level)
+    return WanImageToVideoPipeline
+
+
 def build_wan_pipeline(kind: str = "t2v", seed: int = 0, layers: int = 4):
-    """A ``WanPipeline`` (``t2v``) or ``WanImageToVideoPipeline`` (``i2v``) with random weights."""
-    from diffusers import FlowMatchEulerDiscreteScheduler, WanImageToVideoPipeline, WanPipeline
+    """A ``WanPipeline`` (``t2v``) or a ``WanImageToVideoPipeline`` with random weights: ``i2v`` as Wan
+    2.1 (CLIP image tokens, the condition video concatenated to the latent), ``ti2v`` as Wan 2.2 TI2V
+    (``expand_timesteps``: the image is the first latent frame, one timestep per token)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline
 
     if kind not in KINDS:
         raise ValueError(f"unknown Wan pipeline kind {kind!r} (known: {', '.join(KINDS)})")
@@ -78,7 +94,9 @@ def build_wan_pipeline(kind: str = "t2v", seed: int = 0, layers: int = 4):
                  scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0))
     if kind == "i2v":
         parts["image_encoder"], parts["image_processor"] = _image_encoder()
-        pipe = WanImageToVideoPipeline(**parts)
+        pipe = image_to_video_class()(**parts)
+    elif kind == "ti2v":  # the first latent frame is the image's; its tokens get timestep 0 (per-token timesteps)
+        pipe = image_to_video_class()(**parts, expand_timesteps=True)
     else:
         pipe = WanPipeline(**parts)
     pipe.set_progress_bar_config(disable=True)
@@ -116,7 +134,7 @@ def wan_call(kind: str = "t2v", pipe=None, steps: int = 3, frames: int = 9, size
     prompt, negative = "a red square drifting right", "blurry"
     call = dict(num_frames=frames, height=size, width=size, num_inference_steps=steps, guidance_scale=5.0,
                 max_sequence_length=TEXT_LEN, output_type="np")
-    if kind == "i2v":
+    if kind in ("i2v", "ti2v"):
         if pipe is None:
             raise ValueError("an image-to-video call needs the pipeline to encode its prompts")
         call.update(image=condition_image(size), prompt_embeds=encode_text(pipe, prompt),

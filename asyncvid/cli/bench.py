@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import argparse
 import re
 
 from .. import logs
+from ..catalog.builtin import DEFAULT_MODEL, DEFAULT_STEPS
 from ..errors import AsyncVidError
 from ..utils import atomic_write
 from .options import add_device_and_dtype, apply_device
@@ -20,15 +22,15 @@ def add_bench_parser(subparsers) -> None:
                                           "the untouched pipeline in one process with one thread and with every core, "
                                           "with the planner's prediction beside each speedup. Each rank runs one "
                                           "thread. Nothing is downloaded.")
-    p.add_argument("--model", default="animatediff",
-                   help="`animatediff` or `svd` (random-weight presets, see --preset), a built-in model such as "
-                        "shapes-t2v, or a local diffusers folder")
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help="a built-in model (shapes-t2v, tiny-random, ...), a local diffusers folder, a cached hub id, or "
+                        "`animatediff` / `svd`: random-weight architectures sized by --preset")
     p.add_argument("--preset", choices=["null", "tiny", "small", "full"], default="small",
                    help="size of the random presets; full = the real architectures (SD 1.5 + AnimateDiff motion "
                         "modules, or SVD), 1.3-1.5 B parameters, random weights")
     p.add_argument("--frames", type=int, default=8)
-    p.add_argument("--latent", type=int, default=16, help="latent height = width (default 16)")
-    p.add_argument("--steps", type=int, default=12)
+    add_size(p)
+    p.add_argument("--steps", type=int, default=DEFAULT_STEPS)
     p.add_argument("--warmup", type=int, default=1, help="warm-up of configurations that do not name one")
     p.add_argument("--repeats", type=int, default=2, help="timed calls per configuration; the fastest counts")
     add_device_and_dtype(p)
@@ -55,7 +57,7 @@ def add_bench_parser(subparsers) -> None:
                                           "one's split: each stage's share, the bytes per cut and the predicted "
                                           "per-step time. With --fidelity, each layout's measured PSNR beside it. "
                                           "With --stages, only that configuration.")
-    q.add_argument("model", nargs="?", default="shapes-t2v",
+    q.add_argument("model", nargs="?", default=DEFAULT_MODEL,
                    help="`animatediff`/`svd` presets, a built-in model or a local folder (ignored with --profile)")
     q.add_argument("--devices", type=int, required=True, metavar="D")
     q.add_argument("--objective", choices=["latency", "throughput"], default="latency",
@@ -66,7 +68,7 @@ def add_bench_parser(subparsers) -> None:
     q.add_argument("--cfg", type=int, default=1, help="with --stages: CFG groups (default 1)")
     q.add_argument("--stride", type=int, default=1, help="with --stages (default 1)")
     q.add_argument("--warmup", type=int, default=1, help="with --stages (default 1)")
-    q.add_argument("--steps", type=int, default=25)
+    q.add_argument("--steps", type=int, default=DEFAULT_STEPS)
     q.add_argument("--link", default="loopback",
                    help="nvlink, pcie, ib, ethernet, loopback, measure (a ping-pong between two local ranks), "
                         "or a bandwidth in GB/s (default loopback)")
@@ -74,11 +76,17 @@ def add_bench_parser(subparsers) -> None:
     q.add_argument("--save-profile", metavar="FILE", help="write the profile taken here")
     q.add_argument("--preset", choices=["null", "tiny", "small", "full"], default="small")
     q.add_argument("--frames", type=int, default=8)
-    q.add_argument("--latent", type=int, help="latent height = width (default: the UNet's sample_size)")
+    add_size(q)
     q.add_argument("--threads", type=int, default=1, help="threads while profiling on CPU (default 1 = one CPU device)")
     add_device_and_dtype(q, "precision to profile in")
     q.add_argument("--json", metavar="FILE", help="also write the plan and prediction as JSON")
     q.set_defaults(func=cmd_plan)
+
+
+def add_size(parser) -> None:
+    parser.add_argument("--size", type=int, metavar="PIXELS",
+                        help="frame height = width in pixels (default: the model's own size, as its pipeline renders)")
+    parser.add_argument("--latent", type=int, help=argparse.SUPPRESS)  # before --size; latent pixels
 
 
 def parse_config(text: str) -> tuple[int, int, int | None, int]:
@@ -105,13 +113,14 @@ def cmd_bench(args) -> int:
     if args.memory_only:
         from ..memory_bench import run_memory
 
-        cfg = dict(model=args.model, preset=args.preset, frames=args.frames, latent=args.latent, dtype=args.dtype)
+        cfg = dict(model=args.model, preset=args.preset, frames=args.frames, size=args.size, latent=args.latent,
+                   dtype=args.dtype)
         stages = sorted({n for n, _, _, _ in configs if n > 1}) or [2]
         write_report({"memory": run_memory(cfg, stages, log=logs.info)}, args.json)
         return 0
-    report = run_bench(args.preset, args.frames, args.latent, args.steps, args.warmup, args.repeats, configs,
-                       log=logs.info, model=args.model, memory=not args.no_memory,
-                       dtype=args.dtype)
+    report = run_bench(args.preset, args.frames, args.size, args.steps, args.warmup, args.repeats, configs,
+                       log=logs.info, model=args.model, memory=not args.no_memory, dtype=args.dtype,
+                       latent=args.latent)
     write_report(report, args.json, args.markdown)
     return 0
 
@@ -122,8 +131,7 @@ def cmd_plan(args) -> int:
     import torch
 
     from ..planner.links import parse_link
-    from ..catalog.pipelines import build_pipeline
-    from ..pipelines.parallel import ProfileShape
+    from ..catalog.pipelines import build_pipeline, latent_side
     from ..planner.report import describe, load_profile, predict_from, profile_pipeline, save_profile
 
     link = parse_link(args.link)
@@ -137,8 +145,7 @@ def cmd_plan(args) -> int:
         from ..distributed.env import default_device
 
         pipe = build_pipeline(args.model, args.preset).to(device=default_device(), dtype=getattr(torch, args.dtype))
-        latent = args.latent or ProfileShape().latent_size(getattr(pipe.unet.config, "sample_size", None))[0]
-        profile = profile_pipeline(pipe, args.frames, latent)
+        profile = profile_pipeline(pipe, args.frames, latent_side(pipe, vars(args)))
         profile["model"] = args.model
     if args.save_profile:
         save_profile(profile, args.save_profile)

@@ -4,6 +4,7 @@ with ``--fidelity``, the quality cost of AsyncDiff configurations against the se
 from __future__ import annotations
 
 from .. import logs
+from ..catalog.builtin import DEFAULT_MODEL, DEFAULT_STEPS
 from ..utils import atomic_write
 from .options import add_device_and_dtype, apply_device
 
@@ -18,9 +19,9 @@ def add_eval_parser(subparsers) -> None:
     p.add_argument("what", nargs="?", choices=["adherence", "fidelity"], default="adherence",
                    help="adherence: how well the model follows shapes prompts; fidelity: the quality cost of "
                         "accelerated configurations against the sequential output (same as --fidelity)")
-    p.add_argument("--model", default="shapes-t2v", help="built-in name, local AnimateDiff folder or cached hub id")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="built-in name, local AnimateDiff folder or cached hub id")
     p.add_argument("--seeds", type=int, default=2, help="seeds per prompt (default 2: 48 samples)")
-    p.add_argument("--steps", type=int, default=25)
+    p.add_argument("--steps", type=int, default=DEFAULT_STEPS)
     p.add_argument("--guidance", type=float, default=5.0)
     p.add_argument("--compare-random", action="store_true",
                    help="also measure step similarity of a random-weight UNet and text encoder of the same config")
@@ -35,7 +36,8 @@ def add_eval_parser(subparsers) -> None:
     f.add_argument("--prompts", type=int, default=12, help="held-out shapes prompts to render (default 12)")
     f.add_argument("--prompt", action="append", help="prompt(s) for a model outside the shapes world")
     f.add_argument("--frames", type=int, default=8)
-    f.add_argument("--size", type=int, default=32, help="frame height = width in pixels (default 32)")
+    f.add_argument("--size", type=int, metavar="PIXELS",
+                   help="frame height = width in pixels (default: the model's own size, 32 for shapes-t2v)")
     f.add_argument("--bench", metavar="FILE", help="an `asyncvid bench` JSON of the same model and steps: measured "
                                                    "speedups (otherwise the planner's predictions)")
     f.add_argument("--clip", metavar="DIR", help="a local CLIP model folder: also report CLIP score")
@@ -119,8 +121,11 @@ def cmd_fidelity(args) -> int:
                 bench = json.load(f)
         except (OSError, ValueError) as exc:
             raise AsyncVidError(f"--bench {args.bench}: {exc}") from None
+    from ..catalog.folders import native_size
+
+    size = args.size or (native_size(args.model) or (32, 32))[0]
     report = run_fidelity(args.model, configs, prompts, list(range(args.seeds)), args.steps, args.guidance,
-                          args.frames, args.size, bench, args.clip, not args.no_lpips, shapes,
+                          args.frames, size, bench, args.clip, not args.no_lpips, shapes,
                           log=logs.info, dtype=args.dtype)
     text = json.dumps(finite(report), indent=2)
     if args.json:

@@ -26,7 +26,7 @@ from . import hook
 from .driver_work import driver_seconds
 from .placement import gather_weights, release_weights
 
-UNIT_ALIASES = {"conv_norm_out": "conv_out", "conv_act": "conv_out"}
+UNIT_ALIASES = {"conv_norm_out": "conv_out", "conv_act": "conv_out", "norm_out": "proj_out"}
 DEFAULT_LATENT = 64  # latent pixels when neither the caller nor the model's config gives a size
 
 
@@ -96,6 +96,17 @@ def choose_split(adapter, split, stages: int, topo: Topology, device, shape: Pro
         plan = SplitPlan(names, ranges_from_names(names, [list(s) for s in split], UNIT_ALIASES), source="explicit")
     plan.cut_bytes = [sizes[b - 1] for _, b in plan.ranges[:-1]]
     return plan
+
+
+def denoiser_of(pipe) -> torch.nn.Module:
+    """The pipeline's denoiser: ``pipe.unet`` (AnimateDiff, SVD) or ``pipe.transformer`` (Wan)."""
+    unet, transformer = getattr(pipe, "unet", None), getattr(pipe, "transformer", None)
+    if getattr(pipe, "transformer_2", None) is not None:
+        raise AsyncVidError("this pipeline has two experts (transformer and transformer_2, Wan 2.2 A14B): "
+                            "two experts not supported yet")
+    if unet is None and transformer is None:
+        raise AsyncVidError(f"{type(pipe).__name__} has no denoiser to parallelize (no unet or transformer)")
+    return unet if unet is not None else transformer
 
 
 class ParallelPipeline:
@@ -208,11 +219,12 @@ def parallelize(pipe, stages: int = 2, stride: int = 1, warmup: int = 1, split="
     """
     options = AsyncOptions(stride=stride, warmup=warmup, time_shift=time_shift)
     options.validate(stages)
+    denoiser = denoiser_of(pipe)
     ensure_process_group()
     topo = Topology.create(stages, cfg)
     device = default_device()
-    adapter = adapter_for(pipe.unet)
-    plan = choose_split(adapter, split, stages, topo, device, ProfileShape.parse(profile_shape, cfg), pipe.unet.dtype,
+    adapter = adapter_for(denoiser)
+    plan = choose_split(adapter, split, stages, topo, device, ProfileShape.parse(profile_shape, cfg), denoiser.dtype,
                         driver_work=lambda *shape: driver_seconds(pipe, adapter, *shape))
     return assemble(pipe, adapter, plan, topo, device, options, release)
 

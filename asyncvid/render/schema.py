@@ -19,7 +19,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInf
 from pydantic import create_model
 
 from ..errors import AsyncVidError
-from ..catalog.builtin import BUILTINS
+from ..catalog.builtin import BUILTINS, DEFAULT_MODEL, DEFAULT_STEPS
 from ..catalog.folders import BASE_MODELS, KIND_NAMES, model_kind, pipeline_class_name
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
@@ -81,7 +81,7 @@ class Job(BaseModel):
 
     name: str
     task: Kind = "t2v"
-    model: str = Field("tiny-random", min_length=1)
+    model: str = Field(DEFAULT_MODEL, min_length=1)
     motion_adapter: Optional[str] = Field(None, min_length=1)
     prompt: Optional[str] = None
     negative_prompt: Optional[str] = None
@@ -98,10 +98,10 @@ class Job(BaseModel):
     strength: Optional[float] = Field(None, gt=0, le=1)
     seed: int = Field(0, ge=0, lt=2**63)
     frames: int = Field(16, ge=1)
-    width: Size = 256
-    height: Size = 256
+    width: Optional[Size] = None  # None: the model's own size (tasks.make_task), as diffusers does
+    height: Optional[Size] = None
     fps: float = Field(8.0, gt=0)
-    steps: int = Field(20, ge=1)
+    steps: int = Field(DEFAULT_STEPS, ge=1)
     decode_chunk: Optional[int] = Field(None, ge=1)
     format: Format = "mp4"
     crf: int = Field(18, ge=0, le=63)
@@ -125,7 +125,7 @@ class Job(BaseModel):
         """Without a ``task``: the built-in model's kind, else i2v when an image is given (the job
         file loader decides from model folders before this)."""
         if isinstance(data, dict) and data.get("task") is None:
-            model = data.get("model", "tiny-random")
+            model = data.get("model", DEFAULT_MODEL)
             kind = BUILTINS.get(model) if isinstance(model, str) else None
             data = dict(data, task=kind or ("i2v" if data.get("image") is not None else "t2v"))
         return data
@@ -182,7 +182,7 @@ def job_kind(defaults: dict, item: dict, base_dir: Path) -> tuple[str | None, st
     ``model_index.json``), else i2v if it sets ``image``, else t2v. None when ``task`` is invalid
     (validation reports it)."""
     merged = {**defaults, **item}
-    model, task = merged.get("model", "tiny-random"), merged.get("task")
+    model, task = merged.get("model", DEFAULT_MODEL), merged.get("task")
     model_says, because = None, ""
     if isinstance(model, str) and model:
         ref = model if model in BUILTINS else model_location(model, base_dir)

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..catalog.folders import (controlnet_fingerprint, model_fingerprint, resolve_adapter, resolve_controlnet,
-                               resolve_model)
+from ..catalog.folders import (controlnet_fingerprint, model_fingerprint, native_size, resolve_adapter,
+                               resolve_controlnet, resolve_model)
 from ..utils import atomic_write
 from ..video import output_name
 from .inputs import frames_sha256
@@ -57,6 +57,9 @@ def config_hash(config: dict) -> str:
     text = json.dumps(hashed, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
+#: frame size of a job that sets none when its model's configs cannot be read (it then fails to load)
+FALLBACK_SIZE = 256
+
 
 def resolved_stages(job, devices: int) -> int:
     """A job's stages: its own, else as many as its split lists, else one per device its CFG groups
@@ -78,6 +81,10 @@ def make_task(job, model: str, out: Path, image: str | None = None, motion_adapt
     and the names, sizes and modification times of its weights files)."""
     config = job.model_dump(mode="json", exclude_none=True)
     config["stages"] = resolved_stages(job, devices)
+    if job.width is None or job.height is None:  # the model's own size, like its diffusers pipeline
+        height, width = native_size(model) or (FALLBACK_SIZE, FALLBACK_SIZE)
+        config.setdefault("height", height)
+        config.setdefault("width", width)
     fingerprint = model_fingerprint(model)
     if fingerprint is not None:  # new weights in the same folder make the video stale
         config["model_fingerprint"] = fingerprint

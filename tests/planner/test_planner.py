@@ -98,7 +98,7 @@ def test_links():
 
 def test_plan_cli_profiles_saves_and_reads_back(tmp_path, capsys):
     profile, first = tmp_path / "profile.json", tmp_path / "plan.json"
-    args = ["plan", "animatediff", "--preset", "tiny", "--latent", "8", "--devices", "2", "--stages", "2", "--steps", "10"]
+    args = ["plan", "animatediff", "--preset", "tiny", "--size", "16", "--devices", "2", "--stages", "2", "--steps", "10"]
     assert main(args + ["--save-profile", str(profile), "--json", str(first)]) == 0
     text = capsys.readouterr().out
     assert "stage 0:" in text and "stage 1:" in text and "predicted:" in text
@@ -121,12 +121,13 @@ def test_plan_cli_profiles_saves_and_reads_back(tmp_path, capsys):
 @pytest.mark.multiprocess
 def test_bench_reports_every_configuration(tmp_path):
     out, md = tmp_path / "bench.json", tmp_path / "bench.md"
-    configs = ["1x1", "2x2w2", "1x1c2"]
-    assert main(["bench", "--preset", "null", "--latent", "4", "--frames", "2", "--steps", "4", "--repeats", "1",
-                 "--no-memory", "--configs", *configs, "--json", str(out), "--markdown", str(md)]) == 0
+    configs = ["2x2w2", "1x1c2"]
+    assert main(["bench", "--model", "animatediff", "--preset", "null", "--size", "8", "--frames", "2", "--steps", "4",
+                 "--repeats", "1", "--no-memory", "--configs", *configs, "--json", str(out), "--markdown", str(md)]) == 0
     report = json.loads(out.read_text())
+    assert (report["config"]["size"], report["config"]["latent"]) == (8, 4)  # pixels over the VAE's scale 2
     got = [(r["stages"], r["stride"], r["warmup"], r["cfg"]) for r in report["results"]]
-    assert got == [(1, 1, 1, 1), (2, 2, 2, 1), (1, 1, 1, 2)]
+    assert got == [(2, 2, 2, 1), (1, 1, 1, 2)]
     for r in report["results"]:
         assert len(r["peak_rss_mib"]) == r["stages"] * r["cfg"] and all(m > 0 for m in r["peak_rss_mib"])
         assert r["per_step_s"] > 0 and r["predicted"]["speedup_per_step"] > 0 and r["predicted"]["cfg"] == r["cfg"]
@@ -142,12 +143,12 @@ def test_bench_reports_every_configuration(tmp_path):
         assert r["one_thread_reference"]["per_step_s"] == pytest.approx((runs[i]["per_step_s"] + runs[i + 1]["per_step_s"]) / 2)
         assert r["speedup_vs_one_thread"] == pytest.approx(r["one_thread_reference"]["per_step_s"] / r["per_step_s"])
     table = md.read_text()
-    assert table.count("\n| N=") == 3 and "| N=2 S=2 warm-up 2 |" in table and "| N=1 S=1 cfg=2 warm-up 1 |" in table
+    assert table.count("\n| N=") == 2 and "| N=2 S=2 warm-up 2 |" in table and "| N=1 S=1 cfg=2 warm-up 1 |" in table
 
 
 def test_plan_profiles_in_the_requested_dtype(tmp_path, capsys):
     out = tmp_path / "plan.json"
-    args = ["plan", "animatediff", "--preset", "null", "--latent", "4", "--frames", "2", "--devices", "2",
+    args = ["plan", "animatediff", "--preset", "null", "--size", "8", "--frames", "2", "--devices", "2",
             "--dtype", "bfloat16", "--json", str(out)]
     assert main(args) == 0
     prof = json.loads(out.read_text())["profile"]
@@ -164,7 +165,7 @@ def test_device_cuda_without_a_gpu_is_one_line(monkeypatch, capsys):
     if torch.cuda.is_available():
         pytest.skip("a GPU is visible")
     monkeypatch.setenv("ASYNCVID_DEVICE", "auto")  # restored after the test: the CLI sets it for its ranks
-    args = ["plan", "animatediff", "--preset", "null", "--latent", "4", "--frames", "2", "--devices", "2"]
+    args = ["plan", "animatediff", "--preset", "null", "--size", "8", "--frames", "2", "--devices", "2"]
     assert main(args + ["--device", "cuda"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "no CUDA device is visible" in err
@@ -176,7 +177,7 @@ def test_memory_bench_reports_parameters_and_peaks_per_rank(tmp_path, model):
     """``bench --memory-only``: the full pipeline in one process, then stage-only loading on 2 ranks;
     the ranks together hold every denoiser parameter once, plus each its own shared modules."""
     out = tmp_path / "memory.json"
-    assert main(["bench", "--model", model, "--preset", "tiny", "--memory-only", "--frames", "2", "--latent", "4",
+    assert main(["bench", "--model", model, "--preset", "tiny", "--memory-only", "--frames", "2", "--size", "8",
                  "--json", str(out)]) == 0
     mem = json.loads(out.read_text())["memory"]
     full, two = mem["full_pipeline"], mem["stage_only_2"]

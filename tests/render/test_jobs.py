@@ -176,7 +176,7 @@ I2V_ERRORS = {  # job text -> (field, words in the message, line)
     "{name: a, model: tiny-random-svd}": ("image", "Field required for image-to-video jobs", 2),
     "{name: a, model: tiny-random-svd, image: cond.png, prompt: x}": ("prompt", "only for text-to-video jobs", 2),
     "{name: a, prompt: x, motion_bucket_id: 3}": ("motion_bucket_id", "only for image-to-video", 2),
-    "{name: a, prompt: x, image: cond.png}": ("image", "tiny-random is text-to-video", 2),
+    "{name: a, prompt: x, image: cond.png}": ("image", "shapes-t2v is text-to-video", 2),
     "{name: a, image: cond.png, task: t2v}": ("image", "task: t2v", 2),
     "{name: a, task: i2v, model: tiny-random}": ("task", "tiny-random is text-to-video", 2),
     "{name: a, task: i2v, model: ad}": ("task", "AnimateDiffPipeline", 2),
@@ -322,3 +322,21 @@ def test_schema_command_prints_the_job_file_schema(tmp_path, capsys):
     assert "num_inference_steps" in item["properties"]["steps"]["description"]
     assert main(["schema", "--out", str(tmp_path / "s.json")]) == 0
     assert json.loads((tmp_path / "s.json").read_text()) == schema
+
+
+def test_a_job_without_model_steps_or_size_renders_the_default_model_at_its_own_size(tmp_path):
+    from asyncvid.catalog.builtin import DEFAULT_MODEL, DEFAULT_STEPS
+    from asyncvid.render.tasks import tasks_for
+
+    folder = tmp_path / "sd15"
+    for part, config in (("unet", '{"sample_size": 64}'), ("vae", '{"block_out_channels": [8, 8, 8, 8]}')):
+        (folder / part).mkdir(parents=True)
+        (folder / part / "config.json").write_text(config)
+    (folder / "model_index.json").write_text('{"_class_name": "AnimateDiffPipeline"}')
+    jf = load_job_file(write(tmp_path, "jobs:\n  - {name: a, prompt: x}\n  - {name: b, prompt: x, width: 64}\n"
+                                       "  - {name: c, prompt: x, model: sd15}\n  - {name: d, prompt: x, model: gone}\n"))
+    configs = [t.config for t in tasks_for(jf, tmp_path)]
+    assert configs[0]["model"] == DEFAULT_MODEL and configs[0]["steps"] == DEFAULT_STEPS == 25
+    sizes = [(c["width"], c["height"]) for c in configs]
+    # shapes-t2v: 8-latent UNet, 3-level VAE; SD 1.5 layout: 64 x 2**3; unreadable: the fallback
+    assert sizes == [(32, 32), (64, 32), (512, 512), (256, 256)]

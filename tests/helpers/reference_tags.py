@@ -1,0 +1,74 @@
+"""A single-process reference of AsyncDiff's recurrence for pipelines that call the denoiser several
+times per step (Wan: the prompt's call, then the negative prompt's), independent of asyncvid's
+transport, runtime and hook.
+
+Each call of a step is told apart by its position in the step (0, 1, ...); the step is the index of
+the call's timestep in the scheduler's list. Every position keeps its OWN stale stage outputs: after
+warm-up, stage k of call c at step s consumes what stage k-1 produced for call c in the previous
+round, never what another call of the same step produced. Installed as the denoiser's forward of an
+ordinary diffusers pipeline.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from asyncvid.models import adapter_for
+
+
+class TaggedAsyncReference:
+    def __init__(self, pipe, ranges, warmup: int, stride: int = 1, time_shift: bool = False):
+        self.pipe, self.ranges, self.warmup, self.stride, self.time_shift = pipe, ranges, warmup, stride, time_shift
+        self.model = pipe.transformer if getattr(pipe, "transformer", None) is not None else pipe.unet
+        self.adapter = adapter_for(self.model)
+        self.units = self.adapter.units()
+        self.last_step, self.tag = None, 0
+        self.outputs: dict[int, list] = {}  # per call position: stage outputs of the previous round
+        self.eps: dict[int, torch.Tensor] = {}
+        self.calls: list[tuple[int, int]] = []  # (step, position) of every call, in order
+
+    def _step_of(self, timestep: torch.Tensor) -> int:
+        ts = self.pipe.scheduler.timesteps
+        hits = (ts == timestep.reshape(-1)[0].to(ts.dtype)).nonzero()
+        assert len(hits) == 1, "the reference needs distinct timesteps"
+        return int(hits[0])
+
+    def _stage(self, k, call, t, state):
+        ctx = self.adapter.context(call.sample.shape, t, {**call.cond, **call.extras})
+        a, b = self.ranges[k]
+        for unit in self.units[a:b]:
+            state = unit.run(ctx, state)
+        return state
+
+    def forward(self, *args, **kwargs):
+        call = self.adapter.split_call(args, kwargs)
+        s = self._step_of(call.timestep)
+        self.tag = self.tag + 1 if s == self.last_step else 0
+        self.last_step, c = s, self.tag
+        self.calls.append((s, c))
+        ts, n = self.pipe.scheduler.timesteps, len(self.ranges)
+        t_of = lambda i: ts[i].reshape(1).to(call.timestep.dtype)  # noqa: E731
+        if s < self.warmup:
+            state, outs = self.adapter.input_state(call.sample), []
+            for k in range(n):
+                state = self._stage(k, call, call.timestep, state)
+                outs.append(state)
+        else:
+            if self.stride == 2 and (s - self.warmup) % 2 == 1:
+                return self.adapter.wrap_output(self.eps[c], call.return_dict)
+            if self.stride == 1:
+                t = t_of(s - 1) if self.time_shift else call.timestep
+            else:
+                i = s + 1 if s + 1 < len(ts) else s
+                t = t_of(i - 1 if self.time_shift else i)
+            stale = self.outputs[c]
+            outs = [self._stage(0, call, t, self.adapter.input_state(call.sample))]
+            for k in range(1, n):
+                outs.append(self._stage(k, call, t, stale[k - 1]))
+        self.outputs[c] = outs
+        self.eps[c] = self.adapter.prediction(outs[-1])
+        return self.adapter.wrap_output(self.eps[c], call.return_dict)
+
+    def install(self):
+        self.model.forward = self.forward
+        return self
