@@ -1,0 +1,49 @@
+"""The tiny Wan pipelines run in one process (sequential, reference recurrence) or in spawned ranks
+(functions named by ``_workers.run_many``)."""
+
+from __future__ import annotations
+
+import torch
+
+import asyncvid
+from asyncvid.catalog.wan import build_wan_pipeline, wan_call
+from asyncvid.pipelines.placement import materialized_parameters
+from reference_tags import TaggedAsyncReference
+
+STEPS = 3
+
+
+def prepared(kind: str):
+    """The pipeline and its call (made before any weight is released: image-to-video's prompts are
+    encoded by the pipeline's own text encoder)."""
+    pipe = build_wan_pipeline(kind, seed=0)
+    return pipe, wan_call(kind, pipe, steps=STEPS)
+
+
+def _frames(pipe, call):
+    return pipe(**call, generator=torch.Generator().manual_seed(0)).frames
+
+
+def sequential(kind: str):
+    pipe, call = prepared(kind)
+    return _frames(pipe, call)
+
+
+def reference(kind: str, ranges, warmup: int):
+    """Frames of the reference recurrence, and the (step, call position) of every denoiser call."""
+    pipe, call = prepared(kind)
+    ref = TaggedAsyncReference(pipe, ranges, warmup).install()
+    return _frames(pipe, call), ref.calls
+
+
+def render(kind: str, options: dict):
+    """Every rank: the same pipeline, parallelized; rank 0 returns the frames and every rank's stats."""
+    pipe, call = prepared(kind)
+    ppipe = asyncvid.parallelize(pipe, **options)
+    out = ppipe(**call, generator=torch.Generator().manual_seed(0))
+    stats = {"ranges": ppipe.plan.ranges, "held": materialized_parameters(ppipe.adapter.model),
+             "traffic": ppipe.traffic.snapshot(), "steps_executed": ppipe.runtime.steps_executed,
+             "streams": sorted(ppipe.runtime.streams), "plan_cut_bytes": ppipe.plan.cut_bytes}
+    all_stats = [None] * ppipe.topo.world_size
+    torch.distributed.all_gather_object(all_stats, stats)
+    return {"frames": out.frames, "stats": all_stats} if ppipe.is_driver else None

@@ -1,0 +1,117 @@
+"""Wan pipelines (``WanTransformer3DModel``) through ``parallelize``: text-to-video, Wan 2.1
+image-to-video (CLIP image tokens) and Wan 2.2 TI2V (one timestep per token).
+
+Wan calls its transformer twice per step (prompt, then negative prompt), so every step has call tags
+0 and 1, each with its own stale stage outputs. With warm-up covering every step the output equals
+the untouched pipeline; with warm-up 1 it equals an independent reference recurrence that keeps the
+two calls apart (``tests/helpers/reference_tags.py``) and differs from the sequential output. Each
+rank holds only its stage's blocks plus the shared modules, and sends exactly the token sequence
+(or, the last stage, the prediction) per call.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+import _variants
+import _wan
+from asyncvid.catalog.wan import build_wan_pipeline, wan_call
+from asyncvid.models import adapter_for
+
+pytestmark = pytest.mark.multiprocess
+
+KINDS = ("t2v", "i2v", "ti2v")
+SPLIT2 = [["patch_embedding", "blocks.0", "blocks.1"], ["blocks.2", "blocks.3", "proj_out"]]
+SPLIT3 = [["patch_embedding", "blocks.0"], ["blocks.1", "blocks.2"], ["blocks.3", "norm_out"]]
+STEPS = _wan.STEPS
+CALLS = [(s, c) for s in range(STEPS) for c in (0, 1)]  # (step, call position): prompt, then negative prompt
+#: the auto split profiled at the call's own latent (1 x 3 frames x 4x4): the plan's cut sizes are the call's
+PROFILE = dict(frames=3, height=4, width=4, batch=1)
+
+
+def jobs() -> dict:
+    two = {}
+    for kind in KINDS:
+        two[f"{kind}-exact"] = ("_wan.render", (kind, dict(stages=2, warmup=STEPS, split=SPLIT2)))
+        two[f"{kind}-async"] = ("_wan.render", (kind, dict(stages=2, warmup=1, split=SPLIT2)))
+    three = {"t2v-async-3": ("_wan.render", ("t2v", dict(stages=3, warmup=1, split=SPLIT3))),
+             "t2v-auto-3": ("_wan.render", ("t2v", dict(stages=3, warmup=1, split="auto", profile_shape=PROFILE)))}
+    return {2: two, 3: three}
+
+
+@pytest.fixture(scope="module")
+def runs():
+    return _variants.run_groups(jobs())
+
+
+maxdiff = _variants.maxdiff
+
+
+def sizes(kind: str = "t2v") -> dict:
+    """Bytes of the token sequence (what crosses a cut) and of the prediction, for the tests' call."""
+    pipe = build_wan_pipeline(kind)
+    call, cfg = wan_call(kind, pipe), pipe.transformer.config
+    latent = ((call["num_frames"] - 1) // 4 + 1, call["height"] // 8, call["width"] // 8)
+    tokens = math.prod(n // p for n, p in zip(latent, cfg.patch_size))
+    return {"hidden": tokens * cfg.num_attention_heads * cfg.attention_head_dim * 4,
+            "eps": cfg.out_channels * math.prod(latent) * 4, "text": call["max_sequence_length"] * cfg.text_dim * 4}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_warmup_covering_every_step_equals_the_untouched_pipeline(runs, kind, one_thread):
+    assert maxdiff(runs[f"{kind}-exact"]["frames"], _wan.sequential(kind)) <= 1e-5
+
+
+@pytest.mark.parametrize("name", ["t2v-async", "i2v-async", "ti2v-async", "t2v-async-3", "t2v-auto-3"])
+def test_warmup_1_equals_the_two_call_reference_and_is_asynchronous(runs, name, one_thread):
+    out, kind = runs[name], name.split("-")[0]
+    expected, calls = _wan.reference(kind, out["stats"][0]["ranges"], warmup=1)
+    assert calls == CALLS  # the reference saw two calls per step and kept them apart
+    assert maxdiff(out["frames"], expected) <= 1e-4
+    assert maxdiff(out["frames"], _wan.sequential(kind)) > 1e-4
+
+
+def test_each_call_of_a_step_has_its_own_stream_on_every_rank(runs):
+    for name in ("t2v-async", "t2v-async-3"):
+        assert [s["streams"] for s in runs[name]["stats"]] == [[0, 1]] * len(runs[name]["stats"])
+        assert [s["steps_executed"] for s in runs[name]["stats"]] == [len(CALLS)] * len(runs[name]["stats"])
+
+
+@pytest.mark.parametrize("name", ["t2v-async", "t2v-async-3", "i2v-async"])
+def test_each_rank_holds_its_stage_and_the_shared_modules_only(runs, name):
+    model = build_wan_pipeline(name.split("-")[0]).transformer
+    adapter = adapter_for(model)
+    count = lambda path: sum(p.numel() for p in model.get_submodule(path).parameters())  # noqa: E731
+    shared = sum(count(m) for m in adapter.shared_modules) + model.scale_shift_table.numel()  # head table: loose
+    units = adapter.units()
+    stats = runs[name]["stats"]
+    for stage, (a, b) in enumerate(stats[0]["ranges"]):
+        assert stats[stage]["held"] == shared + sum(count(m) for u in units[a:b] for m in u.modules)
+    # every block's parameters are held by exactly one rank
+    assert sum(s["held"] - shared for s in stats) == sum(p.numel() for p in model.parameters()) - shared
+
+
+@pytest.mark.parametrize("name", ["t2v-async", "t2v-async-3", "t2v-exact"])
+def test_bytes_per_call_are_the_token_sequence_per_cut(runs, name):
+    """Stage k < N-1 sends the (tokens x width) sequence every call but those of the last parallel
+    round (nobody consumes them); the last stage sends the prediction every call."""
+    size, stats = sizes(), runs[name]["stats"]
+    last_round = len(CALLS) - 2 if name.endswith(("async", "async-3")) else len(CALLS)
+    senders = [[size["hidden"] if i < last_round else 0 for i in range(len(CALLS))]] * (len(stats) - 1)
+    assert [s["traffic"]["activation_bytes_per_step"] for s in stats] == senders + [[size["eps"]] * len(CALLS)]
+    assert all(s["traffic"]["activation_bytes"] == sum(s["traffic"]["activation_bytes_per_step"]) for s in stats)
+
+
+def test_each_call_s_text_embedding_travels_once_per_pipeline_call(runs):
+    """The prompt's and the negative prompt's embeddings (call tags 0 and 1) reach each worker once,
+    not once per step."""
+    stats = runs["t2v-async-3"]["stats"]
+    assert stats[0]["traffic"]["conditioning_bytes"] == 2 * (len(stats) - 1) * sizes()["text"]
+
+
+def test_auto_split_plans_the_cut_sizes_it_then_sends(runs):
+    stats = runs["t2v-auto-3"]["stats"]
+    assert stats[0]["plan_cut_bytes"] == [sizes()["hidden"]] * 2
+    assert [s["traffic"]["activation_bytes_per_step"][0] for s in stats[:2]] == stats[0]["plan_cut_bytes"]
