@@ -29,10 +29,10 @@ def sequential(kind: str):
     return _frames(pipe, call)
 
 
-def reference(kind: str, ranges, warmup: int):
+def reference(kind: str, ranges, warmup: int, one_stream: bool = False):
     """Frames of the reference recurrence, and the (step, call position) of every denoiser call."""
     pipe, call = prepared(kind)
-    ref = TaggedAsyncReference(pipe, ranges, warmup).install()
+    ref = TaggedAsyncReference(pipe, ranges, warmup, one_stream=one_stream).install()
     return _frames(pipe, call), ref.calls
 
 

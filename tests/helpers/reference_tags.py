@@ -6,7 +6,9 @@ Each call of a step is told apart by its position in the step (0, 1, ...); the s
 the call's timestep in the scheduler's list. Every position keeps its OWN stale stage outputs: after
 warm-up, stage k of call c at step s consumes what stage k-1 produced for call c in the previous
 round, never what another call of the same step produced. Installed as the denoiser's forward of an
-ordinary diffusers pipeline.
+ordinary diffusers pipeline. ``one_stream=True`` is the wrong recurrence a runtime that mixed the
+calls up would follow (every call consumes the stage outputs of the call before it): tests show it
+gives another video.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from asyncvid.models import adapter_for
 
 
 class TaggedAsyncReference:
-    def __init__(self, pipe, ranges, warmup: int, stride: int = 1, time_shift: bool = False):
+    def __init__(self, pipe, ranges, warmup: int, stride: int = 1, time_shift: bool = False, one_stream: bool = False):
         self.pipe, self.ranges, self.warmup, self.stride, self.time_shift = pipe, ranges, warmup, stride, time_shift
+        self.one_stream = one_stream
         self.model = pipe.transformer if getattr(pipe, "transformer", None) is not None else pipe.unet
         self.adapter = adapter_for(self.model)
         self.units = self.adapter.units()
@@ -46,6 +49,7 @@ class TaggedAsyncReference:
         self.tag = self.tag + 1 if s == self.last_step else 0
         self.last_step, c = s, self.tag
         self.calls.append((s, c))
+        c = 0 if self.one_stream else c
         ts, n = self.pipe.scheduler.timesteps, len(self.ranges)
         t_of = lambda i: ts[i].reshape(1).to(call.timestep.dtype)  # noqa: E731
         if s < self.warmup:

@@ -73,6 +73,14 @@ def test_warmup_1_equals_the_two_call_reference_and_is_asynchronous(runs, name, 
     assert maxdiff(out["frames"], _wan.sequential(kind)) > 1e-4
 
 
+def test_mixing_the_two_calls_up_would_give_another_video(runs, one_thread):
+    """The reference comparison above tells the calls apart: one stream for both calls (the negative
+    prompt's call consuming the prompt's stale outputs) is another recurrence, another video."""
+    out = runs["t2v-async"]
+    mixed, _ = _wan.reference("t2v", out["stats"][0]["ranges"], warmup=1, one_stream=True)
+    assert maxdiff(out["frames"], mixed) > 1e-4
+
+
 def test_each_call_of_a_step_has_its_own_stream_on_every_rank(runs):
     for name in ("t2v-async", "t2v-async-3"):
         assert [s["streams"] for s in runs[name]["stats"]] == [[0, 1]] * len(runs[name]["stats"])
