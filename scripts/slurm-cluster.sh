@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # slurm-cluster.sh up|down|status: a real one-node Slurm cluster on 127.0.0.1, for asyncvid's tests.
 #
-# Debian/Ubuntu packages (slurmctld, slurmd, slurm-client, munge) are installed when missing; the
+# Debian/Ubuntu packages (slurmctld, slurmd, slurm-client, munge; slurmdbd and mariadb-server for
+# accounting, so `sacct` reports final job states) are installed when missing; the
 # daemons run without systemd and daemonize themselves. Nothing under /etc/slurm is touched: the
 # config lives in $ASYNCVID_SLURM_ROOT (default /tmp/asyncvid-slurm) and clients find it through
 # SLURM_CONF, which `up` prints as its last line (`SLURM_CONF=...`). `down` stops only the daemons
 # whose pid files `up` wrote, and only if the pid still names that daemon. Needs root.
 #
-# Knobs: ASYNCVID_SLURM_ROOT, ASYNCVID_SLURM_CPUS (default: nproc), ASYNCVID_SLURM_PORTS ("6817 6818").
+# Knobs: ASYNCVID_SLURM_ROOT, ASYNCVID_SLURM_CPUS (default: nproc), ASYNCVID_SLURM_PORTS ("6817 6818 6819":
+# slurmctld, slurmd, slurmdbd), ASYNCVID_SLURM_ACCOUNTING (default 1: MariaDB on a unix socket only, no
+# TCP port, plus slurmdbd on 127.0.0.1; 0: no accounting, `sacct` then fails and asyncvid reads logs).
 # Every failure is one line on stderr ("slurm-cluster: ...") and exit status 1.
 set -euo pipefail
 
@@ -17,7 +20,9 @@ RUN=$ROOT/run
 LOG=$ROOT/log
 NODE=$(hostname -s)
 CPUS=${ASYNCVID_SLURM_CPUS:-$(nproc)}
-read -r CTLD_PORT SLURMD_PORT <<< "${ASYNCVID_SLURM_PORTS:-6817 6818}"
+read -r CTLD_PORT SLURMD_PORT DBD_PORT <<< "${ASYNCVID_SLURM_PORTS:-6817 6818 6819}"
+DBD_PORT=${DBD_PORT:-6819}
+ACCOUNTING=${ASYNCVID_SLURM_ACCOUNTING:-1}
 export SLURM_CONF=$CONF
 
 die() { echo "slurm-cluster: $*" >&2; exit 1; }
@@ -40,7 +45,9 @@ last_log_line() { tail -n 1 "$1" 2>/dev/null || echo "(no log)"; }
 
 install_packages() {
     local missing=() p
-    for p in slurmctld slurmd slurm-client munge; do
+    local wanted=(slurmctld slurmd slurm-client munge)
+    [ "$ACCOUNTING" = 1 ] && wanted+=(slurmdbd mariadb-server)
+    for p in "${wanted[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
     done
     [ ${#missing[@]} -eq 0 ] && return
@@ -80,8 +87,7 @@ SlurmctldLogFile=$LOG/slurmctld.log
 SlurmdLogFile=$LOG/slurmd.log
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
-AccountingStorageType=accounting_storage/none
-JobAcctGatherType=jobacct_gather/none
+$(accounting_lines)
 JobCompType=jobcomp/none
 MpiDefault=none
 MailProg=/bin/true
@@ -99,6 +105,49 @@ Waittime=0
 NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$mem_mb State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 EOF
+}
+
+accounting_lines() {
+    if [ "$ACCOUNTING" = 1 ]; then
+        printf 'AccountingStorageType=accounting_storage/slurmdbd\nAccountingStorageHost=127.0.0.1\n'
+        printf 'AccountingStoragePort=%s\nJobAcctGatherType=jobacct_gather/linux\n' "$DBD_PORT"
+    else
+        printf 'AccountingStorageType=accounting_storage/none\nJobAcctGatherType=jobacct_gather/none\n'
+    fi
+}
+
+start_accounting() {  # MariaDB (root reaches it through the unix socket, no password) + slurmdbd
+    [ "$ACCOUNTING" = 1 ] || return 0
+    if ! mariadb -e 'select 1' >/dev/null 2>&1; then
+        if [ ! -d /var/lib/mysql/mysql ]; then
+            mariadb-install-db --user=mysql --datadir=/var/lib/mysql > "$LOG/mariadb-install.log" 2>&1 \
+                || die "mariadb-install-db failed: $(last_log_line "$LOG/mariadb-install.log")"
+        fi
+        mkdir -p /run/mysqld && chown mysql:mysql /run/mysqld
+        setsid /usr/sbin/mariadbd --user=mysql --skip-networking --innodb-buffer-pool-size=32M \
+            --pid-file=/run/mysqld/mysqld.pid < /dev/null > "$LOG/mariadb.log" 2>&1 &
+        wait_until 30 mariadb -e 'select 1' || die "MariaDB does not answer: $(last_log_line "$LOG/mariadb.log")"
+        cp /run/mysqld/mysqld.pid "$RUN/mariadb.pid"  # recorded: `down` stops only what `up` started
+    fi
+    running "$RUN/slurmdbd.pid" slurmdbd && return 0
+    listening "$DBD_PORT" && die "port $DBD_PORT is in use (another slurmdbd?); set ASYNCVID_SLURM_PORTS"
+    cat > "$ROOT/slurmdbd.conf" <<CONF
+# written by asyncvid scripts/slurm-cluster.sh
+AuthType=auth/munge
+DbdAddr=127.0.0.1
+DbdHost=localhost
+DbdPort=$DBD_PORT
+SlurmUser=root
+LogFile=$LOG/slurmdbd.log
+PidFile=$RUN/slurmdbd.pid
+StorageType=accounting_storage/mysql
+StorageHost=localhost
+StorageUser=root
+StorageLoc=asyncvid_slurm_acct
+CONF
+    chmod 600 "$ROOT/slurmdbd.conf"
+    slurmdbd || die "slurmdbd did not start: $(last_log_line "$LOG/slurmdbd.log")"
+    wait_until 20 listening "$DBD_PORT" || die "slurmdbd does not listen: $(last_log_line "$LOG/slurmdbd.log")"
 }
 
 start_munge() {
@@ -125,7 +174,8 @@ up() {
     mkdir -p "$ROOT/state" "$ROOT/spool/$NODE" "$RUN" "$LOG"
     chmod 755 "$ROOT" "$LOG"
     install_packages
-    if running "$RUN/slurmctld.pid" slurmctld && running "$RUN/slurmd.pid" slurmd && node_ready; then
+    if running "$RUN/slurmctld.pid" slurmctld && running "$RUN/slurmd.pid" slurmd && node_ready \
+            && { [ "$ACCOUNTING" != 1 ] || running "$RUN/slurmdbd.pid" slurmdbd; }; then
         say "already up"
         echo "SLURM_CONF=$CONF"
         return
@@ -136,6 +186,7 @@ up() {
     getent hosts "$NODE" >/dev/null || die "host name $NODE does not resolve; add it to /etc/hosts"
     write_config
     start_munge
+    start_accounting
     slurmctld -f "$CONF" || die "slurmctld did not start: $(last_log_line "$LOG/slurmctld.log")"
     wait_until 20 sh -c 'scontrol ping | grep -q "is UP"' \
         || die "slurmctld does not answer: $(last_log_line "$LOG/slurmctld.log")"
@@ -166,6 +217,8 @@ down() {
     fi
     stop "$RUN/slurmd.pid" slurmd
     stop "$RUN/slurmctld.pid" slurmctld
+    stop "$RUN/slurmdbd.pid" slurmdbd
+    stop "$RUN/mariadb.pid" mariadbd
     stop "$RUN/munged.pid" munged
     say "down"
 }

@@ -119,7 +119,8 @@ def _states(out: Path):
     from ..slurm.status import job_states
 
     latest, tasks, job_ids = _current(out)
-    return latest, job_states(out, tasks, latest["tasks"], commands.array_states(job_ids), job_ids)
+    queued = commands.array_states(job_ids)
+    return latest, job_states(out, tasks, latest["tasks"], queued, job_ids, commands.final_states(job_ids))
 
 
 def cmd_status(args) -> int:

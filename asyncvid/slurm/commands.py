@@ -1,4 +1,4 @@
-"""The Slurm client commands asyncvid runs (sinfo, sbatch, squeue), each failing with one line."""
+"""The Slurm client commands asyncvid runs (sinfo, sbatch, squeue, sacct), each failing with one line."""
 
 from __future__ import annotations
 
@@ -79,3 +79,35 @@ def array_states(job_ids: list[int]) -> dict[int, str]:
         if index not in seen or rank >= seen[index][0]:
             seen[index] = (rank, parts[2])
     return {index: state for index, (_, state) in seen.items()}
+
+
+def final_states(job_ids: list[int]) -> dict[int, tuple[str, str]]:
+    """Array task index -> (final state, how it ended) from Slurm's accounting (``sacct``), such as
+    ``("TIMEOUT", "")``, ``("FAILED", "exit 3")``, ``("CANCELLED", "signal 15")``; a later submission
+    wins. Empty when the cluster keeps no accounting (then ``status`` reads the task logs alone)."""
+    if not job_ids:
+        return {}
+    try:
+        out = run(["sacct", "-n", "-X", "-P", "-o", "JobID,State,ExitCode", "-j", ",".join(map(str, job_ids))])
+    except AsyncVidError:
+        return {}
+    return parse_sacct(out, job_ids)
+
+
+def parse_sacct(text: str, job_ids: list[int]) -> dict[int, tuple[str, str]]:
+    """``sacct -P -o JobID,State,ExitCode`` lines (``86_1|CANCELLED by 0|0:15``) of ``job_ids``' array
+    tasks; pending ranges (``86_[3-5]``) and other jobs are skipped."""
+    order = {job: i for i, job in enumerate(job_ids)}
+    seen: dict[int, tuple[int, str, str]] = {}
+    for line in text.splitlines():
+        parts = line.strip().split("|")
+        match = re.fullmatch(r"(\d+)_(\d+)", parts[0]) if len(parts) == 3 else None
+        if not match or int(match.group(1)) not in order:
+            continue
+        rank, index = order[int(match.group(1))], int(match.group(2))
+        state = parts[1].split()[0] if parts[1].split() else "UNKNOWN"
+        code, _, signal = parts[2].partition(":")
+        how = f"signal {signal}" if signal not in ("", "0") else (f"exit {code}" if code not in ("", "0") else "")
+        if index not in seen or rank >= seen[index][0]:
+            seen[index] = (rank, state, how)
+    return {index: (state, how) for index, (_, state, how) in seen.items()}

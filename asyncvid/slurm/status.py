@@ -1,7 +1,9 @@
 """Where a submitted job file stands: which videos are done, running, pending or failed.
 
 Done comes from the manifests (the same check the renderer uses to skip); running and pending from
-``squeue``; a job that is neither, whose array task has a log, failed. Each submission of the
+``squeue``; a job that is neither, whose array task ran, failed: how comes from Slurm's accounting
+(``sacct``: TIMEOUT, OUT_OF_MEMORY, CANCELLED, FAILED with its exit code) when the cluster keeps
+it, beside the most telling line of the task's log. Each submission of the
 kept script (first or resubmitted) is one line of ``<out>/slurm/submissions.jsonl``.
 """
 
@@ -75,8 +77,10 @@ def last_error(log: Path) -> str:
     return lines[-1][:200] if lines else ""
 
 
-def job_states(out: Path, tasks, shards: int, queued: dict[int, str], job_ids: list[int]) -> list[JobState]:
-    """``tasks``: the file's render tasks in file order; task j belongs to array index j % shards."""
+def job_states(out: Path, tasks, shards: int, queued: dict[int, str], job_ids: list[int],
+               finals: dict[int, tuple[str, str]] | None = None) -> list[JobState]:
+    """``tasks``: the file's render tasks in file order; task j belongs to array index j % shards.
+    ``finals``: :func:`~.commands.final_states` of the array tasks (empty without accounting)."""
     from ..render.tasks import is_done
 
     logs = out / SLURM_DIR / "logs"
@@ -89,8 +93,13 @@ def job_states(out: Path, tasks, shards: int, queued: dict[int, str], job_ids: l
             states.append(JobState(task.name, index, queued[index].lower()))
         else:
             ran = [logs / f"{job}_{index}.out" for job in job_ids if (logs / f"{job}_{index}.out").exists()]
-            if ran:
-                states.append(JobState(task.name, index, "failed", f"{os.path.basename(ran[-1])}: {last_error(ran[-1])}"))
+            final = (finals or {}).get(index)
+            if ran or final:
+                said = f"{os.path.basename(ran[-1])}: {last_error(ran[-1])}" if ran else ""
+                if final:
+                    slurm = "Slurm: " + ", ".join(part for part in final if part)
+                    said = f"{slurm}; {said}" if said else slurm
+                states.append(JobState(task.name, index, "failed", said))
             else:
                 states.append(JobState(task.name, index, "not run"))
     return states

@@ -165,7 +165,8 @@ def test_cancelled_task_is_resubmitted_and_renders_only_what_is_missing(tmp_path
     capsys.readouterr()
     assert main(["slurm", "status", str(out)]) == 0
     status = capsys.readouterr().out
-    assert re.search(r"^d\s+task 1\s+failed .*CANCELLED", status, re.M), status
+    # from sacct (the test cluster keeps accounting), then the log's own notice
+    assert re.search(r"^d\s+task 1\s+failed\s+Slurm: CANCELLED[;,] .*CANCELLED", status, re.M), status
     assert f"resubmit: asyncvid slurm resubmit {out} --indices 1" in status
 
     assert main(["slurm", "resubmit", str(out)]) == 0

@@ -122,3 +122,29 @@ def test_gpus_per_device_follows_the_partition_when_not_given(tmp_path, capsys, 
                  "--dry-run"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert expected in lines and "#SBATCH --array=0-0" in lines
+
+
+def test_sacct_lines_give_each_array_task_its_final_state():
+    from asyncvid.slurm.commands import parse_sacct
+
+    text = ("86_0|FAILED|3:0\n86_1|CANCELLED by 0|0:15\n86_2|COMPLETED|0:0\n86_[3-5]|PENDING|0:0\n"
+            "90_1|TIMEOUT|0:0\n90_2|OUT_OF_MEMORY|0:125\n77_0|FAILED|1:0\nnot a line\n")
+    assert parse_sacct(text, [86, 90]) == {  # a later submission (90) wins over an earlier one for index 1
+        0: ("FAILED", "exit 3"), 1: ("TIMEOUT", ""), 2: ("OUT_OF_MEMORY", "signal 125")}
+
+
+def test_status_puts_slurms_final_state_before_the_log_line(tmp_path):
+    from types import SimpleNamespace
+
+    from asyncvid.slurm.status import job_states
+
+    logs = tmp_path / "slurm" / "logs"
+    logs.mkdir(parents=True)
+    (logs / "7_0.out").write_text("rendering a\nslurmstepd: error: *** JOB 7 CANCELLED DUE TO TIME LIMIT ***\n")
+    tasks = [SimpleNamespace(name=n, output=str(tmp_path / f"{n}.mp4"), manifest=str(tmp_path / f"{n}.json"),
+                             config_hash="x") for n in "abc"]
+    states = job_states(tmp_path, tasks, 3, {}, [7], {0: ("TIMEOUT", ""), 1: ("OUT_OF_MEMORY", "signal 9")})
+    assert [(s.state, s.detail) for s in states] == [
+        ("failed", "Slurm: TIMEOUT; 7_0.out: slurmstepd: error: *** JOB 7 CANCELLED DUE TO TIME LIMIT ***"),
+        ("failed", "Slurm: OUT_OF_MEMORY, signal 9"),  # no log: accounting alone says it
+        ("not run", "")]
