@@ -29,10 +29,11 @@ def sequential(kind: str):
     return _frames(pipe, call)
 
 
-def reference(kind: str, ranges, warmup: int, one_stream: bool = False):
-    """Frames of the reference recurrence, and the (step, call position) of every denoiser call."""
+def reference(kind: str, ranges, warmup: int, one_stream: bool = False, **options):
+    """Frames of the reference recurrence, and the (step, call position) of every denoiser call;
+    ``options``: stride, time_shift."""
     pipe, call = prepared(kind)
-    ref = TaggedAsyncReference(pipe, ranges, warmup, one_stream=one_stream).install()
+    ref = TaggedAsyncReference(pipe, ranges, warmup, one_stream=one_stream, **options).install()
     return _frames(pipe, call), ref.calls
 
 
@@ -47,3 +48,16 @@ def render(kind: str, options: dict):
     all_stats = [None] * ppipe.topo.world_size
     torch.distributed.all_gather_object(all_stats, stats)
     return {"frames": out.frames, "stats": all_stats} if ppipe.is_driver else None
+
+
+def render_then_undo(kind: str, options: dict):
+    """Every rank: one parallel call, then ``undo()``; the driver renders again with the plain
+    pipeline it got back (every stage's blocks fetched home). Returns both calls' frames on rank 0."""
+    pipe, call = prepared(kind)
+    ppipe = asyncvid.parallelize(pipe, **options)
+    out = ppipe(**call, generator=torch.Generator().manual_seed(0))
+    plain = ppipe.undo()
+    if plain is None:
+        return None
+    held = materialized_parameters(plain.transformer)
+    return {"frames": [out.frames, _frames(plain, call)], "held": held}

@@ -36,6 +36,8 @@ def jobs() -> dict:
     for kind in KINDS:
         two[f"{kind}-exact"] = ("_wan.render", (kind, dict(stages=2, warmup=STEPS, split=SPLIT2)))
         two[f"{kind}-async"] = ("_wan.render", (kind, dict(stages=2, warmup=1, split=SPLIT2)))
+    two["t2v-stride2"] = ("_wan.render", ("t2v", dict(stages=2, warmup=1, stride=2, time_shift=True, split=SPLIT2)))
+    two["undo"] = ("_wan.render_then_undo", ("t2v", dict(stages=2, warmup=STEPS, split=SPLIT2)))
     three = {"t2v-async-3": ("_wan.render", ("t2v", dict(stages=3, warmup=1, split=SPLIT3))),
              "t2v-auto-3": ("_wan.render", ("t2v", dict(stages=3, warmup=1, split="auto", profile_shape=PROFILE)))}
     return {2: two, 3: three}
@@ -71,6 +73,22 @@ def test_warmup_1_equals_the_two_call_reference_and_is_asynchronous(runs, name, 
     assert calls == CALLS  # the reference saw two calls per step and kept them apart
     assert maxdiff(out["frames"], expected) <= 1e-4
     assert maxdiff(out["frames"], _wan.sequential(kind)) > 1e-4
+
+
+def test_stride_2_with_time_shift_equals_the_reference(runs, one_thread):
+    """Stride 2: one round serves two steps; the second step reuses each call's own last prediction."""
+    out = runs["t2v-stride2"]
+    expected, _ = _wan.reference("t2v", out["stats"][0]["ranges"], warmup=1, stride=2, time_shift=True)
+    assert maxdiff(out["frames"], expected) <= 1e-4
+    assert maxdiff(out["frames"], runs["t2v-async"]["frames"]) > 1e-4
+    assert [s["steps_executed"] for s in out["stats"]] == [4, 4]  # steps 0 and 1 run, step 2 reuses: 2 calls each
+
+
+def test_undo_gives_back_the_whole_plain_pipeline(runs, one_thread):
+    out = runs["undo"]
+    expected = _wan.sequential("t2v")
+    assert maxdiff(out["frames"][0], expected) <= 1e-5 and maxdiff(out["frames"][1], expected) <= 1e-5
+    assert out["held"] == sum(p.numel() for p in build_wan_pipeline("t2v").transformer.parameters())
 
 
 def test_mixing_the_two_calls_up_would_give_another_video(runs, one_thread):
