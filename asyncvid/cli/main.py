@@ -88,7 +88,11 @@ def main(argv=None) -> int:
             print(f"asyncvid: error: {' '.join(problem.split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("asyncvid: interrupted", file=sys.stderr)
+        from ..distributed.env import dead_peers
+
+        dead = dead_peers()  # a launcher such as torchrun stops the group when one of its ranks dies
+        why = f" after {', '.join(dead)} on this host died or was killed" if dead else ""
+        print(f"asyncvid: interrupted{why}", file=sys.stderr)
         return 130
 
 

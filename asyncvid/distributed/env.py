@@ -146,10 +146,12 @@ def describe_group() -> str:
     rank, world = dist.get_rank(), dist.get_world_size()
     members = torch.ones(1)
     dist.all_reduce(members)  # every member adds 1: equals the world size only if all joined
+    _PEERS[:] = [None] * world
+    dist.all_gather_object(_PEERS, (socket.gethostname(), os.getpid()))  # to name a rank that dies later
     slurm = os.environ.get("SLURM_ARRAY_JOB_ID")
     where = (f" slurm job {os.environ.get('SLURM_JOB_ID')}" + (f" array {slurm}_{os.environ.get('SLURM_ARRAY_TASK_ID')}"
                                                                  if slurm else "")) if "SLURM_JOB_ID" in os.environ else ""
-    return (f"rank {rank}/{world} local {os.environ.get('LOCAL_RANK', '0')} host {socket.gethostname()} "
+    return (f"rank {rank}/{world} local {os.environ.get('LOCAL_RANK', '0')} host {socket.gethostname()} pid {os.getpid()} "
             f"master {os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')} backend {dist.get_backend()} "
             f"members {int(members.item())}{where}")
 
@@ -157,11 +159,40 @@ def describe_group() -> str:
 _LOST = re.compile(r"(Connection (?:closed|reset) by peer|Read error|Broken pipe)[^\[]*(\[[^\]]+\]:\d+)?")
 
 
+#: (host, pid) of every rank of the group, gathered by :func:`describe_group` (launched runs)
+_PEERS: list = []
+
+
+def _gone(pid: int) -> bool:
+    """The process no longer runs (no such pid, or a zombie its parent has not reaped yet)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+    except (OSError, IndexError):
+        return False
+
+
+def dead_peers() -> list[str]:
+    """Ranks of this host's part of the group whose process is gone (``rank 1 (pid 4242)``); ranks
+    on other hosts cannot be checked from here."""
+    import socket
+
+    host = socket.gethostname()
+    return [f"rank {rank} (pid {peer[1]})" for rank, peer in enumerate(_PEERS)
+            if peer and peer[0] == host and peer[1] != os.getpid() and _gone(peer[1])]
+
+
 def lost_peer(exc: BaseException) -> str | None:
     """When ``exc`` is the transport noticing that another rank went away (gloo's "Connection
-    closed by peer ... GLHF!"), one plain line saying so; None for any other error."""
+    closed by peer ... GLHF!"), one plain line saying so, naming the ranks of this host whose
+    process is gone; None for any other error."""
     match = _LOST.search(str(exc))
     if match is None:
         return None
+    dead = dead_peers()
+    if dead:
+        return f"{', '.join(dead)} on this host died or was killed (its launcher's log names the signal)"
     where = f" at {match.group(2)}" if match.group(2) else ""
     return f"lost the connection to another rank{where}: it died or was killed"

@@ -50,8 +50,6 @@ def render_launched(tasks: list[Task], options: RenderOptions, out: Path) -> int
         raise
     except Exception as exc:  # a rank died or the network broke: one line, not a traceback per rank
         why = lost_peer(exc)
-        if why:
-            why += " (the launcher's summary, e.g. torchrun's or Slurm's log, names which)"
         raise AsyncVidError(f"rank {rank}: the render group stopped: {why or one_line(exc)}") from None
     if rank != 0:
         return 0

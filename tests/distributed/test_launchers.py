@@ -60,3 +60,21 @@ def test_a_lost_peer_is_one_plain_line():
                         "peer [127.0.0.1]:22929. This is typically caused by a remote worker crashing. GLHF!")
     assert lost_peer(gloo) == "lost the connection to another rank at [127.0.0.1]:22929: it died or was killed"
     assert lost_peer(ValueError("height must be divisible by 8")) is None
+
+
+def test_a_lost_peer_whose_process_is_gone_is_named(monkeypatch):
+    import socket
+
+    from asyncvid.distributed import env
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        host = socket.gethostname()
+        monkeypatch.setattr(env, "_PEERS", [(host, os.getpid()), (host, alive.pid), (host, gone.pid), ("elsewhere", 1)])
+        gloo = RuntimeError("[pair.cc:537] Read error [127.0.0.1]:22929: Connection reset by peer. GLHF!")
+        assert env.lost_peer(gloo) == (f"rank 2 (pid {gone.pid}) on this host died or was killed "
+                                       "(its launcher's log names the signal)")
+    finally:
+        alive.kill()

@@ -117,3 +117,48 @@ def test_a_killed_rank_is_named_with_its_signal(tmp_path):
     assert "gloo" not in err and "GLHF" not in err
     assert read_video_info(out / "first.mp4")["frames"] == 8  # finished work kept
     assert not [p for p in out.iterdir() if ".partial" in p.name]
+
+
+def test_a_rank_killed_under_torchrun_is_named(tmp_path):
+    """torchrun owns the ranks (asyncvid cannot see the signal): the survivor names the rank whose
+    process is gone, from the (host, pid) table the group exchanged when it formed."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from asyncvid.utils import free_port
+
+    (tmp_path / "jobs.yaml").write_text(
+        "defaults: {model: tiny-random, frames: 8, width: 32, height: 32, stages: 2}\njobs:\n"
+        "  - {name: first, prompt: x, steps: 2}\n  - {name: second, prompt: y, steps: 400}\n")
+    out = tmp_path / "out"
+    log = open(tmp_path / "stdout.txt", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                             "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m", "asyncvid",
+                             "render", str(tmp_path / "jobs.yaml"), "--out", str(out), "--quiet"],
+                            stdout=log, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, ASYNCVID_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1"))
+    try:
+        deadline = time.monotonic() + 180
+        while not (out / "first.json").exists():
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.monotonic() < deadline, "the first job never finished"
+            time.sleep(0.05)
+        time.sleep(1.0)  # the second job is being denoised
+        pid = int(re.search(r"rank 1/2 local \d+ host \S+ pid (\d+)", (tmp_path / "stdout.txt").read_text()).group(1))
+        os.kill(pid, signal.SIGKILL)
+        err = proc.communicate(timeout=60)[1]
+    finally:
+        proc.kill()
+        log.close()
+    assert proc.returncode != 0
+    # rank 0 notices the lost connection, or torchrun's SIGTERM (sent once rank 1 died) comes first
+    ours = [line for line in err.splitlines() if line.startswith("asyncvid: ")]
+    assert ours in ([f"asyncvid: error: rank 0: the render group stopped: rank 1 (pid {pid}) on this host died or "
+                     "was killed (its launcher's log names the signal)"],
+                    [f"asyncvid: interrupted after rank 1 (pid {pid}) on this host died or was killed"]), err
+    assert "GLHF" not in err
+    assert read_video_info(out / "first.mp4")["frames"] == 8  # finished work kept
+    assert not [p for p in out.iterdir() if ".partial" in p.name]
