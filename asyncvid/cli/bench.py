@@ -28,9 +28,9 @@ def add_bench_parser(subparsers) -> None:
     p.add_argument("--preset", choices=["null", "tiny", "small", "full"], default="small",
                    help="size of the random presets; full = the real architectures (SD 1.5 + AnimateDiff motion "
                         "modules, or SVD), 1.3-1.5 B parameters, random weights")
-    p.add_argument("--frames", type=int, default=8)
+    p.add_argument("--frames", type=int, default=8, help="frames per video")
     add_size(p)
-    p.add_argument("--steps", type=int, default=DEFAULT_STEPS)
+    p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="denoising steps per video")
     p.add_argument("--warmup", type=int, default=1, help="warm-up of configurations that do not name one")
     p.add_argument("--repeats", type=int, default=2, help="timed calls per configuration; the fastest counts")
     add_device_and_dtype(p)
@@ -45,7 +45,7 @@ def add_bench_parser(subparsers) -> None:
     p.add_argument("--render", metavar="JOBFILE",
                    help="instead: time `asyncvid render JOBFILE` on 1 device and on --devices (replicas), "
                         "one thread per device")
-    p.add_argument("--devices", type=int, default=2, help="with --render: devices to compare with one (default 2)")
+    p.add_argument("--devices", type=int, default=2, metavar="D", help="with --render: devices to compare with one")
     p.add_argument("--json", metavar="FILE", help="write the report here (default: stdout)")
     p.add_argument("--markdown", metavar="FILE", help="also write the table as markdown")
     p.set_defaults(func=cmd_bench)
@@ -58,8 +58,9 @@ def add_bench_parser(subparsers) -> None:
                                           "per-step time. With --fidelity, each layout's measured PSNR beside it. "
                                           "With --stages, only that configuration.")
     q.add_argument("model", nargs="?", default=DEFAULT_MODEL,
-                   help="`animatediff`/`svd` presets, a built-in model or a local folder (ignored with --profile)")
-    q.add_argument("--devices", type=int, required=True, metavar="D")
+                   help="a built-in model, a local diffusers folder, a cached hub id, or `animatediff`/`svd` "
+                        "random-weight presets (ignored with --profile; default: shapes-t2v)")
+    q.add_argument("--devices", type=int, required=True, metavar="D", help="devices to plan for (required)")
     q.add_argument("--objective", choices=["latency", "throughput"], default="latency",
                    help="latency: fastest single video; throughput: most videos per hour over replicas (default latency)")
     q.add_argument("--fidelity", metavar="FILE", help="an `asyncvid eval fidelity --json` report: PSNR per layout")
@@ -68,14 +69,15 @@ def add_bench_parser(subparsers) -> None:
     q.add_argument("--cfg", type=int, default=1, help="with --stages: CFG groups (default 1)")
     q.add_argument("--stride", type=int, default=1, help="with --stages (default 1)")
     q.add_argument("--warmup", type=int, default=1, help="with --stages (default 1)")
-    q.add_argument("--steps", type=int, default=DEFAULT_STEPS)
+    q.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="denoising steps per video")
     q.add_argument("--link", default="loopback",
                    help="nvlink, pcie, ib, ethernet, loopback, measure (a ping-pong between two local ranks), "
                         "or a bandwidth in GB/s (default loopback)")
     q.add_argument("--profile", metavar="FILE", help="read this saved profile instead of profiling")
     q.add_argument("--save-profile", metavar="FILE", help="write the profile taken here")
-    q.add_argument("--preset", choices=["null", "tiny", "small", "full"], default="small")
-    q.add_argument("--frames", type=int, default=8)
+    q.add_argument("--preset", choices=["null", "tiny", "small", "full"], default="small",
+                   help="size of the `animatediff`/`svd` random presets")
+    q.add_argument("--frames", type=int, default=8, help="frames per video")
     add_size(q)
     q.add_argument("--threads", type=int, default=1, help="threads while profiling on CPU (default 1 = one CPU device)")
     add_device_and_dtype(q, "precision to profile in")

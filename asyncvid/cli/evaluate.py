@@ -21,8 +21,8 @@ def add_eval_parser(subparsers) -> None:
                         "accelerated configurations against the sequential output (same as --fidelity)")
     p.add_argument("--model", default=DEFAULT_MODEL, help="built-in name, local AnimateDiff folder or cached hub id")
     p.add_argument("--seeds", type=int, default=2, help="seeds per prompt (default 2: 48 samples)")
-    p.add_argument("--steps", type=int, default=DEFAULT_STEPS)
-    p.add_argument("--guidance", type=float, default=5.0)
+    p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="denoising steps per video")
+    p.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale")
     p.add_argument("--compare-random", action="store_true",
                    help="also measure step similarity of a random-weight UNet and text encoder of the same config")
     p.add_argument("--json", metavar="FILE", help="write the report here (default: stdout)")
@@ -35,7 +35,7 @@ def add_eval_parser(subparsers) -> None:
                    help=f"configurations (default: {' '.join(FIDELITY_CONFIGS)})")
     f.add_argument("--prompts", type=int, default=12, help="held-out shapes prompts to render (default 12)")
     f.add_argument("--prompt", action="append", help="prompt(s) for a model outside the shapes world")
-    f.add_argument("--frames", type=int, default=8)
+    f.add_argument("--frames", type=int, default=8, help="frames per video")
     f.add_argument("--size", type=int, metavar="PIXELS",
                    help="frame height = width in pixels (default: the model's own size, 32 for shapes-t2v)")
     f.add_argument("--bench", metavar="FILE", help="an `asyncvid bench` JSON of the same model and steps: measured "

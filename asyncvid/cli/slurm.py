@@ -28,7 +28,7 @@ def add_slurm_parser(subparsers) -> None:
     s.add_argument("--max-concurrent", type=int, metavar="J", help="at most J array tasks running at once (%%J)")
     s.add_argument("--mem", metavar="SIZE", help="memory per node, e.g. 64G (sbatch --mem)")
     s.add_argument("--out", metavar="DIR", help="output folder (default: the file's `out`)")
-    s.add_argument("--partition", metavar="P")
+    s.add_argument("--partition", metavar="P", help="Slurm partition (default: the cluster's default one)")
     s.add_argument("--time", metavar="T", help="time limit per array task, e.g. 2:00:00")
     s.add_argument("--gpus-per-device", type=int, metavar="G",
                    help="GPUs per rank (NCCL); 0 runs CPU ranks over gloo (default: 1 if the partition's nodes "

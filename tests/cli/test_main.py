@@ -16,9 +16,11 @@ def test_version_comes_from_the_package_metadata(capsys):
 
 
 @pytest.mark.parametrize("command, expected", [
-    (["bench"], ["--frames FRAMES  (default: 8)", "(default: small)"]),
-    (["plan"], ["(default latency)", "--steps STEPS (default: 25)"]),
-    (["eval"], ["--seeds SEEDS seeds per prompt (default 2", "--guidance GUIDANCE (default: 5.0)"]),
+    (["bench"], ["--frames FRAMES frames per video (default: 8)", "(default: small)", "(default: shapes-t2v)"]),
+    (["plan"], ["(default latency)", "--steps STEPS denoising steps per video (default: 25)",
+                "--devices D devices to plan for (required)"]),
+    (["eval"], ["--seeds SEEDS seeds per prompt (default 2", "guidance scale (default: 5.0)",
+                "--size PIXELS frame height = width in pixels (default: the model's own size"]),
 ])
 def test_every_help_shows_the_defaults(command, expected, capsys):
     assert main(command + ["--help"]) == 0
