@@ -1,4 +1,5 @@
-"""Tiny random-weight Wan pipelines (text-to-video, Wan 2.1 image-to-video, Wan 2.2 TI2V), built from configs.
+"""Tiny random-weight Wan pipelines (text-to-video, Wan 2.1 image-to-video, Wan 2.2 TI2V and A14B's two
+experts), built from configs.
 
 Nothing is downloaded: the transformer, the Wan VAE, the UMT5 text encoder and (image-to-video) the
 CLIP vision encoder get random weights; the tokenizer is the byte-level one of ``presets.py``. The
@@ -17,7 +18,8 @@ import torch
 
 from .presets import byte_level_tokenizer
 
-KINDS = ("t2v", "i2v", "ti2v")
+KINDS = ("t2v", "i2v", "ti2v", "experts")
+BOUNDARY = 0.7  # experts: 4 steps (t = 1000, 858, 602, 9) split 2 + 2 between the experts
 LATENT_CHANNELS = 4
 TEXT_DIM = 16
 IMAGE_DIM = 8
@@ -83,7 +85,8 @@ def image_to_video_class():
 def build_wan_pipeline(kind: str = "t2v", seed: int = 0, layers: int = 4):
     """A ``WanPipeline`` (``t2v``) or a ``WanImageToVideoPipeline`` with random weights: ``i2v`` as Wan
     2.1 (CLIP image tokens, the condition video concatenated to the latent), ``ti2v`` as Wan 2.2 TI2V
-    (``expand_timesteps``: the image is the first latent frame, one timestep per token)."""
+    (``expand_timesteps``: the image is the first latent frame, one timestep per token); ``experts``
+    a ``WanPipeline`` with two experts as Wan 2.2 A14B (``transformer_2`` below ``boundary_ratio``)."""
     from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline
 
     if kind not in KINDS:
@@ -97,6 +100,8 @@ def build_wan_pipeline(kind: str = "t2v", seed: int = 0, layers: int = 4):
         pipe = image_to_video_class()(**parts)
     elif kind == "ti2v":  # the first latent frame is the image's; its tokens get timestep 0 (per-token timesteps)
         pipe = image_to_video_class()(**parts, expand_timesteps=True)
+    elif kind == "experts":  # Wan 2.2 A14B: transformer for t >= 700, transformer_2 (other weights) below
+        pipe = WanPipeline(**parts, transformer_2=_transformer("t2v", layers), boundary_ratio=BOUNDARY)
     else:
         pipe = WanPipeline(**parts)
     pipe.set_progress_bar_config(disable=True)

@@ -24,6 +24,7 @@ from ..models import adapter_for
 from ..planner.profile import cut_bytes, unit_costs
 from . import hook
 from .driver_work import driver_seconds
+from .experts import assemble_experts
 from .placement import gather_weights, release_weights
 
 UNIT_ALIASES = {"conv_norm_out": "conv_out", "conv_act": "conv_out", "norm_out": "proj_out"}
@@ -98,15 +99,16 @@ def choose_split(adapter, split, stages: int, topo: Topology, device, shape: Pro
     return plan
 
 
-def denoiser_of(pipe) -> torch.nn.Module:
-    """The pipeline's denoiser: ``pipe.unet`` (AnimateDiff, SVD) or ``pipe.transformer`` (Wan)."""
-    unet, transformer = getattr(pipe, "unet", None), getattr(pipe, "transformer", None)
-    if getattr(pipe, "transformer_2", None) is not None:
-        raise AsyncVidError("this pipeline has two experts (transformer and transformer_2, Wan 2.2 A14B): "
-                            "two experts not supported yet")
-    if unet is None and transformer is None:
+def denoisers_of(pipe) -> list[torch.nn.Module]:
+    """The pipeline's denoiser: ``pipe.unet`` (AnimateDiff, SVD) or ``pipe.transformer`` (Wan); two for
+    a pipeline with two experts (Wan 2.2 A14B: ``transformer`` and ``transformer_2``)."""
+    unet = getattr(pipe, "unet", None)
+    if unet is not None:
+        return [unet]
+    experts = [m for m in (getattr(pipe, "transformer", None), getattr(pipe, "transformer_2", None)) if m is not None]
+    if not experts:
         raise AsyncVidError(f"{type(pipe).__name__} has no denoiser to parallelize (no unet or transformer)")
-    return unet if unet is not None else transformer
+    return experts
 
 
 class ParallelPipeline:
@@ -219,13 +221,18 @@ def parallelize(pipe, stages: int = 2, stride: int = 1, warmup: int = 1, split="
     """
     options = AsyncOptions(stride=stride, warmup=warmup, time_shift=time_shift)
     options.validate(stages)
-    denoiser = denoiser_of(pipe)
+    denoisers = denoisers_of(pipe)
+    if len(denoisers) > 1 and cfg > 1:
+        raise AsyncVidError("cfg > 1 is not supported with two experts (transformer and transformer_2) yet")
     ensure_process_group()
     topo = Topology.create(stages, cfg)
     device = default_device()
-    adapter = adapter_for(denoiser)
-    plan = choose_split(adapter, split, stages, topo, device, ProfileShape.parse(profile_shape, cfg), denoiser.dtype,
+    adapters = [adapter_for(d) for d in denoisers]
+    adapter = adapters[0]
+    plan = choose_split(adapter, split, stages, topo, device, ProfileShape.parse(profile_shape, cfg), denoisers[0].dtype,
                         driver_work=lambda *shape: driver_seconds(pipe, adapter, *shape))
+    if len(adapters) > 1:  # both experts on the same split, one runtime each
+        return assemble_experts(pipe, adapters, plan, topo, device, options, release)
     return assemble(pipe, adapter, plan, topo, device, options, release)
 
 

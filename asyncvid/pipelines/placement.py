@@ -39,8 +39,9 @@ def _get(root, name):
         return None
 
 
-def release_weights(pipe, adapter: StageAdapter, split: SplitPlan, topo: Topology, device) -> None:
-    """Keep only this rank's stage (plus shared modules) of the denoiser; workers drop the other components."""
+def release_weights(pipe, adapter: StageAdapter, split: SplitPlan, topo: Topology, device, also_keep=()) -> None:
+    """Keep only this rank's stage (plus shared modules) of the denoiser; workers drop the other components
+    but those in ``also_keep`` (a pipeline's other denoisers, released on their own)."""
     model = adapter.model
     keep = set(stage_modules(adapter, split, topo.stage))
     for i, unit in enumerate(adapter.units()):
@@ -53,7 +54,7 @@ def release_weights(pipe, adapter: StageAdapter, split: SplitPlan, topo: Topolog
         if module is not None:
             module.to(device)
     for component in pipe.components.values():
-        if isinstance(component, torch.nn.Module) and component is not model:
+        if isinstance(component, torch.nn.Module) and component is not model and all(component is not m for m in also_keep):
             component.to(device if topo.is_driver else "meta")
     return_freed_memory()
 

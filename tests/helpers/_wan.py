@@ -11,13 +11,14 @@ from asyncvid.pipelines.placement import materialized_parameters
 from reference_tags import TaggedAsyncReference
 
 STEPS = 3
+STEPS_OF = {"experts": 4}  # two steps per expert
 
 
 def prepared(kind: str):
     """The pipeline and its call (made before any weight is released: image-to-video's prompts are
     encoded by the pipeline's own text encoder)."""
     pipe = build_wan_pipeline(kind, seed=0)
-    return pipe, wan_call(kind, pipe, steps=STEPS)
+    return pipe, wan_call(kind, pipe, steps=STEPS_OF.get(kind, STEPS))
 
 
 def _frames(pipe, call):
@@ -33,8 +34,10 @@ def reference(kind: str, ranges, warmup: int, one_stream: bool = False, **option
     """Frames of the reference recurrence, and the (step, call position) of every denoiser call;
     ``options``: stride, time_shift."""
     pipe, call = prepared(kind)
-    ref = TaggedAsyncReference(pipe, ranges, warmup, one_stream=one_stream, **options).install()
-    return _frames(pipe, call), ref.calls
+    models = [m for m in (pipe.transformer, getattr(pipe, "transformer_2", None)) if m is not None]
+    refs = [TaggedAsyncReference(pipe, ranges, warmup, one_stream=one_stream, model=m, **options).install()
+            for m in models]
+    return _frames(pipe, call), [c for ref in refs for c in ref.calls]
 
 
 def render(kind: str, options: dict):
@@ -42,9 +45,11 @@ def render(kind: str, options: dict):
     pipe, call = prepared(kind)
     ppipe = asyncvid.parallelize(pipe, **options)
     out = ppipe(**call, generator=torch.Generator().manual_seed(0))
-    stats = {"ranges": ppipe.plan.ranges, "held": materialized_parameters(ppipe.adapter.model),
+    held = [materialized_parameters(m) for m in (pipe.transformer, getattr(pipe, "transformer_2", None)) if m is not None]
+    stats = {"ranges": ppipe.plan.ranges, "held": held[0], "held_each": held,
              "traffic": ppipe.traffic.snapshot(), "steps_executed": ppipe.runtime.steps_executed,
-             "streams": sorted(ppipe.runtime.streams), "plan_cut_bytes": ppipe.plan.cut_bytes}
+             "streams": sorted(ppipe.runtime.streams), "plan_cut_bytes": ppipe.plan.cut_bytes,
+             "steps_each": [r.steps_executed for r in getattr(ppipe, "runtimes", [ppipe.runtime])]}
     all_stats = [None] * ppipe.topo.world_size
     torch.distributed.all_gather_object(all_stats, stats)
     return {"frames": out.frames, "stats": all_stats} if ppipe.is_driver else None
@@ -59,5 +64,4 @@ def render_then_undo(kind: str, options: dict):
     plain = ppipe.undo()
     if plain is None:
         return None
-    held = materialized_parameters(plain.transformer)
-    return {"frames": [out.frames, _frames(plain, call)], "held": held}
+    return {"frames": [out.frames, _frames(plain, call)], "held": materialized_parameters(plain.transformer)}

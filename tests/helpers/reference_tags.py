@@ -6,7 +6,8 @@ Each call of a step is told apart by its position in the step (0, 1, ...); the s
 the call's timestep in the scheduler's list. Every position keeps its OWN stale stage outputs: after
 warm-up, stage k of call c at step s consumes what stage k-1 produced for call c in the previous
 round, never what another call of the same step produced. Installed as the denoiser's forward of an
-ordinary diffusers pipeline. ``one_stream=True`` is the wrong recurrence a runtime that mixed the
+ordinary diffusers pipeline; for a pipeline with two experts, one reference per expert (``model``),
+each with its own warm-up from its first step. ``one_stream=True`` is the wrong recurrence a runtime that mixed the
 calls up would follow (every call consumes the stage outputs of the call before it): tests show it
 gives another video.
 """
@@ -19,10 +20,14 @@ from asyncvid.models import adapter_for
 
 
 class TaggedAsyncReference:
-    def __init__(self, pipe, ranges, warmup: int, stride: int = 1, time_shift: bool = False, one_stream: bool = False):
+    def __init__(self, pipe, ranges, warmup: int, stride: int = 1, time_shift: bool = False, one_stream: bool = False,
+                 model=None):
         self.pipe, self.ranges, self.warmup, self.stride, self.time_shift = pipe, ranges, warmup, stride, time_shift
         self.one_stream = one_stream
-        self.model = pipe.transformer if getattr(pipe, "transformer", None) is not None else pipe.unet
+        if model is None:
+            model = pipe.transformer if getattr(pipe, "transformer", None) is not None else pipe.unet
+        self.model = model
+        self.first = None  # the step of this model's first call: an expert's warm-up starts there
         self.adapter = adapter_for(self.model)
         self.units = self.adapter.units()
         self.last_step, self.tag = None, 0
@@ -45,11 +50,13 @@ class TaggedAsyncReference:
 
     def forward(self, *args, **kwargs):
         call = self.adapter.split_call(args, kwargs)
-        s = self._step_of(call.timestep)
-        self.tag = self.tag + 1 if s == self.last_step else 0
-        self.last_step, c = s, self.tag
-        self.calls.append((s, c))
+        g = self._step_of(call.timestep)  # the pipeline's step
+        self.first = g if self.first is None else self.first
+        self.tag = self.tag + 1 if g == self.last_step else 0
+        self.last_step, c = g, self.tag
+        self.calls.append((g, c))
         c = 0 if self.one_stream else c
+        s = g - self.first  # the step within this model's pass
         ts, n = self.pipe.scheduler.timesteps, len(self.ranges)
         t_of = lambda i: ts[i].reshape(1).to(call.timestep.dtype)  # noqa: E731
         if s < self.warmup:
@@ -61,9 +68,9 @@ class TaggedAsyncReference:
             if self.stride == 2 and (s - self.warmup) % 2 == 1:
                 return self.adapter.wrap_output(self.eps[c], call.return_dict)
             if self.stride == 1:
-                t = t_of(s - 1) if self.time_shift else call.timestep
+                t = t_of(g - 1) if self.time_shift else call.timestep
             else:
-                i = s + 1 if s + 1 < len(ts) else s
+                i = g + 1 if g + 1 < len(ts) else g
                 t = t_of(i - 1 if self.time_shift else i)
             stale = self.outputs[c]
             outs = [self._stage(0, call, t, self.adapter.input_state(call.sample))]

@@ -137,17 +137,25 @@ def test_calls_the_model_would_refuse_or_the_stages_cannot_follow(models):
     assert adapter.split_call((x, t), dict(kwargs, attention_kwargs={"scale": 1.0})).timestep.tolist() == [5.0]
 
 
-def test_two_experts_are_refused_before_any_process_group():
+def test_cfg_groups_with_two_experts_are_refused_before_any_process_group():
     import asyncvid
 
-    pipe = build_wan_pipeline("t2v")
-    pipe.register_modules(transformer_2=build_wan_pipeline("t2v", seed=1).transformer)
-    with pytest.raises(AsyncVidError, match="two experts not supported yet"):
-        asyncvid.parallelize(pipe, stages=2)
+    with pytest.raises(AsyncVidError, match="cfg > 1 is not supported with two experts"):
+        asyncvid.parallelize(build_wan_pipeline("experts"), stages=2, cfg=2)
     assert not torch.distributed.is_initialized()
 
 
-@pytest.mark.parametrize("kind", ["t2v", "i2v", "ti2v"])
+def test_the_denoisers_of_each_pipeline():
+    from asyncvid.pipelines.parallel import denoisers_of
+
+    pipe = build_wan_pipeline("experts")
+    assert [id(m) for m in denoisers_of(pipe)] == [id(pipe.transformer), id(pipe.transformer_2)]
+    assert denoisers_of(build_wan_pipeline("i2v"))[0].config.image_dim is not None
+    with pytest.raises(AsyncVidError, match="no denoiser"):
+        denoisers_of(type("Bare", (), {})())
+
+
+@pytest.mark.parametrize("kind", ["t2v", "i2v", "ti2v", "experts"])
 def test_the_tiny_pipelines_save_and_load(tmp_path, kind, one_thread):
     from diffusers import DiffusionPipeline
 
@@ -156,6 +164,7 @@ def test_the_tiny_pipelines_save_and_load(tmp_path, kind, one_thread):
     pipe.save_pretrained(tmp_path)
     back = DiffusionPipeline.from_pretrained(tmp_path)
     assert type(back) is type(pipe) and back.config.expand_timesteps == pipe.config.expand_timesteps
+    assert back.config.boundary_ratio == pipe.config.boundary_ratio
     for name, component in pipe.components.items():
         if isinstance(component, torch.nn.Module):
             theirs = getattr(back, name).state_dict()

@@ -22,11 +22,12 @@ from asyncvid.models import adapter_for
 
 pytestmark = pytest.mark.multiprocess
 
-KINDS = ("t2v", "i2v", "ti2v")
+KINDS = ("t2v", "i2v", "ti2v", "experts")
 SPLIT2 = [["patch_embedding", "blocks.0", "blocks.1"], ["blocks.2", "blocks.3", "proj_out"]]
 SPLIT3 = [["patch_embedding", "blocks.0"], ["blocks.1", "blocks.2"], ["blocks.3", "norm_out"]]
 STEPS = _wan.STEPS
 CALLS = [(s, c) for s in range(STEPS) for c in (0, 1)]  # (step, call position): prompt, then negative prompt
+EXPERT_CALLS = [(s, c) for s in range(4) for c in (0, 1)]  # experts: steps 0-1 the first, 2-3 the second
 #: the auto split profiled at the call's own latent (1 x 3 frames x 4x4): the plan's cut sizes are the call's
 PROFILE = dict(frames=3, height=4, width=4, batch=1)
 
@@ -38,8 +39,12 @@ def jobs() -> dict:
         two[f"{kind}-async"] = ("_wan.render", (kind, dict(stages=2, warmup=1, split=SPLIT2)))
     two["t2v-stride2"] = ("_wan.render", ("t2v", dict(stages=2, warmup=1, stride=2, time_shift=True, split=SPLIT2)))
     two["undo"] = ("_wan.render_then_undo", ("t2v", dict(stages=2, warmup=STEPS, split=SPLIT2)))
+    two["experts-exact"] = ("_wan.render", ("experts", dict(stages=2, warmup=4, split=SPLIT2)))
+    two["experts-async"] = ("_wan.render", ("experts", dict(stages=2, warmup=1, split=SPLIT2)))
+    two["experts-undo"] = ("_wan.render_then_undo", ("experts", dict(stages=2, warmup=1, split=SPLIT2)))
     three = {"t2v-async-3": ("_wan.render", ("t2v", dict(stages=3, warmup=1, split=SPLIT3))),
-             "t2v-auto-3": ("_wan.render", ("t2v", dict(stages=3, warmup=1, split="auto", profile_shape=PROFILE)))}
+             "t2v-auto-3": ("_wan.render", ("t2v", dict(stages=3, warmup=1, split="auto", profile_shape=PROFILE))),
+             "experts-async-3": ("_wan.render", ("experts", dict(stages=3, warmup=1, split=SPLIT3)))}
     return {2: two, 3: three}
 
 
@@ -66,11 +71,13 @@ def test_warmup_covering_every_step_equals_the_untouched_pipeline(runs, kind, on
     assert maxdiff(runs[f"{kind}-exact"]["frames"], _wan.sequential(kind)) <= 1e-5
 
 
-@pytest.mark.parametrize("name", ["t2v-async", "i2v-async", "ti2v-async", "t2v-async-3", "t2v-auto-3"])
+@pytest.mark.parametrize("name", ["t2v-async", "i2v-async", "ti2v-async", "t2v-async-3", "t2v-auto-3", "experts-async",
+                                  "experts-async-3"])
 def test_warmup_1_equals_the_two_call_reference_and_is_asynchronous(runs, name, one_thread):
+    """Two experts: each its own recurrence, the second with a fresh warm-up from the switch."""
     out, kind = runs[name], name.split("-")[0]
     expected, calls = _wan.reference(kind, out["stats"][0]["ranges"], warmup=1)
-    assert calls == CALLS  # the reference saw two calls per step and kept them apart
+    assert calls == (EXPERT_CALLS if kind == "experts" else CALLS)  # two calls per step, kept apart
     assert maxdiff(out["frames"], expected) <= 1e-4
     assert maxdiff(out["frames"], _wan.sequential(kind)) > 1e-4
 
@@ -141,3 +148,24 @@ def test_auto_split_plans_the_cut_sizes_it_then_sends(runs):
     stats = runs["t2v-auto-3"]["stats"]
     assert stats[0]["plan_cut_bytes"] == [sizes()["hidden"]] * 2
     assert [s["traffic"]["activation_bytes_per_step"][0] for s in stats[:2]] == stats[0]["plan_cut_bytes"]
+
+
+@pytest.mark.parametrize("name", ["experts-async", "experts-async-3"])
+def test_two_experts_each_rank_holds_its_stage_of_both_and_runs_both(runs, name):
+    pipe = build_wan_pipeline("experts")
+    stats = runs[name]["stats"]
+    for model, which in ((pipe.transformer, 0), (pipe.transformer_2, 1)):
+        adapter = adapter_for(model)
+        count = lambda path: sum(p.numel() for p in model.get_submodule(path).parameters())  # noqa: E731
+        shared = sum(count(m) for m in adapter.shared_modules) + model.scale_shift_table.numel()
+        units = adapter.units()
+        for stage, (a, b) in enumerate(stats[0]["ranges"]):
+            assert stats[stage]["held_each"][which] == shared + sum(count(m) for u in units[a:b] for m in u.modules)
+    assert all(s["steps_each"] == [4, 4] for s in stats)  # two steps x two calls per expert, on every rank
+
+
+def test_two_experts_undo_gives_back_both(runs, one_thread):
+    out = runs["experts-undo"]
+    expected, _ = _wan.reference("experts", [(0, 3), (3, 6)], warmup=1)
+    assert maxdiff(out["frames"][0], expected) <= 1e-4
+    assert maxdiff(out["frames"][1], _wan.sequential("experts")) <= 1e-5
