@@ -20,3 +20,16 @@ def test_counts_units_on_a_terminal(capsys, monkeypatch):
         advance()
     err = capsys.readouterr().err
     assert "configurations" in err and "2/2" in err
+
+
+def test_render_bars_only_on_a_terminal(monkeypatch):
+    from asyncvid.render.loop import Reporter
+
+    assert Reporter(2, quiet=False, results_path=None).progress is None  # captured stdout: a log, not a terminal
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True, raising=False)
+    reporter = Reporter(2, quiet=False, results_path=None)
+    try:
+        assert reporter.progress is not None
+    finally:
+        reporter.progress.stop()
+    assert Reporter(2, quiet=True, results_path=None).progress is None

@@ -40,7 +40,8 @@ class Reporter:
         self.prefix = f"[{label}] " if label else ""
         self.lock = threading.Lock()
         self.progress = None
-        if not quiet and total and not label:  # replicas side by side: lines, no bars
+        # replicas side by side: lines, no bars; not a terminal (a log, CI, a pipe): lines only
+        if not quiet and total and not label and sys.stdout.isatty():
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
             from rich.progress import TimeRemainingColumn
