@@ -10,6 +10,16 @@ What travels to a group driver, point to point, with the step protocol's message
 timesteps and the part's module setup at ``BEGIN``; per executed call a step message, the part of
 the latent, the part of the conditioning when its content changed, the part of the extras. Back
 comes the part's prediction. Both directions are counted as ``guidance`` bytes.
+
+Families whose pipelines make one call per guidance branch (``StageAdapter.guidance_in_calls``:
+Wan's conditional call, then its unconditional one, with the same latent and timestep) are routed
+by call instead: call tag 0 runs on rank 0's group, call tag 1 on the other. The pipeline makes the
+second call only after the first returned, so rank 0 starts it early: at the first call of a step it
+sends the other group the step with that call's latent and timestep and the conditioning that
+group already holds for tag 1, then computes its own call. When the second call arrives it must
+match (same latent, timestep and conditioning, by content); then its prediction is what the group
+computed meanwhile. The first step of a pass, before tag 1's conditioning is known, runs the two
+calls one after the other.
 """
 
 from __future__ import annotations
@@ -36,6 +46,7 @@ class _Peer:
         self.sample = StateLink(rank, runtime.device, runtime.traffic, kind="guidance")
         self.eps = StateLink(rank, runtime.device, runtime.traffic, kind="guidance")
         self.versions: dict[int, ConditioningVersion] = {}
+        self.conds: dict[int, Any] = {}  # call tag -> the conditioning it holds (routed calls)
 
 
 class GuidanceFanout:
@@ -48,6 +59,7 @@ class GuidanceFanout:
         self.shares: list[int] = [1] * self.degree
         self.last: dict[int, torch.Tensor] = {}  # merged prediction per call tag (reused by stride)
         self._sent: list = []
+        self._early: tuple | None = None  # routed calls: (step, sample, timestep) sent ahead for call tag 1
 
     @property
     def total(self) -> int:
@@ -70,6 +82,7 @@ class GuidanceFanout:
         self.shares, setups = self.adapter.guidance_layout(setup, self.degree)
         timesteps = timesteps.detach().reshape(-1)
         for peer, part_setup in zip(self.peers, setups[1:]):
+            peer.conds.clear()  # routed calls: a pass starts without guessing tag 1's conditioning
             peer.sample.reset()
             peer.eps.reset()
             self._tell(peer, StepMessage(Op.BEGIN, total=len(timesteps)))
@@ -84,6 +97,10 @@ class GuidanceFanout:
             if tag not in self.last:
                 raise AsyncVidError(f"step {step} reuses a prediction that call tag {tag} never made")
             return self.last[tag]
+        if self.adapter.guidance_in_calls:
+            eps = self._drive_routed(step, call, tag)
+            self.last[tag] = eps
+            return eps
         batch = call.sample.shape[0]
         if batch % sum(self.shares):
             raise AsyncVidError(
@@ -93,23 +110,58 @@ class GuidanceFanout:
         parts = self.adapter.split_batch(call, self.shares)
         self._drain()
         for peer, part in zip(self.peers, parts[1:]):
-            version = peer.versions.setdefault(tag, ConditioningVersion())
-            changed = version.update((tuple(part.sample.shape), part.cond))
-            message = StepMessage(Op.STEP, step, -1, tag, version.version, int(bool(part.extras)),
-                                  timestep_dtype=part.timestep.dtype)
-            self._tell(peer, message, part.timestep)
-            peer.sample.isend([part.sample])
-            if changed:
-                send_tree(part.cond, peer.rank, self.runtime.device, self.runtime.traffic)
-            if part.extras:
-                send_tree(part.extras, peer.rank, self.runtime.device, self.runtime.traffic, "extras")
+            self._send_call(peer, step, part, tag)
         pending = [peer.eps.irecv() for peer in self.peers]
         first = self.runtime.drive(step, parts[0], tag)
         eps = self.adapter.merge_predictions([first] + [p.wait()[0] for p in pending])
         self.last[tag] = eps
         return eps
 
+    def _send_call(self, peer: _Peer, step: int, call: DenoiserCall, tag: int) -> None:
+        """A step message and the call's latent (its conditioning when that changed) to ``peer``."""
+        version = peer.versions.setdefault(tag, ConditioningVersion())
+        changed = version.update((tuple(call.sample.shape), call.cond))
+        peer.conds[tag] = call.cond
+        self._tell(peer, StepMessage(Op.STEP, step, -1, tag, version.version, int(bool(call.extras)),
+                                     timestep_dtype=call.timestep.dtype), call.timestep)
+        peer.sample.isend([call.sample])
+        if changed:
+            send_tree(call.cond, peer.rank, self.runtime.device, self.runtime.traffic)
+        if call.extras:
+            send_tree(call.extras, peer.rank, self.runtime.device, self.runtime.traffic, "extras")
+
+    def _drive_routed(self, step: int, call: DenoiserCall, tag: int) -> torch.Tensor:
+        """Whole calls over two groups: tag 0 here, tag 1 on the other group, started early."""
+        if self.degree != 2 or tag > 1:
+            raise AsyncVidError(f"this model's pipeline makes one denoiser call per guidance branch: cfg=2 runs the "
+                                f"conditional and unconditional calls side by side (got cfg={self.degree}, call "
+                                f"{tag + 1} of step {step})")
+        peer = self.peers[0]
+        if tag == 0:
+            self._early = None
+            if 1 in peer.conds and not call.extras:
+                # the second call of this step will have this latent and timestep: start it now
+                self._drain()
+                self._send_call(peer, step, DenoiserCall(call.sample, call.timestep, peer.conds[1]), 1)
+                self._early = (step, call.sample, call.timestep)
+            return self.runtime.drive(step, call, 0)
+        early, self._early = self._early, None
+        if early is None:
+            self._drain()
+            self._send_call(peer, step, call, 1)
+        else:
+            same_cond = not peer.versions[1].update((tuple(call.sample.shape), call.cond))
+            if not (early[0] == step and same_cond and not call.extras and torch.equal(early[1], call.sample)
+                    and torch.equal(early[2], call.timestep)):
+                raise AsyncVidError(f"cfg=2 over separate guidance calls: the second call of step {step} differs "
+                                    "from the first in its latent or timestep, or its conditioning changed within "
+                                    "the pass; use cfg=1 for this pipeline")
+        return peer.eps.irecv().wait()[0]
+
     def _release(self, op: Op) -> None:
+        if self._early is not None:  # a second call started early that the pipeline never made
+            self._early = None
+            self.peers[0].eps.irecv().wait()
         self._drain()
         for peer in self.peers:
             peer.sample.wait()
