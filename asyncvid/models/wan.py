@@ -142,7 +142,8 @@ class WanTransformerAdapter(DiffusersAdapter):
     # ----- units --------------------------------------------------------------------------
     def units(self) -> list[Unit]:
         units = [Unit("patch_embedding", ("patch_embedding",), self._patch_embedding)]
-        units += [Unit(f"blocks.{i}", (f"blocks.{i}",), self._block(block)) for i, block in enumerate(self.model.blocks)]
+        for i, block in enumerate(self.model.blocks):
+            units.append(Unit(f"blocks.{i}", (f"blocks.{i}",), self._block(block)))
         units.append(Unit("proj_out", ("norm_out", "proj_out"), self._head))
         return units
 

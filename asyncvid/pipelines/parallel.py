@@ -229,7 +229,8 @@ def parallelize(pipe, stages: int = 2, stride: int = 1, warmup: int = 1, split="
     device = default_device()
     adapters = [adapter_for(d) for d in denoisers]
     adapter = adapters[0]
-    plan = choose_split(adapter, split, stages, topo, device, ProfileShape.parse(profile_shape, cfg), denoisers[0].dtype,
+    shape = ProfileShape.parse(profile_shape, cfg)
+    plan = choose_split(adapter, split, stages, topo, device, shape, denoisers[0].dtype,
                         driver_work=lambda *shape: driver_seconds(pipe, adapter, *shape))
     if len(adapters) > 1:  # both experts on the same split, one runtime each
         return assemble_experts(pipe, adapters, plan, topo, device, options, release)

@@ -53,8 +53,9 @@ def release_weights(pipe, adapter: StageAdapter, split: SplitPlan, topo: Topolog
         module = _get(model, name)
         if module is not None:
             module.to(device)
+    kept = [model, *also_keep]
     for component in pipe.components.values():
-        if isinstance(component, torch.nn.Module) and component is not model and all(component is not m for m in also_keep):
+        if isinstance(component, torch.nn.Module) and all(component is not m for m in kept):
             component.to(device if topo.is_driver else "meta")
     return_freed_memory()
 

@@ -45,7 +45,8 @@ def render(kind: str, options: dict):
     pipe, call = prepared(kind)
     ppipe = asyncvid.parallelize(pipe, **options)
     out = ppipe(**call, generator=torch.Generator().manual_seed(0))
-    held = [materialized_parameters(m) for m in (pipe.transformer, getattr(pipe, "transformer_2", None)) if m is not None]
+    experts = [m for m in (pipe.transformer, getattr(pipe, "transformer_2", None)) if m is not None]
+    held = [materialized_parameters(m) for m in experts]
     stats = {"ranges": ppipe.plan.ranges, "held": held[0], "held_each": held,
              "traffic": ppipe.traffic.snapshot(), "steps_executed": ppipe.runtime.steps_executed,
              "streams": sorted(ppipe.runtime.streams), "plan_cut_bytes": ppipe.plan.cut_bytes,
