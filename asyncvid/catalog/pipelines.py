@@ -82,10 +82,11 @@ def latent_side(pipe, cfg: dict) -> int:
         if cfg["size"] % scale:
             raise AsyncVidError(f"--size {cfg['size']}: must be a multiple of the VAE's scale {scale} for this model")
         return cfg["size"] // scale
-    from ..pipelines.parallel import ProfileShape
-
     denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
-    return ProfileShape().latent_size(getattr(denoiser.config, "sample_size", None))[0]
+    sample = getattr(denoiser.config, "sample_size", None)
+    if isinstance(sample, (list, tuple)):
+        sample = sample[0]
+    return int(sample) if sample else 64  # diffusers' default SVD config has none; its pipeline then uses 64
 
 
 def call_kwargs(pipe, frames: int, latent: int, steps: int, guidance: float = 7.5,

@@ -60,7 +60,7 @@ class StageAdapter:
     model_class: type | None = None
     shared_modules: tuple[str, ...] = ()
     #: the family's pipelines run the guidance branches as separate denoiser calls of one step (call
-    #: tags 0, 1: Wan's conditional then unconditional pass) instead of one batch; CFG groups then
+    #: tags 0, 1: a conditional then an unconditional pass) instead of one batch; CFG groups then
     #: take whole calls (``engine/guidance.py``)
     guidance_in_calls: bool = False
 

@@ -12,7 +12,7 @@ the latent, the part of the conditioning when its content changed, the part of t
 comes the part's prediction. Both directions are counted as ``guidance`` bytes.
 
 Families whose pipelines make one call per guidance branch (``StageAdapter.guidance_in_calls``:
-Wan's conditional call, then its unconditional one, with the same latent and timestep) are routed
+a conditional call, then an unconditional one, with the same latent and timestep) are routed
 by call instead: call tag 0 runs on rank 0's group, call tag 1 on the other. The pipeline makes the
 second call only after the first returned, so rank 0 starts it early: at the first call of a step it
 sends the other group the step with that call's latent and timestep and the conditioning that
