@@ -60,6 +60,7 @@ class GuidanceFanout:
         self.last: dict[int, torch.Tensor] = {}  # merged prediction per call tag (reused by stride)
         self._sent: list = []
         self._early: tuple | None = None  # routed calls: (step, sample, timestep) sent ahead for call tag 1
+        self.started_early = 0  # routed calls: second calls computed while the first one ran
 
     @property
     def total(self) -> int:
@@ -144,6 +145,7 @@ class GuidanceFanout:
                 self._drain()
                 self._send_call(peer, step, DenoiserCall(call.sample, call.timestep, peer.conds[1]), 1)
                 self._early = (step, call.sample, call.timestep)
+                self.started_early += 1
             return self.runtime.drive(step, call, 0)
         early, self._early = self._early, None
         if early is None:

@@ -66,6 +66,7 @@ def _timestep(value, device) -> tuple[torch.Tensor, torch.Tensor | None, int | N
 class WanTransformerAdapter(DiffusersAdapter):
     model_class = WanTransformer3DModel
     shared_modules = ("condition_embedder", "rope")
+    guidance_in_calls = True  # WanPipeline: the prompt's call, then the negative prompt's, per step
 
     # ----- call and context ---------------------------------------------------------------
     def split_call(self, args: tuple, kwargs: dict) -> DenoiserCall:

@@ -50,7 +50,8 @@ def render(kind: str, options: dict):
     stats = {"ranges": ppipe.plan.ranges, "held": held[0], "held_each": held,
              "traffic": ppipe.traffic.snapshot(), "steps_executed": ppipe.runtime.steps_executed,
              "streams": sorted(ppipe.runtime.streams), "plan_cut_bytes": ppipe.plan.cut_bytes,
-             "steps_each": [r.steps_executed for r in getattr(ppipe, "runtimes", [ppipe.runtime])]}
+             "steps_each": [r.steps_executed for r in getattr(ppipe, "runtimes", [ppipe.runtime])],
+             "started_early": getattr(ppipe.engine, "started_early", None)}
     all_stats = [None] * ppipe.topo.world_size
     torch.distributed.all_gather_object(all_stats, stats)
     return {"frames": out.frames, "stats": all_stats} if ppipe.is_driver else None

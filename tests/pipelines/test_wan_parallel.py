@@ -42,6 +42,9 @@ def jobs() -> dict:
     two["experts-exact"] = ("_wan.render", ("experts", dict(stages=2, warmup=4, split=SPLIT2)))
     two["experts-async"] = ("_wan.render", ("experts", dict(stages=2, warmup=1, split=SPLIT2)))
     two["experts-undo"] = ("_wan.render_then_undo", ("experts", dict(stages=2, warmup=1, split=SPLIT2)))
+    # CFG groups: the prompt's call on rank 0, the negative prompt's on rank 1, side by side
+    two["t2v-cfg"] = ("_wan.render", ("t2v", dict(stages=1, cfg=2)))
+    two["i2v-cfg"] = ("_wan.render", ("i2v", dict(stages=1, cfg=2)))
     three = {"t2v-async-3": ("_wan.render", ("t2v", dict(stages=3, warmup=1, split=SPLIT3))),
              "t2v-auto-3": ("_wan.render", ("t2v", dict(stages=3, warmup=1, split="auto", profile_shape=PROFILE))),
              "experts-async-3": ("_wan.render", ("experts", dict(stages=3, warmup=1, split=SPLIT3)))}
@@ -63,6 +66,7 @@ def sizes(kind: str = "t2v") -> dict:
     latent = ((call["num_frames"] - 1) // 4 + 1, call["height"] // 8, call["width"] // 8)
     tokens = math.prod(n // p for n, p in zip(latent, cfg.patch_size))
     return {"hidden": tokens * cfg.num_attention_heads * cfg.attention_head_dim * 4,
+            "sample": cfg.in_channels * math.prod(latent) * 4,
             "eps": cfg.out_channels * math.prod(latent) * 4, "text": call["max_sequence_length"] * cfg.text_dim * 4}
 
 
@@ -169,3 +173,22 @@ def test_two_experts_undo_gives_back_both(runs, one_thread):
     expected, _ = _wan.reference("experts", [(0, 3), (3, 6)], warmup=1)
     assert maxdiff(out["frames"][0], expected) <= 1e-4
     assert maxdiff(out["frames"][1], _wan.sequential("experts")) <= 1e-5
+
+
+@pytest.mark.parametrize("kind", ["t2v", "i2v"])
+def test_cfg_2_runs_the_two_calls_side_by_side_exactly(runs, kind, one_thread):
+    """cfg=2, one stage per group: each call whole on its own rank, the second started while the
+    first runs (every step but the first of the pass, whose negative prompt is not known yet)."""
+    out = runs[f"{kind}-cfg"]
+    assert maxdiff(out["frames"], _wan.sequential(kind)) <= 1e-5
+    driver, other = out["stats"]
+    assert driver["started_early"] == STEPS - 1
+    assert driver["streams"] == [0] and other["streams"] == [1]  # each rank computed one call of every step
+    assert driver["steps_executed"] == other["steps_executed"] == STEPS
+    # what went to rank 1 and back: the latent out and the prediction back per step, the negative
+    # prompt's embedding once
+    size = sizes(kind)
+    assert driver["traffic"]["guidance_bytes"] == STEPS * size["sample"]
+    assert other["traffic"]["guidance_bytes"] == STEPS * size["eps"]
+    if kind == "t2v":
+        assert driver["traffic"]["conditioning_bytes"] == size["text"]
