@@ -1,5 +1,6 @@
 """Built-in models, usable by name anywhere a model folder is: the packaged ``shapes-t2v`` (trained
-here, shipped in ``asyncvid/assets``) and the random-weight ``tiny-random`` / ``tiny-random-svd``,
+here, shipped in ``asyncvid/assets``) and the random-weight ``tiny-random`` / ``tiny-random-svd`` /
+``tiny-random-wan`` (a Wan text-to-video pipeline),
 built once into the cache on first use."""
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ from ..utils import cache_dir
 
 TINY_RANDOM = "tiny-random"
 TINY_RANDOM_SVD = "tiny-random-svd"
+TINY_RANDOM_WAN = "tiny-random-wan"
 SHAPES_T2V = "shapes-t2v"
 #: models shipped inside the package (trained here; see scripts/train_shapes_t2v.py)
 PACKAGED = {SHAPES_T2V: Path(__file__).resolve().parents[1] / "assets" / SHAPES_T2V}
 #: built-in model name -> kind. Random-weight ones are built into the cache on first use.
-BUILTINS = {TINY_RANDOM: "t2v", TINY_RANDOM_SVD: "i2v", SHAPES_T2V: "t2v"}
+BUILTINS = {TINY_RANDOM: "t2v", TINY_RANDOM_SVD: "i2v", SHAPES_T2V: "t2v", TINY_RANDOM_WAN: "t2v"}
 #: what every command uses when not told: jobs, bench, plan and eval render the same model the same way
 DEFAULT_MODEL = SHAPES_T2V
 DEFAULT_STEPS = 25
@@ -42,8 +44,13 @@ def ensure_builtin(name: str) -> Path:
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.with_name(f".{name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    save = save_svd_pipeline if BUILTINS[name] == "i2v" else save_animatediff_pipeline
-    save(tmp, "tiny", seed=0)
+    if name == TINY_RANDOM_WAN:
+        from .wan import build_wan_pipeline
+
+        build_wan_pipeline("t2v", seed=0).save_pretrained(tmp, safe_serialization=True)
+    else:
+        save = save_svd_pipeline if BUILTINS[name] == "i2v" else save_animatediff_pipeline
+        save(tmp, "tiny", seed=0)
     try:
         os.rename(tmp, folder)  # a whole folder: renamed at once, not through utils.atomic_path
     except OSError:  # another process finished first (or a broken leftover is in the way)

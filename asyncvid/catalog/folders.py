@@ -21,7 +21,7 @@ from .hub import cached_snapshot, looks_like_hub_id, not_cached_line
 #: diffusers pipeline class -> kind. A StableDiffusion(XL)Pipeline is an AnimateDiff base model: it
 #: needs a ``motion_adapter`` folder next to it.
 CLASS_KINDS = {"AnimateDiffPipeline": "t2v", "StableDiffusionPipeline": "t2v", "AnimateDiffSDXLPipeline": "t2v",
-               "StableDiffusionXLPipeline": "t2v", "StableVideoDiffusionPipeline": "i2v"}
+               "StableDiffusionXLPipeline": "t2v", "StableVideoDiffusionPipeline": "i2v", "WanPipeline": "t2v"}
 #: image-model folders that render video only with a motion adapter
 BASE_MODELS = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
 #: folders rendered by AnimateDiffSDXLPipeline (diffusers has no ControlNet or video-to-video variant of it)
@@ -50,8 +50,8 @@ def model_kind(model: str) -> tuple[str | None, str]:
     if name is None:
         return None, ""
     if name not in CLASS_KINDS:
-        raise AsyncVidError(f"{model} holds a {name}; asyncvid renders AnimateDiffPipeline and AnimateDiffSDXLPipeline "
-                            f"(text-to-video) and StableVideoDiffusionPipeline (image-to-video) folders")
+        raise AsyncVidError(f"{model} holds a {name}; asyncvid renders AnimateDiffPipeline, AnimateDiffSDXLPipeline "
+                            f"and WanPipeline (text-to-video) and StableVideoDiffusionPipeline (image-to-video) folders")
     return CLASS_KINDS[name], f"the model is a {name} ({KIND_NAMES[CLASS_KINDS[name]]})"
 
 
@@ -165,6 +165,8 @@ def native_size(model: str) -> tuple[int, int] | None:
     None when the folder's configs cannot be read (rendering then reports the folder)."""
     try:
         root = Path(resolve_model(model))
+        if pipeline_class_name(root) == "WanPipeline":
+            return 480, 832  # WanPipeline's own default (its configs name no size)
         unet = json.loads((root / "unet" / "config.json").read_text(encoding="utf-8"))
         vae = json.loads((root / "vae" / "config.json").read_text(encoding="utf-8"))
         sample = unet["sample_size"]

@@ -3,6 +3,8 @@ and the keyword arguments of a benchmark's denoising call."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from ..errors import AsyncVidError
 from .folders import BASE_MODELS, SDXL_MODELS, pipeline_class_name, resolve_model
 from .quiet import quiet_environment, quiet_libraries, svd_pipeline_class
@@ -25,6 +27,14 @@ def load_pipeline(model_dir: str, adapter_dir: str | None = None, dtype: str = "
     name = pipeline_class_name(model_dir)
     if name == "StableVideoDiffusionPipeline":
         pipe = svd_pipeline_class().from_pretrained(model_dir)
+    elif name == "WanPipeline":
+        if adapter_dir or controlnet_dir or video:
+            what = "motion_adapter" if adapter_dir else "controlnet" if controlnet_dir else "video"
+            raise AsyncVidError(f"{model_dir} is a WanPipeline (a video transformer): `{what}` is only for AnimateDiff")
+        import diffusers
+        import torch
+
+        pipe = diffusers.WanPipeline.from_pretrained(model_dir, torch_dtype=torch.float32)
     else:
         import warnings
 
@@ -43,6 +53,11 @@ def load_pipeline(model_dir: str, adapter_dir: str | None = None, dtype: str = "
             cls = diffusers.AnimateDiffSDXLPipeline
         else:
             cls = getattr(diffusers, ANIMATEDIFF_CLASSES[bool(controlnet_dir), bool(video)])
+        # components a folder stores as null (shapes-t2v has its motion modules inside the UNet): a
+        # ControlNet or video-to-video class loading that folder would otherwise miss them
+        for component in ("motion_adapter", "feature_extractor", "image_encoder"):
+            if component not in extra and not (Path(model_dir) / component).is_dir():
+                extra[component] = None
         with warnings.catch_warnings():  # newer diffusers renamed torch_dtype; older ones lack the new name
             warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
             if controlnet_dir:
@@ -64,7 +79,49 @@ def build_pipeline(model: str, preset: str = "small"):
         from .presets import build_animatediff_pipeline, build_svd_pipeline
 
         return (build_svd_pipeline if model == "svd" else build_animatediff_pipeline)(preset, seed=0)
+    if model == "wan":
+        from .wan import build_wan_pipeline
+
+        if preset == "null":
+            raise AsyncVidError("--model wan: presets tiny, small and full (no null preset)")
+        return build_wan_pipeline("t2v", seed=0, preset=preset)
     return load_pipeline(resolve_model(model))
+
+
+def denoiser_of(pipe):
+    """The pipeline's denoiser: its UNet, or its (first) transformer."""
+    unet = getattr(pipe, "unet", None)
+    return unet if unet is not None else pipe.transformer
+
+
+def is_wan(pipe) -> bool:
+    """A Wan pipeline (a video transformer with one denoiser call per guidance branch)."""
+    return hasattr(pipe, "transformer") and hasattr(pipe, "vae_scale_factor_spatial")
+
+
+def vae_scale(pipe) -> int:
+    return pipe.vae_scale_factor_spatial if is_wan(pipe) else pipe.vae_scale_factor
+
+
+def latent_frames(pipe, frames: int) -> int:
+    """Latent frames of a ``frames``-frame video (Wan's VAE compresses time 4x, keeping the first)."""
+    if is_wan(pipe):
+        return (wan_frames(pipe, frames) - 1) // pipe.vae_scale_factor_temporal + 1
+    return frames
+
+
+def wan_frames(pipe, frames: int) -> int:
+    """The frame count a Wan pipeline renders for ``frames`` (it rounds to 4k+1)."""
+    step = pipe.vae_scale_factor_temporal
+    return frames if frames % step == 1 else frames // step * step + 1
+
+
+def profile_shape(pipe, frames: int, latent: int, groups: int = 1) -> dict:
+    """The split's profile shape for a benchmark call: the guidance batch of one call per group, or
+    for Wan (one call per guidance branch) one sample over its latent frames."""
+    if is_wan(pipe):
+        return dict(frames=latent_frames(pipe, frames), height=latent, width=latent, batch=1)
+    return dict(frames=frames, height=latent, width=latent, batch=2 // groups)
 
 
 def is_svd(pipe) -> bool:
@@ -77,7 +134,7 @@ def latent_side(pipe, cfg: dict) -> int:
     denoiser's ``sample_size``, as its pipeline renders when not told)."""
     if cfg.get("latent"):
         return int(cfg["latent"])
-    scale = pipe.vae_scale_factor
+    scale = vae_scale(pipe)
     if cfg.get("size"):
         if cfg["size"] % scale:
             raise AsyncVidError(f"--size {cfg['size']}: must be a multiple of the VAE's scale {scale} for this model")
@@ -86,14 +143,19 @@ def latent_side(pipe, cfg: dict) -> int:
     sample = getattr(denoiser.config, "sample_size", None)
     if isinstance(sample, (list, tuple)):
         sample = sample[0]
+    if not sample and is_wan(pipe):
+        return 8  # Wan's configs name no size (its pipeline defaults to 480x832); a small bench latent
     return int(sample) if sample else 64  # diffusers' default SVD config has none; its pipeline then uses 64
 
 
 def call_kwargs(pipe, frames: int, latent: int, steps: int, guidance: float = 7.5,
                 prompt: str = "a red circle moving left on a black background") -> dict:
     """One denoising call at ``latent`` x ``latent`` latents, to latents (no VAE decode)."""
-    size = latent * pipe.vae_scale_factor
+    size = latent * vae_scale(pipe)
     common = dict(num_frames=frames, height=size, width=size, num_inference_steps=steps, output_type="latent")
+    if is_wan(pipe):  # guidance > 1: two transformer calls per step (prompt, negative prompt)
+        return dict(common, num_frames=wan_frames(pipe, frames), prompt=prompt, negative_prompt="blurry",
+                    guidance_scale=5.0)
     if is_svd(pipe):
         from PIL import Image
 

@@ -10,6 +10,12 @@ sizes are the smallest the classes accept, so a 3-step call takes a fraction of 
   spatial compression (``num_frames`` must be 4k+1, height and width multiples of 16);
 * ``UMT5EncoderModel``: 2 layers of width 16; text sequences are 512 tokens (Wan's image-conditioned
   attention takes the last 512 tokens of its context as text).
+
+Bigger sizes for benchmarks and the planner (``preset``, text-to-video only): ``small`` (8 blocks of
+width 256, 16 latent channels) and ``full``, the transformer of Wan 2.1 T2V 1.3B (30 blocks of width
+1536, 12 heads, FFN 8960, 4096-wide text features, 16 latent channels: 1.4 B parameters) with a
+one-layer text encoder of the right width and the tiny VAE widened to 16 latent channels: the
+denoiser is real-size, the rest only as big as its inputs need.
 """
 
 from __future__ import annotations
@@ -26,33 +32,47 @@ IMAGE_DIM = 8
 TEXT_LEN = 512  # Wan's attention processor splits the image tokens off as "all but the last 512"
 
 
-def _text_encoder():
+#: transformer / text encoder / VAE sizes per preset (``tiny``: the tests' pipelines)
+PRESETS = {
+    "tiny": dict(heads=2, head_dim=12, ffn=32, layers=4, text_dim=TEXT_DIM, freq_dim=32, latent=LATENT_CHANNELS,
+                 text_layers=2),
+    "small": dict(heads=4, head_dim=64, ffn=1024, layers=8, text_dim=64, freq_dim=64, latent=16, text_layers=1),
+    "full": dict(heads=12, head_dim=128, ffn=8960, layers=30, text_dim=4096, freq_dim=256, latent=16, text_layers=1),
+}
+
+
+def _text_encoder(preset: str = "tiny"):
     from transformers import UMT5Config, UMT5EncoderModel
 
-    config = UMT5Config(vocab_size=600, d_model=TEXT_DIM, d_kv=8, d_ff=32, num_layers=2, num_heads=2,
+    size = PRESETS[preset]
+    config = UMT5Config(vocab_size=600, d_model=size["text_dim"], d_kv=8, d_ff=32, num_layers=size["text_layers"],
+                        num_heads=2,
                         relative_attention_num_buckets=8, relative_attention_max_distance=16, pad_token_id=1,
                         eos_token_id=2, decoder_start_token_id=1)
     return UMT5EncoderModel(config).eval()
 
 
-def _vae():
+def _vae(channels: int = LATENT_CHANNELS):
     from diffusers import AutoencoderKLWan
 
-    return AutoencoderKLWan(base_dim=8, z_dim=LATENT_CHANNELS, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-                            temperal_downsample=[False, True, True], latents_mean=[0.0] * LATENT_CHANNELS,
-                            latents_std=[1.0] * LATENT_CHANNELS)
+    return AutoencoderKLWan(base_dim=8, z_dim=channels, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                            temperal_downsample=[False, True, True], latents_mean=[0.0] * channels,
+                            latents_std=[1.0] * channels)
 
 
-def _transformer(kind: str, layers: int):
+def _transformer(kind: str, layers: int | None, preset: str = "tiny"):
     from diffusers import WanTransformer3DModel
 
+    size = PRESETS[preset]
     image = kind == "i2v"  # ti2v (Wan 2.2 TI2V) conditions on the image through the latent only
     # image-to-video (Wan 2.1 style): the latent, a 4-channel first-frame mask and the encoded condition video
-    in_channels = 2 * LATENT_CHANNELS + 4 if image else LATENT_CHANNELS
+    latent = size["latent"]
+    in_channels = 2 * latent + 4 if image else latent
     return WanTransformer3DModel(
-        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=in_channels,
-        out_channels=LATENT_CHANNELS, text_dim=TEXT_DIM, freq_dim=32, ffn_dim=32, num_layers=layers,
-        cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
+        patch_size=(1, 2, 2), num_attention_heads=size["heads"], attention_head_dim=size["head_dim"],
+        in_channels=in_channels, out_channels=latent, text_dim=size["text_dim"], freq_dim=size["freq_dim"],
+        ffn_dim=size["ffn"], num_layers=layers or size["layers"], cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads", rope_max_seq_len=32 if preset == "tiny" else 1024,
         image_dim=IMAGE_DIM if image else None, added_kv_proj_dim=24 if image else None)
 
 
@@ -82,7 +102,7 @@ def image_to_video_class():
     return WanImageToVideoPipeline
 
 
-def build_wan_pipeline(kind: str = "t2v", seed: int = 0, layers: int = 4):
+def build_wan_pipeline(kind: str = "t2v", seed: int = 0, layers: int | None = None, preset: str = "tiny"):
     """A ``WanPipeline`` (``t2v``) or a ``WanImageToVideoPipeline`` with random weights: ``i2v`` as Wan
     2.1 (CLIP image tokens, the condition video concatenated to the latent), ``ti2v`` as Wan 2.2 TI2V
     (``expand_timesteps``: the image is the first latent frame, one timestep per token); ``experts``
@@ -91,8 +111,11 @@ def build_wan_pipeline(kind: str = "t2v", seed: int = 0, layers: int = 4):
 
     if kind not in KINDS:
         raise ValueError(f"unknown Wan pipeline kind {kind!r} (known: {', '.join(KINDS)})")
+    if preset not in PRESETS or (preset != "tiny" and kind != "t2v"):
+        raise ValueError(f"Wan preset {preset!r}: tiny (every kind), small or full (t2v)")
     torch.manual_seed(seed)
-    parts = dict(transformer=_transformer(kind, layers), vae=_vae(), text_encoder=_text_encoder(),
+    parts = dict(transformer=_transformer(kind, layers, preset), vae=_vae(PRESETS[preset]["latent"]),
+                 text_encoder=_text_encoder(preset),
                  tokenizer=byte_level_tokenizer(model_max_length=TEXT_LEN),
                  scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0))
     if kind == "i2v":

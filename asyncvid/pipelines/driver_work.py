@@ -72,7 +72,8 @@ def pipeline_step_seconds(pipe, adapter, frames: int, h: int, steps: int = 5) ->
     from ..catalog.pipelines import call_kwargs
     from ..planner.clock import timed_call
 
-    if not any(c.__name__ in ("AnimateDiffPipeline", "StableVideoDiffusionPipeline") for c in type(pipe).__mro__):
+    if not any(c.__name__ in ("AnimateDiffPipeline", "StableVideoDiffusionPipeline", "WanPipeline")
+               for c in type(pipe).__mro__):
         return 0.0
     registry = HookRegistry.check_if_exists_or_initialize(adapter.model)
     registry.register_hook(ZeroDenoiserHook(adapter), ZERO_HOOK)

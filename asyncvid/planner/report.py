@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from ..catalog.pipelines import call_kwargs, is_svd
+from ..catalog.pipelines import call_kwargs, denoiser_of, is_svd, is_wan, latent_frames
 from ..errors import AsyncVidError
 from ..utils import atomic_write
 from .clock import now, timed_call
@@ -25,14 +25,17 @@ PROFILE_VERSION = 1
 
 
 def pipeline_example_call(pipe, adapter, batch: int, frames: int, latent: int):
-    """A representative denoiser call of ``pipe`` (its text length, device and dtype)."""
-    device = next(pipe.unet.parameters()).device
-    dtype = next(pipe.unet.parameters()).dtype
+    """A representative denoiser call of ``pipe`` for a ``frames``-frame video (its latent frames,
+    text length, device and dtype). Wan's pipelines make one call per guidance branch: a batch of 2
+    stands for a step's two calls (the same compute and bytes, one message less)."""
+    denoiser = denoiser_of(pipe)
+    device = next(denoiser.parameters()).device
+    dtype = next(denoiser.parameters()).dtype
     extra = {}
     tokenizer = getattr(pipe, "tokenizer", None)
-    if tokenizer is not None and not is_svd(pipe):
+    if tokenizer is not None and not is_svd(pipe) and not is_wan(pipe):  # Wan pads its text to 512 tokens
         extra["text_len"] = min(int(tokenizer.model_max_length), 77)
-    return adapter.example_call(batch, frames, latent, latent, device, dtype, **extra)
+    return adapter.example_call(batch, latent_frames(pipe, frames), latent, latent, device, dtype, **extra)
 
 
 @torch.no_grad()
@@ -41,9 +44,10 @@ def profile_pipeline(pipe, frames: int, latent: int, batch: int = 2) -> dict:
     from ..models import adapter_for
     from .profile import cut_bytes, initial_bytes, unit_costs
 
-    adapter = adapter_for(pipe.unet)
-    device = next(pipe.unet.parameters()).device
-    dtype = next(pipe.unet.parameters()).dtype
+    denoiser = denoiser_of(pipe)
+    adapter = adapter_for(denoiser)
+    device = next(denoiser.parameters()).device
+    dtype = next(denoiser.parameters()).dtype
     call = pipeline_example_call(pipe, adapter, batch, frames, latent)
     raw = unit_costs(adapter, call, use_cache=False)
     # Timed one by one, small units carry Python overhead that the whole forward does not: keep the
@@ -53,7 +57,7 @@ def profile_pipeline(pipe, frames: int, latent: int, batch: int = 2) -> dict:
     # CFG-parallel groups each run a part of the batch: the forward at one guidance branch
     part = adapter.split_batch(call, batch)[0] if batch > 1 else call
     part_forward = time_forward(adapter, part) if batch > 1 else forward
-    sizes = cut_bytes(type(adapter), pipe.unet, call)
+    sizes = cut_bytes(type(adapter), denoiser, call)
     eps = initial_bytes(adapter, call.sample)
     kwargs = call_kwargs(pipe, frames, latent, steps=4)
     timed_call(pipe, kwargs)  # one-off set-up
@@ -66,7 +70,7 @@ def profile_pipeline(pipe, frames: int, latent: int, batch: int = 2) -> dict:
     overhead = pipeline_step_seconds(pipe, adapter, frames, latent) or max(0.0, per_step - forward)
     return {
         "version": PROFILE_VERSION,
-        "unet": type(pipe.unet).__name__,
+        "unet": type(denoiser).__name__,
         "shape": {"batch": batch, "frames": frames, "latent": latent},
         "device": str(device),
         "dtype": str(dtype),

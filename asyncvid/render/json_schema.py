@@ -15,7 +15,7 @@ from .schema import Job, JobOptions
 FIELD_HELP = {
     "name": "output base name: <out>/<name>.<ext> and <name>.json (letters, digits, _ - .)",
     "task": "t2v (text-to-video, AnimateDiff) or i2v (image-to-video, Stable Video Diffusion); default: the model's",
-    "model": "a local diffusers folder, a built-in name (shapes-t2v, tiny-random, tiny-random-svd) or a hub id in "
+    "model": "a local diffusers folder, a built-in name (shapes-t2v, tiny-random, tiny-random-svd, tiny-random-wan) or a hub id in "
              "the local Hugging Face cache",
     "prompt": "t2v: the text", "image": "i2v: the conditioning image, relative to the job file",
     "steps": "denoising steps (diffusers: num_inference_steps)", "guidance": "t2v: CFG scale (guidance_scale)",

@@ -73,6 +73,9 @@ def decode_chunks(pipe, latents, kind: str, chunk: int) -> Iterator[np.ndarray]:
     frames in one VAE call (in float32 when its float16 VAE asks for it, as the pipeline does)."""
     import torch
 
+    if hasattr(pipe, "vae_scale_factor_temporal"):  # Wan: a causal 3D VAE decodes the whole clip at once
+        yield wan_decode(pipe, latents)
+        return
     axis = 2 if kind == "t2v" else 1
     frames = latents.shape[axis]
     sdxl = kind == "t2v" and "decode_chunk_size" not in inspect.signature(pipe.decode_latents).parameters
@@ -93,6 +96,21 @@ def decode_chunks(pipe, latents, kind: str, chunk: int) -> Iterator[np.ndarray]:
     finally:
         if upcast:
             pipe.vae.to(dtype=torch.float16)
+
+
+def wan_decode(pipe, latents) -> np.ndarray:
+    """(F, H, W, 3) float frames of the first video, as ``WanPipeline`` decodes them (latents
+    un-normalised with the VAE's per-channel mean and std, one VAE call over every frame)."""
+    import torch
+
+    vae = pipe.vae
+    latents = latents.to(dtype=vae.dtype)
+    shape = (1, vae.config.z_dim, 1, 1, 1)
+    mean = torch.tensor(vae.config.latents_mean).view(shape).to(latents.device, latents.dtype)
+    inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(shape).to(latents.device, latents.dtype)
+    with torch.no_grad():
+        video = vae.decode(latents / inv_std + mean, return_dict=False)[0]
+    return pipe.video_processor.postprocess_video(video, output_type="np")[0]
 
 
 # ---------------------------------------------------------------------------------- encoding

@@ -23,7 +23,7 @@ def folder(tmp_path, class_name, name="model"):
 
 
 def test_builtin_names_and_kinds():
-    assert BUILTINS == {"tiny-random": "t2v", "tiny-random-svd": "i2v", "shapes-t2v": "t2v"}
+    assert BUILTINS == {"tiny-random": "t2v", "tiny-random-svd": "i2v", "shapes-t2v": "t2v", "tiny-random-wan": "t2v"}
     assert model_kind("tiny-random-svd") == ("i2v", "the model tiny-random-svd is image-to-video")
     assert ensure_builtin(SHAPES_T2V) == PACKAGED[SHAPES_T2V]  # shipped: nothing is built
     assert resolve_model(SHAPES_T2V) == str(PACKAGED[SHAPES_T2V])
@@ -33,6 +33,7 @@ def test_builtin_names_and_kinds():
 def test_folder_kinds(tmp_path):
     assert model_kind(folder(tmp_path, "AnimateDiffPipeline", "ad"))[0] == "t2v"
     assert model_kind(folder(tmp_path, "StableDiffusionPipeline", "sd"))[0] == "t2v"
+    assert model_kind(folder(tmp_path, "WanPipeline", "wan"))[0] == "t2v"
     assert model_kind(folder(tmp_path, "StableVideoDiffusionPipeline", "svd")) == (
         "i2v", "the model is a StableVideoDiffusionPipeline (image-to-video)")
     assert model_kind(str(tmp_path / "nowhere")) == (None, "")
@@ -98,3 +99,12 @@ def test_benchmark_sizes_are_pixels_over_the_vae_scale_or_the_models_own():
     with pytest.raises(AsyncVidError, match="--size 30: must be a multiple of the VAE's scale 4"):
         latent_side(pipe, {"size": 30})
     assert native_size(SHAPES_T2V) == (32, 32) and native_size("no/such/folder") is None
+
+
+def test_a_folder_with_null_components_loads_as_the_video_to_video_pipeline():
+    """shapes-t2v keeps its motion modules inside the UNet (``motion_adapter: [null, null]``):
+    the video-to-video class, which lists more components, still loads it."""
+    from asyncvid.catalog.pipelines import load_pipeline
+
+    pipe = load_pipeline(str(ensure_builtin(SHAPES_T2V)), video=True)
+    assert type(pipe).__name__ == "AnimateDiffVideoToVideoPipeline" and pipe.motion_adapter is None

@@ -253,3 +253,21 @@ def test_unmeasured_layouts_rank_after_measured_ones():
     assert ranked[0].psnr_db is not None
     without = rank_layouts(enumerate_layouts(prof, 4, 10, fast), "latency")
     assert without[0].psnr_db is None and without[0].stages > 1  # nothing measured: speed alone decides
+
+
+def test_a_wan_profile_counts_latent_frames_tokens_and_two_calls_per_step():
+    """Bench and plan on a Wan preset: video frames become latent frames (4x in time, 4k+1), a step's
+    two calls (prompt, negative prompt) are profiled as a batch of 2, a cut carries the tokens."""
+    from asyncvid.catalog.pipelines import build_pipeline, call_kwargs, profile_shape
+    from asyncvid.planner.report import profile_pipeline
+
+    pipe = build_pipeline("wan", "tiny")
+    kwargs = call_kwargs(pipe, frames=8, latent=4, steps=2)
+    assert (kwargs["num_frames"], kwargs["height"], kwargs["guidance_scale"] > 1) == (9, 32, True)
+    assert profile_shape(pipe, 8, 4, groups=2) == dict(frames=3, height=4, width=4, batch=1)
+    prof = profile_pipeline(pipe, 8, 4)
+    assert prof["unet"] == "WanTransformer3DModel" and prof["shape"]["batch"] == 2
+    assert prof["units"] == ["patch_embedding", "blocks.0", "blocks.1", "blocks.2", "blocks.3", "proj_out"]
+    width = pipe.transformer.config.num_attention_heads * pipe.transformer.config.attention_head_dim
+    assert prof["bytes_after_unit"][:-1] == [2 * 3 * 2 * 2 * width * 4] * 5  # batch x frames x 2x2 patches x width
+    assert prof["overhead_s"] > 0  # the pipeline's own step, timed with the transformer answering zeros

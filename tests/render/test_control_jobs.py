@@ -179,7 +179,7 @@ def test_controlnet_and_video_jobs_on_two_devices(inputs):
     shutil.rmtree(inputs / "cn")
     control_model(inputs / "cn")
     path = write(inputs, f"""\
-        defaults: {{frames: 4, width: 32, height: 32, steps: 3, stages: 2, format: png}}
+        defaults: {{model: tiny-random, frames: 4, width: 32, height: 32, steps: 3, stages: 2, format: png}}
         jobs:
           - {{name: ctrl, {CN}, controlnet_scale: 1.0}}
           - {{name: plain, prompt: x}}

@@ -93,7 +93,7 @@ def test_render_group_spans_two_network_namespaces(tmp_path, two_hosts):
             pytest.fail("the two-host group did not finish in 240 s")
     assert [p.returncode for p in procs] == [0, 0], logs
 
-    lines = [re.search(r"asyncvid: rank (\d)/2 local 0 host (\S+) master (\S+) backend gloo members 2", log)
+    lines = [re.search(r"asyncvid: rank (\d)/2 local 0 host (\S+) pid \d+ master (\S+) backend gloo members 2", log)
              for log in logs]
     assert all(lines), logs
     assert [(m.group(1), m.group(2), m.group(3)) for m in lines] == [

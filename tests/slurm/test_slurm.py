@@ -86,7 +86,7 @@ def _submitted(out: Path) -> list[dict]:
 
 
 def _group_lines(log: Path) -> list[dict]:
-    pattern = (r"asyncvid: rank (\d+)/(\d+) local \d+ host (\S+) master (\S+) backend (\w+) members (\d+) "
+    pattern = (r"asyncvid: rank (\d+)/(\d+) local \d+ host (\S+) pid \d+ master (\S+) backend (\w+) members (\d+) "
                r"slurm job (\d+) array (\S+)")
     return [dict(zip(("rank", "world", "host", "master", "backend", "members", "job", "array"), m.groups()))
             for m in re.finditer(pattern, log.read_text())]
