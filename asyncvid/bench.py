@@ -16,7 +16,7 @@ import platform
 import torch
 
 from .catalog.builtin import DEFAULT_MODEL, DEFAULT_STEPS
-from .catalog.pipelines import denoiser_of, latent_side, profile_shape
+from .catalog.pipelines import denoiser_of, latent_side, profile_shape, vae_scale
 from .memory_bench import phase_peak_mib, reset_peak_rss, run_memory
 from .progress import progress
 from .utils import atomic_write
@@ -28,7 +28,9 @@ def _build(cfg: dict):
     from .distributed.env import default_device
 
     pipe = build_pipeline(cfg["model"], cfg["preset"])
-    return pipe.to(device=default_device(), dtype=getattr(torch, cfg.get("dtype", "float32")))
+    dtype = getattr(torch, cfg.get("dtype", "float32"))
+    # a cast to the dtype the weights already have would only make diffusers warn about float32 modules
+    return pipe.to(device=default_device()) if dtype == torch.float32 else pipe.to(device=default_device(), dtype=dtype)
 
 
 def _timed_call(pipe, cfg: dict) -> list[float]:
@@ -61,7 +63,7 @@ def run_baseline(cfg: dict, threads: int, profile: bool = False) -> dict:
     pipe = _build(cfg)
     result = _measure(pipe, cfg, warmup=1, repeats=cfg["repeats"])
     result.update(threads=threads, peak_rss_mib=[result["peak_rss_mib"]], latent=latent_side(pipe, cfg),
-                  size=latent_side(pipe, cfg) * pipe.vae_scale_factor)
+                  size=latent_side(pipe, cfg) * vae_scale(pipe))
     if profile:
         from .planner.report import profile_pipeline
 

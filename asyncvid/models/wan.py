@@ -66,6 +66,10 @@ def _timestep(value, device) -> tuple[torch.Tensor, torch.Tensor | None, int | N
 class WanTransformerAdapter(DiffusersAdapter):
     model_class = WanTransformer3DModel
     shared_modules = ("condition_embedder", "rope")
+
+    def __init__(self, model):
+        super().__init__(model)
+        self._text_cache: list[tuple] = []  # (text, its version, image, its version, weight versions, projection)
     guidance_in_calls = True  # WanPipeline: the prompt's call, then the negative prompt's, per step
 
     # ----- call and context ---------------------------------------------------------------
@@ -108,12 +112,42 @@ class WanTransformerAdapter(DiffusersAdapter):
             t = (pattern * timestep.to(pattern.dtype)).flatten()
         else:
             t = timestep.expand(batch * (seq_len or 1))
-        temb, timestep_proj, ehs, ehs_image = model.condition_embedder(
-            t, cond["encoder_hidden_states"], cond.get("encoder_hidden_states_image"), timestep_seq_len=seq_len)
+        text = cond["encoder_hidden_states"]
+        temb, timestep_proj = self._time_embedding(t, text, seq_len)
         timestep_proj = timestep_proj.unflatten(2 if seq_len else 1, (6, -1))
-        if ehs_image is not None:
-            ehs = torch.concat([ehs_image, ehs], dim=1)
+        ehs = self._projected(text, cond.get("encoder_hidden_states_image"))
         return WanContext(temb, timestep_proj, ehs, rotary_emb, grid)
+
+    def _time_embedding(self, t: torch.Tensor, text: torch.Tensor, seq_len: int | None):
+        """The time half of ``condition_embedder.forward``, step for step (the text half is cached)."""
+        embedder = self.model.condition_embedder
+        t = embedder.timesteps_proj(t)
+        if seq_len is not None:
+            t = t.unflatten(0, (-1, seq_len))
+        dtype = next(iter(embedder.time_embedder.parameters())).dtype
+        if t.dtype != dtype and dtype != torch.int8:
+            t = t.to(dtype)
+        temb = embedder.time_embedder(t).type_as(text)
+        return temb, embedder.time_proj(embedder.act_fn(temb))
+
+    def _projected(self, text: torch.Tensor, image: torch.Tensor | None) -> torch.Tensor:
+        """The projected text (image tokens in front) the blocks attend to. It is the same for every
+        step of a call tag, and every rank needs it: projecting Wan's 512 text tokens again per call
+        costs each stage as much as a block at small latents. Kept for the last few embeddings seen,
+        by the tensors themselves (held, so never mistaken for new ones) and their in-place write
+        counters, with the projection weights' counters."""
+        embedder = self.model.condition_embedder
+        weights = tuple(p._version for p in embedder.parameters())
+        image_version = None if image is None else image._version
+        for old_text, text_version, old_image, old_image_version, old_weights, ehs in self._text_cache:
+            if (old_text is text and text_version == text._version and old_image is image
+                    and old_image_version == image_version and old_weights == weights):
+                return ehs
+        ehs = embedder.text_embedder(text)
+        if image is not None:
+            ehs = torch.concat([embedder.image_embedder(image), ehs], dim=1)
+        self._text_cache = [(text, text._version, image, image_version, weights, ehs)] + self._text_cache[:3]
+        return ehs
 
     def _out_channels(self) -> int:
         cfg = self.model.config

@@ -172,3 +172,29 @@ def test_the_tiny_pipelines_save_and_load(tmp_path, kind, one_thread):
     frames = [p(**call, generator=torch.Generator().manual_seed(0)).frames for p in (pipe, back)]
     # same weights; safetensors' memory layout may change the last bit of a BLAS result
     assert float(abs(frames[0] - frames[1]).max()) <= 1e-5
+
+
+def test_the_text_projection_is_computed_once_per_embedding_and_again_after_a_write(models):
+    """Every rank projects the 512 text tokens for its context: once per embedding, not per call;
+    an in-place write to the embedding (or to the projection's weights) makes it project again."""
+    model = models["t2v"]
+    adapter = adapter_for(model)
+    projections = []
+    handle = model.condition_embedder.text_embedder.register_forward_hook(lambda *args: projections.append(1))
+    try:
+        call = adapter.example_call(1, 2, 4, 4, torch.device("cpu"), torch.float32)
+        text = call.cond["encoder_hidden_states"]
+        first = adapter.context(call.sample.shape, call.timestep, call.cond)
+        later = adapter.context(call.sample.shape, torch.tensor([300.0]), call.cond)  # another step
+        assert len(projections) == 1 and later.encoder_hidden_states is first.encoder_hidden_states
+        text.mul_(2)
+        changed = adapter.context(call.sample.shape, call.timestep, call.cond)
+        assert len(projections) == 2
+        with torch.no_grad():
+            assert torch.equal(changed.encoder_hidden_states, model.condition_embedder.text_embedder(text))
+        with torch.no_grad():
+            model.condition_embedder.text_embedder.linear_1.weight.mul_(1.0)  # a write, same values
+        adapter.context(call.sample.shape, call.timestep, call.cond)
+        assert len(projections) == 4  # the check above projected once itself; the weight write alone counts one
+    finally:
+        handle.remove()
