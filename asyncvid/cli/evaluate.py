@@ -13,8 +13,8 @@ def add_eval_parser(subparsers) -> None:
     p = subparsers.add_parser("eval", help="prompt adherence on held-out shapes prompts; `eval fidelity`: the quality "
                                            "cost of accelerated configurations",
                               description="Render the held-out prompts of the shapes world with a model and score "
-                                          "each clip from its pixels: is the dominant colour the prompt's, and does it "
-                                          "move the prompt's way? Also reports how alike the mid-block hidden states "
+                                          "each clip from its pixels: are its colour and shape the prompt's, does it "
+                                          "move, and the prompt's way? Also reports how alike the mid-block hidden states "
                                           "of neighbouring steps are (AsyncDiff's premise). JSON out.")
     p.add_argument("what", nargs="?", choices=["adherence", "fidelity"], default="adherence",
                    help="adherence: how well the model follows shapes prompts; fidelity: the quality cost of "

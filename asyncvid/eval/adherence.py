@@ -20,6 +20,18 @@ scorer finds the shape's colour and direction of motion and compares them with t
   whole clip. The larger axis component gives the direction and its sign gives which way. Less
   than ``MIN_MOTION_PX`` = 2 px of travel at size 32 (scaled with the frame size) counts as
   "static", which never matches a prompt. Ground truth travels 12.6-16.8 px.
+* **Moving**: whatever the direction, a clip counts as moving when its fitted travel is at least
+  ``MOVING_FRACTION`` = 0.5 of the world's least travel (6.3 px at size 32): a shape that only
+  creeps the right way is not doing what the prompt says.
+* **Shape**: from each frame's coverage (how far each pixel is from the background towards the
+  prompt's colour, 0-1, so anti-aliased or blurred edges count in part; only near the pixels that
+  are at least half covered, and above faint noise): its area over the area of its extent box, the
+  extents being the summed largest coverage per column and per row (a blur spreads an edge but
+  keeps these sums). A square fills its box (1.0), a circle pi/4 (0.785), the world's triangle
+  (apex up, base as wide as it is tall) about half of it. Ground truth scores 100 %; a heavy blur
+  (3x3 box at 32 px) thins a triangle's apex columns and raises its fill towards a circle's. The clip's shape follows the median fill
+  over the frames where the shape is seen, split at 0.92, 0.665 and 0.42; below 0.42 it is "other"
+  (a three-armed star or a smear is no triangle).
 """
 
 from __future__ import annotations
@@ -29,10 +41,15 @@ from typing import Sequence
 import numpy as np
 
 from ..video import to_float
-from .world import BACKGROUNDS, COLOURS, parse_prompt
+from .world import BACKGROUNDS, COLOURS, TRAVEL_PX, parse_prompt
 
 FG_THRESHOLD = 0.43
 MIN_MOTION_PX = 2.0  # at size 32
+MOVING_FRACTION = 0.5  # of the world's least travel over a clip
+#: fill of the extent box at or above which a clip reads as each shape (ground truth: square 1.00,
+#: circle 0.70-0.86, triangle 0.52-0.63 at 32 and 64 px); below the last, "other" (a star, a smear, thin strokes)
+SHAPE_FILL = (("square", 0.92), ("circle", 0.665), ("triangle", 0.42))
+MIN_SHAPE_AREA_PX = 4.0  # at size 32: frames where the shape covers less are not measured
 
 _NAMES = tuple(COLOURS)
 _PALETTE = np.asarray([COLOURS[c] for c in _NAMES], np.float32)  # (K, 3)
@@ -56,13 +73,41 @@ def _colour_votes(pixels: np.ndarray, bg: np.ndarray) -> np.ndarray:
     return np.argmin(np.sum(miss * miss, axis=-1), axis=1)
 
 
-def _direction(mask: np.ndarray, dist: np.ndarray) -> str:
+def _widen(seen: np.ndarray, by: int = 2) -> np.ndarray:
+    """(F, N) booleans, each True run widened by ``by`` on both sides."""
+    out = seen.copy()
+    for shift in range(1, by + 1):
+        out[:, shift:] |= seen[:, :-shift]
+        out[:, :-shift] |= seen[:, shift:]
+    return out
+
+
+def _shape(frames: np.ndarray, colour: str, background: str) -> tuple[str, float]:
+    """(shape, median fill of the extent box) of a clip whose shape has ``colour``."""
+    bg = np.asarray(BACKGROUNDS[background], np.float32)
+    axis = np.asarray(COLOURS[colour], np.float32) - bg
+    cover = np.clip((frames - bg) @ axis / float(axis @ axis), 0.0, 1.0)  # (F, H, W)
+    # only near the shape (its half-covered pixels' box, 2 px wider), and above faint noise
+    core = cover >= 0.5
+    rows, cols = core.any(axis=2), core.any(axis=1)  # (F, H), (F, W)
+    near = _widen(rows)[:, :, None] & _widen(cols)[:, None, :]
+    cover = np.where(near & (cover >= 0.15), cover, 0.0)
+    area = cover.sum(axis=(1, 2))
+    width, height = cover.max(axis=1).sum(axis=1), cover.max(axis=2).sum(axis=1)
+    seen = area >= MIN_SHAPE_AREA_PX * frames.shape[1] * frames.shape[2] / 1024.0
+    if not seen.any():
+        return "none", float("nan")
+    fill = float(np.median(area[seen] / (width[seen] * height[seen])))
+    return next((name for name, least in SHAPE_FILL if fill >= least), "other"), fill
+
+
+def _direction(mask: np.ndarray, dist: np.ndarray) -> tuple[str, float]:
     frames, height, width = mask.shape
     w = np.where(mask, dist, 0.0)
     mass = w.sum(axis=(1, 2))
     seen = mass > 0
     if seen.sum() < 2:
-        return "static"
+        return "static", 0.0
     ys, xs = np.arange(height) + 0.5, np.arange(width) + 0.5
     cx = (w.sum(axis=1) @ xs)[seen] / mass[seen]
     cy = (w.sum(axis=2) @ ys)[seen] / mass[seen]
@@ -71,19 +116,21 @@ def _direction(mask: np.ndarray, dist: np.ndarray) -> str:
     # Least-squares slope (px/frame) times the clip's length = fitted travel over the clip.
     travel_x = (t @ cx) / (t @ t) * (frames - 1)
     travel_y = (t @ cy) / (t @ t) * (frames - 1)
+    travel = float(np.hypot(travel_x, travel_y)) * 64.0 / (height + width)  # in pixels at size 32
     min_motion = MIN_MOTION_PX * (height + width) / 64.0
     if max(abs(travel_x), abs(travel_y)) < min_motion:
-        return "static"
+        return "static", travel
     if abs(travel_x) >= abs(travel_y):
-        return "right" if travel_x > 0 else "left"
-    return "down" if travel_y > 0 else "up"
+        return ("right" if travel_x > 0 else "left"), travel
+    return ("down" if travel_y > 0 else "up"), travel
 
 
 def score_clip(frames, prompt: str) -> dict:
     """Score one clip (F,H,W,3), float in [0, 1] or uint8, against its shapes-world prompt.
 
-    Returns dict(colour_ok, direction_ok, colour, direction). ``colour`` is "none" when no
-    pixel is foreground, and ``direction`` is "static" when the shape does not move enough.
+    Returns dict(colour_ok, direction_ok, shape_ok, moving, colour, direction, shape, fill,
+    travel_px). ``colour`` and ``shape`` are "none" when no pixel is foreground, ``direction`` is
+    "static" when the shape does not move enough; ``travel_px`` is at size 32.
     Raises ValueError for a prompt outside the world's vocabulary.
     """
     want = parse_prompt(prompt)
@@ -95,19 +142,26 @@ def score_clip(frames, prompt: str) -> dict:
         colour = _NAMES[int(np.argmax(votes))]
     else:
         colour = "none"
-    direction = _direction(mask, dist)
+    direction, travel = _direction(mask, dist)
+    # the shape is read in the colour the prompt asks for, so a wrong colour does not hide a right shape
+    shape, fill = _shape(frames, want.colour, want.background)
     return {
         "colour_ok": colour == want.colour,
         "direction_ok": direction == want.direction,
+        "shape_ok": shape == want.shape,
+        "moving": travel >= MOVING_FRACTION * TRAVEL_PX[0],
         "colour": colour,
         "direction": direction,
+        "shape": shape,
+        "fill": fill,
+        "travel_px": travel,
     }
 
 
 def score_many(clips: Sequence, prompts: Sequence[str]) -> dict:
-    """Score clips against their prompts. Returns dict(colour, direction, n, per_clip): the
-    fractions of clips with the right colour and with the right direction (NaN when n is 0),
-    the number of clips, and each clip's :func:`score_clip` result."""
+    """Score clips against their prompts. Returns dict(colour, direction, shape, moving, n,
+    per_clip): the fractions of clips with the right colour, direction and shape and of moving
+    clips (NaN when n is 0), the number of clips, and each clip's :func:`score_clip` result."""
     if len(clips) != len(prompts):
         raise ValueError(f"{len(clips)} clips but {len(prompts)} prompts")
     per_clip = [score_clip(clip, prompt) for clip, prompt in zip(clips, prompts)]
@@ -119,6 +173,8 @@ def score_many(clips: Sequence, prompts: Sequence[str]) -> dict:
     return {
         "colour": fraction("colour_ok"),
         "direction": fraction("direction_ok"),
+        "shape": fraction("shape_ok"),
+        "moving": fraction("moving"),
         "n": n,
         "per_clip": per_clip,
     }
@@ -140,5 +196,6 @@ def evaluate_pipeline(pipe, combos, seeds=(0,), steps: int = 25, guidance: float
             clips += list(out.frames)
             all_prompts += prompts
     result = score_many(clips, all_prompts)
-    return {"colour": result["colour"], "direction": result["direction"], "n": result["n"],
+    return {"colour": result["colour"], "direction": result["direction"], "shape": result["shape"],
+            "moving": result["moving"], "n": result["n"],
             "steps": steps, "guidance": guidance, "seeds": list(seeds)}

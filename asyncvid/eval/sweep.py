@@ -75,7 +75,7 @@ def score(ref: np.ndarray, clips: np.ndarray, prompts: list[str], perceptual, cl
         from .adherence import score_many
 
         adh = score_many(list(clips), prompts)
-        out["adherence"] = {"colour": adh["colour"], "direction": adh["direction"]}
+        out["adherence"] = {k: adh[k] for k in ("colour", "direction", "shape", "moving")}
     return out
 
 
