@@ -10,6 +10,7 @@ one timed pipeline call, minus the summed unit costs). It is saved as JSON and r
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -80,6 +81,7 @@ def profile_pipeline(pipe, frames: int, latent: int, batch: int = 2) -> dict:
         "bytes_after_unit": sizes,
         "eps_bytes": eps,
         "sample_bytes": call.sample.numel() * call.sample.element_size(),
+        "calls_per_step": 2 if is_wan(pipe) else 1,  # Wan: the batch of 2 above is a step's two calls
         "part_forward_s": part_forward,  # the forward at batch / ``batch`` (one guidance branch)
         "unit_costs_timed_alone_s": raw,
         "unet_forward_s": forward,
@@ -119,8 +121,13 @@ def predict_from(profile: dict, stages: int, stride: int = 1, warmup: int = 1, s
                  cfg: int = 1, slowdown: float = 1.0) -> Prediction:
     """Predict from a saved profile; ``ranges``: a given split (default: the balanced one); ``cfg``
     stage groups, each on a ``cfg``-th of the profiled batch (scaled from the profile's one-branch
-    forward when the profile has one, linearly otherwise)."""
+    forward when the profile has one, linearly otherwise). A pipeline that makes one denoiser call per
+    guidance branch (``calls_per_step`` 2, Wan) moves the same bytes per step in twice the messages:
+    each hop pays the link's latency once per call."""
     costs, eps = profile["costs_s"], profile.get("eps_bytes", 0)
+    calls = int(profile.get("calls_per_step", 1))
+    if calls > 1:
+        link = replace(link, latency_s=link.latency_s * calls)
     part_costs = None
     if cfg > 1:
         batch = profile.get("shape", {}).get("batch", 2)

@@ -271,3 +271,18 @@ def test_a_wan_profile_counts_latent_frames_tokens_and_two_calls_per_step():
     width = pipe.transformer.config.num_attention_heads * pipe.transformer.config.attention_head_dim
     assert prof["bytes_after_unit"][:-1] == [2 * 3 * 2 * 2 * width * 4] * 5  # batch x frames x 2x2 patches x width
     assert prof["overhead_s"] > 0  # the pipeline's own step, timed with the transformer answering zeros
+
+
+def test_two_calls_per_step_pay_the_link_latency_twice():
+    """The same bytes per step in twice the messages (Wan's prompt and negative-prompt calls)."""
+    from asyncvid.planner.links import LinkModel
+    from asyncvid.planner.report import predict_from
+
+    profile = {"costs_s": [0.01] * 6, "bytes_after_unit": [1000] * 6, "overhead_s": 0.001, "eps_bytes": 1000,
+               "shape": {"batch": 2}}
+    slow = LinkModel("slow", 1e9, 0.002)
+    one = predict_from(profile, 2, link=slow)
+    two = predict_from(dict(profile, calls_per_step=2), 2, link=slow)
+    # a round: the slowest stage + its exposed transfer + one control latency, each latency now twice
+    assert two.round_s - one.round_s == pytest.approx(slow.latency_s, rel=1e-6)
+    assert two.stage_s == one.stage_s and two.cut_bytes == one.cut_bytes
