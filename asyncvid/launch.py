@@ -95,6 +95,8 @@ def launch_local(fn, nprocs: int, *args, threads_per_rank: int = 1, timeout: flo
                 if deadline is not None and time.monotonic() > deadline:
                     raise RankFailure(f"ranks did not finish within {timeout:.0f} s")
                 time.sleep(0.05)
+            else:  # every rank ended between two polls (a killed rank's peer can fail within ms of it)
+                died = {r: p.exitcode for r, p in enumerate(procs) if p.exitcode not in (None, 0)}
         finally:
             for p in procs:
                 if p.is_alive():
