@@ -41,7 +41,7 @@ FRAMES, SIZE, MAX_TOKENS = 8, 32, 16
 
 
 # ----------------------------------------------------------------------------- components
-def word_tokenizer():
+def word_tokenizer(max_length: int = MAX_TOKENS):
     """Byte-level CLIP BPE whose merges spell every world word as one token."""
     from transformers import CLIPTokenizer
 
@@ -73,7 +73,7 @@ def word_tokenizer():
                 ranks[(left, right)] = len(merges)
                 merges.append((left, right))
             left = left + right
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=MAX_TOKENS)
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length)
     for word in words:
         if len(tokenizer.tokenize(word)) != 1:
             raise AssertionError(f"tokenizer splits {word!r} into {tokenizer.tokenize(word)}")
@@ -136,7 +136,7 @@ def sample_scheduler():
 
 
 # ----------------------------------------------------------------------------- data
-def contrast_batch(rng: np.random.Generator, combos, groups: int):
+def contrast_batch(rng: np.random.Generator, combos, groups: int, frames: int = FRAMES):
     """``groups`` x 4 clips: each group is one shape/colour/background in all four directions."""
     keys = sorted({(c.shape, c.colour, c.background) for c in combos})
     allowed = set(combos)
@@ -147,7 +147,7 @@ def contrast_batch(rng: np.random.Generator, combos, groups: int):
             combo = world.Combo(shape, colour, direction, bg)
             if combo not in allowed:  # held-out combination: replace by a random training one
                 combo = combos[rng.integers(len(combos))]
-            clips.append(world.make_clip(combo, FRAMES, SIZE, rng))
+            clips.append(world.make_clip(combo, frames, SIZE, rng))
             prompts.append(world.prompt_for(*combo))
     return np.stack(clips), prompts
 

@@ -162,11 +162,15 @@ def _content_digest(root: Path) -> str:
 def native_size(model: str) -> tuple[int, int] | None:
     """(height, width) in pixels a model renders when not told, as its diffusers pipeline computes
     it: the denoiser's ``sample_size`` times the VAE's downscaling (2 per level after the first);
-    None when the folder's configs cannot be read (rendering then reports the folder)."""
+    None when the folder's configs cannot be read (rendering then reports the folder). A Wan folder's
+    configs name no size: its ``model_index.json`` may (``"_asyncvid_size": [height, width]``, a private
+    key diffusers skips, written by asyncvid's trainer); else WanPipeline's own default, 480x832."""
     try:
         root = Path(resolve_model(model))
         if pipeline_class_name(root) == "WanPipeline":
-            return 480, 832  # WanPipeline's own default (its configs name no size)
+            index = json.loads((root / "model_index.json").read_text(encoding="utf-8"))
+            h, w = index.get("_asyncvid_size", (480, 832))
+            return int(h), int(w)
         unet = json.loads((root / "unet" / "config.json").read_text(encoding="utf-8"))
         vae = json.loads((root / "vae" / "config.json").read_text(encoding="utf-8"))
         sample = unet["sample_size"]

@@ -35,7 +35,7 @@ def add_eval_parser(subparsers) -> None:
                    help=f"configurations (default: {' '.join(FIDELITY_CONFIGS)})")
     f.add_argument("--prompts", type=int, default=12, help="held-out shapes prompts to render (default 12)")
     f.add_argument("--prompt", action="append", help="prompt(s) for a model outside the shapes world")
-    f.add_argument("--frames", type=int, default=8, help="frames per video")
+    f.add_argument("--frames", type=int, help="frames per video (default 8; 9 for a Wan model, which renders 4k+1)")
     f.add_argument("--size", type=int, metavar="PIXELS",
                    help="frame height = width in pixels (default: the model's own size, 32 for shapes-t2v)")
     f.add_argument("--bench", metavar="FILE", help="an `asyncvid bench` JSON of the same model and steps: measured "
@@ -63,15 +63,17 @@ def cmd_eval(args) -> int:
     from ..eval.similarity import step_similarity
     from ..eval.world import held_out_split, prompt_for
     from ..catalog.folders import resolve_model
-    from ..catalog.pipelines import load_pipeline
+    from ..catalog.pipelines import is_wan, load_pipeline, wan_frames
 
     from ..distributed.env import default_device
 
     pipe = load_pipeline(resolve_model(args.model), dtype=args.dtype).to(default_device())
     _, held_out = held_out_split()
-    report = {"model": args.model, "held_out_prompts": len(held_out),
-              "adherence": evaluate_pipeline(pipe, held_out, tuple(range(args.seeds)), args.steps, args.guidance)}
-    call = dict(prompt=[prompt_for(*c) for c in held_out], num_frames=8, height=32, width=32,
+    frames = wan_frames(pipe, 8) if is_wan(pipe) else 8  # Wan renders 4k+1 frames
+    report = {"model": args.model, "held_out_prompts": len(held_out), "frames": frames,
+              "adherence": evaluate_pipeline(pipe, held_out, tuple(range(args.seeds)), args.steps, args.guidance,
+                                             frames)}
+    call = dict(prompt=[prompt_for(*c) for c in held_out], num_frames=frames, height=32, width=32,
                 num_inference_steps=args.steps, guidance_scale=args.guidance, output_type="latent")
     report["step_similarity"] = step_similarity(pipe, generator=torch.Generator().manual_seed(0), **call)
     if args.compare_random:
@@ -85,15 +87,24 @@ def cmd_eval(args) -> int:
 
 
 def _random_twin(pipe):
-    """The same pipeline with a freshly initialised (seed 0) UNet and text encoder; VAE kept."""
+    """The same pipeline with a freshly initialised (seed 0) denoiser and text encoder; VAE kept."""
     import torch
-    from diffusers import AnimateDiffPipeline
+
+    from ..catalog.pipelines import denoiser_of, is_wan
 
     torch.manual_seed(0)
-    unet = type(pipe.unet).from_config(pipe.unet.config)
+    denoiser = denoiser_of(pipe)
+    denoiser = type(denoiser).from_config(denoiser.config)
     text_encoder = type(pipe.text_encoder)(pipe.text_encoder.config)
-    twin = AnimateDiffPipeline(vae=pipe.vae, text_encoder=text_encoder, tokenizer=pipe.tokenizer, unet=unet,
-                               motion_adapter=None, scheduler=pipe.scheduler)
+    parts = dict(vae=pipe.vae, text_encoder=text_encoder, tokenizer=pipe.tokenizer, scheduler=pipe.scheduler)
+    if is_wan(pipe):
+        from diffusers import WanPipeline
+
+        twin = WanPipeline(transformer=denoiser, **parts)
+    else:
+        from diffusers import AnimateDiffPipeline
+
+        twin = AnimateDiffPipeline(unet=denoiser, motion_adapter=None, **parts)
     twin.set_progress_bar_config(disable=True)
     return twin
 
@@ -121,11 +132,12 @@ def cmd_fidelity(args) -> int:
                 bench = json.load(f)
         except (OSError, ValueError) as exc:
             raise AsyncVidError(f"--bench {args.bench}: {exc}") from None
-    from ..catalog.folders import native_size
+    from ..catalog.folders import native_size, pipeline_class_name, resolve_model
 
     size = args.size or (native_size(args.model) or (32, 32))[0]
+    frames = args.frames or (9 if pipeline_class_name(resolve_model(args.model)) == "WanPipeline" else 8)
     report = run_fidelity(args.model, configs, prompts, list(range(args.seeds)), args.steps, args.guidance,
-                          args.frames, size, bench, args.clip, not args.no_lpips, shapes,
+                          frames, size, bench, args.clip, not args.no_lpips, shapes,
                           log=logs.info, dtype=args.dtype)
     text = json.dumps(finite(report), indent=2)
     if args.json:

@@ -26,7 +26,7 @@ def render_rank(model: str, prompts: list[str], seeds: list[int], call: dict, co
     driver, save the clips (seed-major) to ``out_path``. ``config`` None = the untouched pipeline."""
     import torch
 
-    from ..catalog.pipelines import build_pipeline
+    from ..catalog.pipelines import build_pipeline, profile_shape, vae_scale
     from ..distributed.env import default_device
 
     pipe = build_pipeline(model).to(device=default_device(), dtype=getattr(torch, dtype))
@@ -36,9 +36,9 @@ def render_rank(model: str, prompts: list[str], seeds: list[int], call: dict, co
         from ..pipelines.parallel import parallelize
 
         stages, stride, warmup = config
-        latent = call["height"] // pipe.vae_scale_factor
+        latent = call["height"] // vae_scale(pipe)
         runner = parallelize(pipe, stages=stages, stride=stride, warmup=warmup, split="auto",
-                             profile_shape=dict(frames=call["num_frames"], height=latent, width=latent, batch=2))
+                             profile_shape=profile_shape(pipe, call["num_frames"], latent))
         driver = runner.is_driver
         if not driver:
             runner.serve()
@@ -98,7 +98,7 @@ def speed_for(config: tuple[int, int, int], bench: dict | None, profile: dict | 
 
 def markdown(report: dict) -> str:
     rows = ["| configuration | speedup/video | PSNR dB vs sequential | SSIM | ST-LPIPS | temporal error | "
-            "colour / direction adherence |", "|---|---|---|---|---|---|---|"]
+            "adherence colour / direction / shape / moving |", "|---|---|---|---|---|---|---|"]
     ref = report["sequential"]
     adh = ref.get("adherence")
     rows.append(f"| sequential (untouched pipeline) | 1.00x | exact | 1.0000 | 0.0000 | 0.0000 | "
@@ -114,7 +114,9 @@ def markdown(report: dict) -> str:
 
 
 def _adh(adh) -> str:
-    return "n/a" if not adh else f"{100 * adh['colour']:.0f}% / {100 * adh['direction']:.0f}%"
+    if not adh:
+        return "n/a"
+    return " / ".join(f"{100 * adh[k]:.0f}%" for k in ("colour", "direction", "shape", "moving") if k in adh)
 
 
 def run_fidelity(model: str, configs: list[tuple[int, int, int]], prompts: list[str], seeds: list[int], steps: int,
@@ -140,7 +142,7 @@ def run_fidelity(model: str, configs: list[tuple[int, int, int]], prompts: list[
         report["sequential"] = score(ref, ref, clip_prompts, None, clip_dir, shapes_world)
         log(f"sequential: {len(ref)} clips")
         if profile is None:
-            from ..catalog.pipelines import build_pipeline
+            from ..catalog.pipelines import build_pipeline, vae_scale
             from ..planner.report import profile_pipeline
 
             import torch
@@ -148,7 +150,7 @@ def run_fidelity(model: str, configs: list[tuple[int, int, int]], prompts: list[
             threads = torch.get_num_threads()
             torch.set_num_threads(1)
             pipe = build_pipeline(model).to(dtype=getattr(torch, dtype))
-            profile = profile_pipeline(pipe, frames, size // pipe.vae_scale_factor)
+            profile = profile_pipeline(pipe, frames, size // vae_scale(pipe))
             torch.set_num_threads(threads)
         with progress(len(configs), "configurations") as advance:
             for config in configs:

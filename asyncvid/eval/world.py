@@ -64,6 +64,15 @@ DIRECTIONS: dict[str, tuple[int, int]] = {
     "down": (0, 1),
 }
 
+#: image-to-video (shapes-i2v): the direction as Stable Video Diffusion's ``motion_bucket_id``, one
+#: quarter of its 0-255 range per direction; a call uses the middle of the range (``motion_bucket``)
+MOTION_BUCKETS: dict[str, tuple[int, int]] = {
+    "left": (0, 63),
+    "right": (64, 127),
+    "up": (128, 191),
+    "down": (192, 255),
+}
+
 HALF_SIZE_PX = (4.5, 6.4)  # at size 32
 TRAVEL_PX = (12.6, 16.8)  # over the whole clip, at size 32
 MARGIN_PX = 1.0  # at size 32: the shape never touches the outermost pixel ring
@@ -115,6 +124,20 @@ def parse_prompt(prompt: str) -> Combo:
         elif want != got:
             raise ValueError(f"not a shapes-world prompt (expected {want!r}, got {got!r}): {prompt!r}")
     return Combo(**found)
+
+
+def motion_bucket(direction: str) -> int:
+    """The ``motion_bucket_id`` that asks shapes-i2v for ``direction`` (the middle of its range)."""
+    lo, hi = MOTION_BUCKETS[_check("direction", direction)]
+    return (lo + hi + 1) // 2
+
+
+def direction_of_bucket(bucket: int) -> str:
+    """The direction a ``motion_bucket_id`` (0-255) asks shapes-i2v for."""
+    for direction, (lo, hi) in MOTION_BUCKETS.items():
+        if lo <= bucket <= hi:
+            return direction
+    raise ValueError(f"motion_bucket_id must be in 0..255, got {bucket}")
 
 
 def all_combinations() -> list[Combo]:
