@@ -59,22 +59,29 @@ def cmd_eval(args) -> int:
 
     import torch
 
-    from ..eval.adherence import evaluate_pipeline
-    from ..eval.similarity import step_similarity
-    from ..eval.world import held_out_split, prompt_for
     from ..catalog.folders import resolve_model
-    from ..catalog.pipelines import is_wan, load_pipeline, wan_frames
-
+    from ..catalog.pipelines import is_svd, is_wan, load_pipeline, wan_frames
     from ..distributed.env import default_device
+    from ..eval.adherence import evaluate_i2v_pipeline, evaluate_pipeline
+    from ..eval.similarity import step_similarity
+    from ..eval.world import held_out_split, make_clip, motion_bucket, prompt_for
 
     pipe = load_pipeline(resolve_model(args.model), dtype=args.dtype).to(default_device())
     _, held_out = held_out_split()
     frames = wan_frames(pipe, 8) if is_wan(pipe) else 8  # Wan renders 4k+1 frames
-    report = {"model": args.model, "held_out_prompts": len(held_out), "frames": frames,
-              "adherence": evaluate_pipeline(pipe, held_out, tuple(range(args.seeds)), args.steps, args.guidance,
-                                             frames)}
-    call = dict(prompt=[prompt_for(*c) for c in held_out], num_frames=frames, height=32, width=32,
-                num_inference_steps=args.steps, guidance_scale=args.guidance, output_type="latent")
+    seeds = tuple(range(args.seeds))
+    report = {"model": args.model, "held_out_prompts": len(held_out), "frames": frames}
+    call = dict(num_frames=frames, height=32, width=32, num_inference_steps=args.steps, output_type="latent")
+    if is_svd(pipe):  # image-to-video: first frames of held-out clips, the direction as motion bucket
+        from PIL import Image
+
+        report["adherence"] = evaluate_i2v_pipeline(pipe, held_out, seeds, args.steps, frames)
+        firsts = [make_clip(c, frames, 32, 0)[0] for c in held_out[:8]]
+        call.update(image=[Image.fromarray((f * 255).round().astype("uint8")) for f in firsts],
+                    motion_bucket_id=motion_bucket("right"))
+    else:
+        report["adherence"] = evaluate_pipeline(pipe, held_out, seeds, args.steps, args.guidance, frames)
+        call.update(prompt=[prompt_for(*c) for c in held_out], guidance_scale=args.guidance)
     report["step_similarity"] = step_similarity(pipe, generator=torch.Generator().manual_seed(0), **call)
     if args.compare_random:
         report["step_similarity_random_weights"] = step_similarity(
@@ -87,14 +94,20 @@ def cmd_eval(args) -> int:
 
 
 def _random_twin(pipe):
-    """The same pipeline with a freshly initialised (seed 0) denoiser and text encoder; VAE kept."""
+    """The same pipeline with a freshly initialised (seed 0) denoiser and text (or image) encoder;
+    VAE kept."""
     import torch
 
-    from ..catalog.pipelines import denoiser_of, is_wan
+    from ..catalog.pipelines import denoiser_of, is_svd, is_wan
 
     torch.manual_seed(0)
     denoiser = denoiser_of(pipe)
     denoiser = type(denoiser).from_config(denoiser.config)
+    if is_svd(pipe):
+        twin = type(pipe)(vae=pipe.vae, image_encoder=type(pipe.image_encoder)(pipe.image_encoder.config),
+                          unet=denoiser, scheduler=pipe.scheduler, feature_extractor=pipe.feature_extractor)
+        twin.set_progress_bar_config(disable=True)
+        return twin
     text_encoder = type(pipe.text_encoder)(pipe.text_encoder.config)
     parts = dict(vae=pipe.vae, text_encoder=text_encoder, tokenizer=pipe.tokenizer, scheduler=pipe.scheduler)
     if is_wan(pipe):
