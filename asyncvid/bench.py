@@ -165,9 +165,7 @@ def run_bench(preset: str = "small", frames: int = 8, size: int | None = None, s
     allc = launch_local(run_baseline, 1, cfg, cores, threads_per_rank=cores)
     log(f"baseline 1 process x {cores} threads: {allc['per_step_s'] * 1000:.1f} ms/step")
     report["baselines"] = {"one_thread": one, "all_cores": allc}
-    if memory and model == "wan":
-        log("memory section skipped: stage-only loading of Wan folders is not built yet (--no-memory)")
-    elif memory:
+    if memory:
         report["memory"] = run_memory(cfg, sorted({c[0] for c in configs if c[0] > 1}) or [2], log=log)
     # This machine's speed drifts by 10-25 % from minute to minute: every configuration is compared
     # with the one-thread baseline measured right before and right after it (their mean).

@@ -59,13 +59,29 @@ def memory_rank(folder: str, stages: int, cfg: dict) -> dict | None:
     from .catalog.quiet import svd_pipeline_class
     from .pipelines.placement import materialized_parameters
 
+    from .catalog.pipelines import denoiser_of
+
     torch.set_num_threads(1)
     dtype = getattr(torch, cfg["dtype"])
-    svd = pipeline_class_name(folder) == "StableVideoDiffusionPipeline"
-    if svd:
+    kind = pipeline_class_name(folder)
+    frames = cfg["frames"]
+    if kind == "StableVideoDiffusionPipeline":
         plain_class = svd_pipeline_class()
+        from .pipelines.svd_loading import AsyncStableVideoDiffusionPipeline as Loader
+    elif kind == "WanPipeline":
+        import json
+
+        from diffusers import WanPipeline as plain_class
+
+        from .pipelines.wan_loading import AsyncWanPipeline as Loader
+
+        with open(os.path.join(folder, "vae", "config.json"), encoding="utf-8") as f:
+            step = json.load(f).get("scale_factor_temporal", 4)
+        frames = (frames if frames % step == 1 else frames // step * step + 1) // step + 1  # latent frames of 4k+1
     else:
         from diffusers import AnimateDiffPipeline as plain_class
+
+        from .pipelines.animatediff import AsyncAnimateDiffPipeline as Loader
     before = rss_now_mib()
     reset_peak_rss()
     if stages == 0:
@@ -74,14 +90,10 @@ def memory_rank(folder: str, stages: int, cfg: dict) -> dict | None:
         loaded = phase_peak_mib()
         _call(pipe, cfg)
         return {"rss_before_mib": [before], "peak_load_mib": [loaded], "peak_mib": [phase_peak_mib()],
-                "unet_params_held": [materialized_parameters(pipe.unet)]}
-    if svd:
-        from .pipelines.svd_loading import AsyncStableVideoDiffusionPipeline as Loader
-    else:
-        from .pipelines.animatediff import AsyncAnimateDiffPipeline as Loader
+                "unet_params_held": [materialized_parameters(denoiser_of(pipe))]}
     latent = cfg["latent"]
-    ppipe = Loader.from_pretrained(folder, stages=stages, split="auto", torch_dtype=dtype,
-                                   profile_shape=dict(frames=cfg["frames"], height=latent, width=latent))
+    shape = dict(frames=frames, height=latent, width=latent, **({"batch": 1} if kind == "WanPipeline" else {}))
+    ppipe = Loader.from_pretrained(folder, stages=stages, split="auto", torch_dtype=dtype, profile_shape=shape)
     loaded = phase_peak_mib()
     if ppipe.is_driver:
         ppipe.pipe.set_progress_bar_config(disable=True)
@@ -89,7 +101,7 @@ def memory_rank(folder: str, stages: int, cfg: dict) -> dict | None:
         ppipe.close()
     else:
         ppipe.serve()
-    row = [before, loaded, phase_peak_mib(), materialized_parameters(ppipe.unet)]
+    row = [before, loaded, phase_peak_mib(), materialized_parameters(denoiser_of(ppipe.pipe))]
     rows = [None] * dist.get_world_size()
     dist.all_gather_object(rows, row)
     if not ppipe.is_driver:

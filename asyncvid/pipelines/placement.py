@@ -121,6 +121,13 @@ class TensorSource:
                 for key in f.keys():
                     self.where.setdefault(key, path)
 
+    def tensor(self, key: str) -> torch.Tensor | None:
+        """One tensor by its full key, or None."""
+        if key not in self.where:
+            return None
+        with safe_open(str(self.where[key]), framework="pt") as f:
+            return f.get_tensor(key)
+
     def module_state(self, prefix: str) -> dict[str, torch.Tensor]:
         wanted = [k for k in self.where if k.startswith(prefix + ".")]
         by_file: dict[Path, list[str]] = {}
@@ -135,13 +142,19 @@ class TensorSource:
 
 
 def load_modules(root: torch.nn.Module, names, source: TensorSource, device, dtype=None) -> None:
-    """Materialise ``root.<name>`` for each name from ``source`` (strict: every tensor must be there)."""
+    """Materialise ``root.<name>`` for each name from ``source`` (strict: every tensor must be there).
+    A module with no meta tensors was built for real by the family's loader (it holds buffers that are
+    computed, not stored, such as Wan's rotary tables): it is moved, not reloaded."""
     for name in names:
         try:
             module = root.get_submodule(name)
         except AttributeError:
             continue
-        if not any(True for _ in module.parameters()) and not any(True for _ in module.buffers()):
+        tensors = [*module.parameters(), *module.buffers()]
+        if not tensors:
+            continue
+        if not any(t.is_meta for t in tensors):
+            module.to(device=device, dtype=dtype)
             continue
         state = source.module_state(name)
         module.to_empty(device=device)
@@ -151,3 +164,19 @@ def load_modules(root: torch.nn.Module, names, source: TensorSource, device, dty
             raise AsyncVidError(f"checkpoint has no weights for {name}.{persistent_missing[0]}")
         if dtype is not None:
             module.to(dtype)
+
+
+def load_direct_tensors(root: torch.nn.Module, source: TensorSource, device, dtype=None) -> None:
+    """Materialise the parameters and buffers held by ``root`` itself, outside any submodule (Wan's
+    output ``scale_shift_table``): every stage may need them, and they are small."""
+    for name, tensor in [*root.named_parameters(recurse=False), *root.named_buffers(recurse=False)]:
+        if not tensor.is_meta:
+            continue
+        value = source.tensor(name)
+        if value is None:
+            raise AsyncVidError(f"checkpoint has no weights for {name}")
+        value = value.to(device=device, dtype=dtype if dtype is not None and value.is_floating_point() else None)
+        if isinstance(tensor, torch.nn.Parameter):
+            setattr(root, name, torch.nn.Parameter(value, requires_grad=tensor.requires_grad))
+        else:
+            setattr(root, name, value)

@@ -22,7 +22,7 @@ from ..engine.schedule import AsyncOptions
 from ..errors import AsyncVidError
 from ..models import adapter_for
 from .parallel import ParallelPipeline, ProfileShape, assemble, choose_split
-from .placement import TensorSource, load_modules, stage_modules
+from .placement import TensorSource, load_direct_tensors, load_modules, stage_modules
 
 
 def model_config(folder: Path, sub: str) -> dict:
@@ -51,7 +51,9 @@ def load_stage_only(path, meta_denoiser: Callable[[Path], tuple], driver_pipelin
     model.to(dtype)  # weightless: the split is planned and the cuts sized in the pipeline's dtype
     adapter = adapter_for(model)
     plan = choose_split(adapter, split, stages, topo, device, ProfileShape.parse(profile_shape), dtype)
-    load_modules(model, stage_modules(adapter, plan, topo.stage), TensorSource(files), device, torch_dtype)
+    source = TensorSource(files)
+    load_modules(model, stage_modules(adapter, plan, topo.stage), source, device, torch_dtype)
+    load_direct_tensors(model, source, device, torch_dtype)
     if topo.is_driver:
         pipe = driver_pipeline(folder, model)
         if device.type != "cpu":

@@ -32,6 +32,7 @@ def _materialize(unet: torch.nn.Module, names, device):
     ever holding the whole UNet.
     """
     restored = []
+    direct = [(n, p.requires_grad) for n, p in unet.named_parameters(recurse=False) if p.is_meta]  # Wan's head table
     for name in names:
         try:
             module = unet.get_submodule(name)
@@ -43,11 +44,16 @@ def _materialize(unet: torch.nn.Module, names, device):
                 for p in module.parameters():
                     p.normal_(0.0, 0.02)
             restored.append(module)
+    for name, grad in direct:
+        real = torch.empty_like(getattr(unet, name), device=device).normal_(0.0, 0.02)
+        setattr(unet, name, torch.nn.Parameter(real, requires_grad=grad))
     try:
         yield
     finally:
         for module in restored:
             module.to("meta")
+        for name, grad in direct:
+            setattr(unet, name, torch.nn.Parameter(getattr(unet, name).to("meta"), requires_grad=grad))
 
 
 def _walk(adapter: StageAdapter, call: DenoiserCall, timed: bool, reps: int = 2) -> tuple[list[int], list[float]]:

@@ -67,3 +67,19 @@ def render_then_undo(kind: str, options: dict):
     if plain is None:
         return None
     return {"frames": [out.frames, _frames(plain, call)], "held": materialized_parameters(plain.transformer)}
+
+
+def render_stage_only(kind: str, folder: str, options: dict):
+    """Every rank: ``AsyncWanPipeline.from_pretrained`` on a saved folder (each rank reads only its
+    stage); the driver renders the tests' call. Rank 0 returns the frames and every rank's stats."""
+    from asyncvid.pipelines.wan_loading import AsyncWanPipeline
+
+    ppipe = AsyncWanPipeline.from_pretrained(folder, **options)
+    if ppipe.is_driver:
+        out = ppipe(**wan_call(kind, ppipe.pipe, steps=STEPS), generator=torch.Generator().manual_seed(0))
+    else:
+        ppipe()
+    stats = {"ranges": ppipe.plan.ranges, "held": materialized_parameters(ppipe.pipe.transformer)}
+    all_stats = [None] * ppipe.topo.world_size
+    torch.distributed.all_gather_object(all_stats, stats)
+    return {"frames": out.frames, "stats": all_stats} if ppipe.is_driver else None

@@ -32,7 +32,7 @@ EXPERT_CALLS = [(s, c) for s in range(4) for c in (0, 1)]  # experts: steps 0-1 
 PROFILE = dict(frames=3, height=4, width=4, batch=1)
 
 
-def jobs() -> dict:
+def jobs(folders: dict) -> dict:
     two = {}
     for kind in KINDS:
         two[f"{kind}-exact"] = ("_wan.render", (kind, dict(stages=2, warmup=STEPS, split=SPLIT2)))
@@ -45,6 +45,8 @@ def jobs() -> dict:
     # CFG groups: the prompt's call on rank 0, the negative prompt's on rank 1, side by side
     two["t2v-cfg"] = ("_wan.render", ("t2v", dict(stages=1, cfg=2)))
     two["i2v-cfg"] = ("_wan.render", ("i2v", dict(stages=1, cfg=2)))
+    for kind, folder in folders.items():  # stage-only loading from a saved folder, the "-async" options
+        two[f"{kind}-stage-only"] = ("_wan.render_stage_only", (kind, folder, dict(stages=2, warmup=1, split=SPLIT2)))
     three = {"t2v-async-3": ("_wan.render", ("t2v", dict(stages=3, warmup=1, split=SPLIT3))),
              "t2v-auto-3": ("_wan.render", ("t2v", dict(stages=3, warmup=1, split="auto", profile_shape=PROFILE))),
              "experts-async-3": ("_wan.render", ("experts", dict(stages=3, warmup=1, split=SPLIT3)))}
@@ -52,8 +54,12 @@ def jobs() -> dict:
 
 
 @pytest.fixture(scope="module")
-def runs():
-    return _variants.run_groups(jobs())
+def runs(tmp_path_factory):
+    folders = {}
+    for kind in ("t2v", "i2v"):
+        folders[kind] = str(tmp_path_factory.mktemp(f"wan-{kind}"))
+        build_wan_pipeline(kind, seed=0).save_pretrained(folders[kind], safe_serialization=True)
+    return _variants.run_groups(jobs(folders))
 
 
 maxdiff = _variants.maxdiff
@@ -192,3 +198,15 @@ def test_cfg_2_runs_the_two_calls_side_by_side_exactly(runs, kind, one_thread):
     assert other["traffic"]["guidance_bytes"] == STEPS * size["eps"]
     if kind == "t2v":
         assert driver["traffic"]["conditioning_bytes"] == size["text"]
+
+
+@pytest.mark.parametrize("kind", ["t2v", "i2v"])
+def test_stage_only_loading_reads_only_the_stage_and_renders_the_same_video(runs, kind):
+    """``AsyncWanPipeline.from_pretrained``: every rank materialises its stage, the shared modules and
+    the head's table, nothing else, and the video is the one
+    ``parallelize`` gives on the whole pipeline with the same options."""
+    out, same = runs[f"{kind}-stage-only"], runs[f"{kind}-async"]
+    assert [s["held"] for s in out["stats"]] == [s["held"] for s in same["stats"]]
+    total = sum(p.numel() for p in build_wan_pipeline(kind).transformer.parameters())
+    assert all(s["held"] < total for s in out["stats"])
+    assert maxdiff(out["frames"], same["frames"]) <= 1e-6

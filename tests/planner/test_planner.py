@@ -172,18 +172,28 @@ def test_device_cuda_without_a_gpu_is_one_line(monkeypatch, capsys):
 
 
 @pytest.mark.multiprocess
-@pytest.mark.parametrize("model", ["animatediff", "svd"])
+@pytest.mark.parametrize("model", ["animatediff", "svd", "wan"])
 def test_memory_bench_reports_parameters_and_peaks_per_rank(tmp_path, model):
     """``bench --memory-only``: the full pipeline in one process, then stage-only loading on 2 ranks;
-    the ranks together hold every denoiser parameter once, plus each its own shared modules."""
+    the ranks together hold every denoiser parameter once, plus the shared modules (and the
+    parameters the denoiser holds itself, Wan's head table) a second time."""
+    from asyncvid.catalog.pipelines import build_pipeline, denoiser_of
+    from asyncvid.models import adapter_for
+
     out = tmp_path / "memory.json"
-    assert main(["bench", "--model", model, "--preset", "tiny", "--memory-only", "--frames", "2", "--size", "8",
-                 "--json", str(out)]) == 0
+    size = ["--frames", "5", "--size", "16"] if model == "wan" else ["--frames", "2", "--size", "8"]
+    assert main(["bench", "--model", model, "--preset", "tiny", "--memory-only", *size, "--json", str(out)]) == 0
     mem = json.loads(out.read_text())["memory"]
     full, two = mem["full_pipeline"], mem["stage_only_2"]
     held = two["unet_params_held"]
     assert len(held) == 2 and all(n > 0 for n in held)
-    assert full["unet_params_held"][0] < sum(held) < full["unet_params_held"][0] * 1.1  # shared modules twice
+    denoiser = denoiser_of(build_pipeline(model, "tiny"))
+    names = [n for n, _ in denoiser.named_modules()]
+    shared = sum(p.numel() for m in adapter_for(denoiser).shared_modules if m in names  # (SDXL's too)
+                 for p in denoiser.get_submodule(m).parameters())
+    shared += sum(p.numel() for p in denoiser.parameters(recurse=False))
+    assert full["unet_params_held"][0] == sum(p.numel() for p in denoiser.parameters())
+    assert sum(held) == full["unet_params_held"][0] + shared
     assert all(p > 0 for p in two["peak_mib"]) and len(two["peak_over_full"]) == 2
     assert two["peak_over_full"] == [round(p / full["peak_mib"][0], 3) for p in two["peak_mib"]]
 
