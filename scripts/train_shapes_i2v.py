@@ -15,8 +15,9 @@ down 192-255). Built from configs, trained from scratch on CPU, exported as a st
 
 Objective as SVD's (EDM): sigma log-normal (mean 1.0, std 1.6), the UNet sees the noisy latent
 scaled by 1/sqrt(sigma^2+1) next to the (unscaled) latent of the noise-augmented first frame and
-predicts v = (noise - sigma x0) / sqrt(sigma^2+1); added time ids (fps 6, the direction's bucket
-drawn in its range, the augmentation strength); 10 % of samples drop image and latent conditioning
+predicts v = (noise - sigma x0) / sqrt(sigma^2+1); added time ids (fps - 1 drawn from 3-29: the
+world's motion does not depend on it, so any job's fps works; the direction's bucket drawn in its
+range; the augmentation strength); 10 % of samples drop image and latent conditioning
 together (the pipeline's guidance uses zeros for both). EMA 0.998.
 
 Time on the 2-core development machine (one process, 2 threads, nothing else running): VAE
@@ -42,7 +43,7 @@ from train_shapes_t2v import _save, cosine_lr, to_pixels
 from asyncvid.eval import world
 from asyncvid.eval.adherence import evaluate_i2v_pipeline
 
-FRAMES, SIZE, FPS_ID, MAX_AUG = 8, 32, 6, 0.1
+FRAMES, SIZE, FPS_IDS, MAX_AUG = 8, 32, (3, 29), 0.1  # fps ids: the pipeline passes fps - 1
 CLIP_MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
 CLIP_STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
 
@@ -199,7 +200,8 @@ def train_unet(work: Path, vae, minutes: float, log, eval_every_s: float = 900):
         noise = torch.randn_like(lat)
         scaled = (lat + s * noise) / (s ** 2 + 1).sqrt()
         inputs = torch.cat([scaled, image_lat[:, None].expand(-1, FRAMES, -1, -1, -1)], dim=2)
-        added = torch.stack([torch.full((b,), float(FPS_ID)), buckets, aug], dim=1)
+        fps_ids = torch.from_numpy(rng.integers(FPS_IDS[0], FPS_IDS[1] + 1, b)).float()  # any job fps is seen
+        added = torch.stack([fps_ids, buckets, aug], dim=1)
         pred = unet(inputs, 0.25 * sigma.log(), encoder_hidden_states=emb, added_time_ids=added).sample
         loss = F.mse_loss(pred, (noise - s * lat) / (s ** 2 + 1).sqrt())
         for group in opt.param_groups:
