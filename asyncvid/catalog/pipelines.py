@@ -31,10 +31,14 @@ def load_pipeline(model_dir: str, adapter_dir: str | None = None, dtype: str = "
         if adapter_dir or controlnet_dir or video:
             what = "motion_adapter" if adapter_dir else "controlnet" if controlnet_dir else "video"
             raise AsyncVidError(f"{model_dir} is a WanPipeline (a video transformer): `{what}` is only for AnimateDiff")
+        import warnings
+
         import diffusers
         import torch
 
-        pipe = diffusers.WanPipeline.from_pretrained(model_dir, torch_dtype=torch.float32)
+        with warnings.catch_warnings():  # newer diffusers renamed torch_dtype; older ones lack the new name
+            warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
+            pipe = diffusers.WanPipeline.from_pretrained(model_dir, torch_dtype=torch.float32)
     else:
         import warnings
 
