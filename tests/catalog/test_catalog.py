@@ -23,7 +23,9 @@ def folder(tmp_path, class_name, name="model"):
 
 
 def test_builtin_names_and_kinds():
-    assert BUILTINS == {"tiny-random": "t2v", "tiny-random-svd": "i2v", "shapes-t2v": "t2v", "tiny-random-wan": "t2v"}
+    assert BUILTINS == {"tiny-random": "t2v", "tiny-random-svd": "i2v", "shapes-t2v": "t2v", "tiny-random-wan": "t2v",
+                        "shapes-wan": "t2v"}
+    assert resolve_model("shapes-wan") == str(PACKAGED["shapes-wan"])  # shipped too
     assert model_kind("tiny-random-svd") == ("i2v", "the model tiny-random-svd is image-to-video")
     assert ensure_builtin(SHAPES_T2V) == PACKAGED[SHAPES_T2V]  # shipped: nothing is built
     assert resolve_model(SHAPES_T2V) == str(PACKAGED[SHAPES_T2V])
