@@ -128,7 +128,7 @@ def cmd_fidelity(args) -> int:
     from ..errors import AsyncVidError
     from ..eval.fidelity import finite
     from ..eval.sweep import markdown, plot_points, run_fidelity
-    from ..eval.world import held_out_split, prompt_for
+    from ..eval.world import held_out_split, parse_prompt, prompt_for
     from .bench import parse_config
 
     configs = [parse_config(c) for c in args.configs]
@@ -147,6 +147,13 @@ def cmd_fidelity(args) -> int:
             raise AsyncVidError(f"--bench {args.bench}: {exc}") from None
     from ..catalog.folders import native_size, pipeline_class_name, resolve_model
 
+    if args.prompt and pipeline_class_name(resolve_model(args.model)) == "StableVideoDiffusionPipeline":
+        for prompt in args.prompt:  # an image-to-video model's first frames are drawn from the shapes world
+            try:
+                parse_prompt(prompt)
+            except ValueError as exc:
+                raise AsyncVidError(f"--prompt: {exc} (an image-to-video model is measured on shapes-world "
+                                    "prompts: the first frame of the prompt's clip is its image)") from None
     size = args.size or (native_size(args.model) or (32, 32))[0]
     frames = args.frames or (9 if pipeline_class_name(resolve_model(args.model)) == "WanPipeline" else 8)
     report = run_fidelity(args.model, configs, prompts, list(range(args.seeds)), args.steps, args.guidance,

@@ -201,29 +201,41 @@ def evaluate_pipeline(pipe, combos, seeds=(0,), steps: int = 25, guidance: float
             "steps": steps, "guidance": guidance, "seeds": list(seeds)}
 
 
-def evaluate_i2v_pipeline(pipe, combos, seeds=(0,), steps: int = 25, frames: int = 8, size: int = 32) -> dict:
-    """Image-to-video (shapes-i2v, a Stable Video Diffusion pipeline): each combination's conditioning
-    image is the first frame of a world clip drawn from the seed, its direction the motion bucket
-    (:data:`~.world.MOTION_BUCKETS`); one batched call per direction and seed. Clips are scored
-    against the combination's prompt, as text-to-video clips are."""
+def render_i2v(pipe, combos, seed: int, frames: int = 8, size: int = 32, **call) -> list:
+    """Image-to-video clips of ``combos`` (in their order) for one seed: each conditioning image is the
+    first frame of a world clip drawn from the seed, its direction the motion bucket
+    (:data:`~.world.MOTION_BUCKETS`); one batched call per direction. ``call``: further pipeline
+    arguments (steps, guidance). ``pipe`` may be a parallelized pipeline."""
     import torch
     from PIL import Image
 
-    from .world import make_clip, motion_bucket, prompt_for
+    from .world import make_clip, motion_bucket
+
+    rng = np.random.default_rng(10_000 + seed)
+    firsts = [make_clip(c, frames, size, rng)[0] for c in combos]
+    clips = [None] * len(combos)
+    for direction in sorted({c.direction for c in combos}):
+        picked = [i for i, c in enumerate(combos) if c.direction == direction]
+        images = [Image.fromarray((firsts[i] * 255).round().astype(np.uint8)) for i in picked]
+        out = pipe(image=images, num_frames=frames, height=size, width=size, motion_bucket_id=motion_bucket(direction),
+                   output_type="np", generator=torch.Generator().manual_seed(seed), **call)
+        for i, clip in zip(picked, out.frames):
+            clips[i] = clip
+    return clips
+
+
+def evaluate_i2v_pipeline(pipe, combos, seeds=(0,), steps: int = 25, frames: int = 8, size: int = 32) -> dict:
+    """Image-to-video (shapes-i2v, a Stable Video Diffusion pipeline): :func:`render_i2v` for every
+    seed, each clip scored against its combination's prompt, as text-to-video clips are."""
+    import torch
+
+    from .world import prompt_for
 
     clips, prompts = [], []
     with torch.no_grad():
         for seed in seeds:
-            rng = np.random.default_rng(10_000 + seed)
-            firsts = [make_clip(c, frames, size, rng)[0] for c in combos]
-            for direction in sorted({c.direction for c in combos}):
-                picked = [i for i, c in enumerate(combos) if c.direction == direction]
-                images = [Image.fromarray((firsts[i] * 255).round().astype(np.uint8)) for i in picked]
-                out = pipe(images, num_frames=frames, height=size, width=size, num_inference_steps=steps,
-                           motion_bucket_id=motion_bucket(direction), output_type="np",
-                           generator=torch.Generator().manual_seed(seed))
-                clips += list(out.frames)
-                prompts += [prompt_for(*combos[i]) for i in picked]
+            clips += render_i2v(pipe, combos, seed, frames, size, num_inference_steps=steps)
+            prompts += [prompt_for(*c) for c in combos]
     result = score_many(clips, prompts)
     return {"colour": result["colour"], "direction": result["direction"], "shape": result["shape"],
             "moving": result["moving"], "n": result["n"], "steps": steps, "seeds": list(seeds)}

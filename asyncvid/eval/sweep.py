@@ -20,6 +20,25 @@ from ..progress import progress
 from ..utils import atomic_path
 
 
+def _render_seed(runner, pipe, prompts: list[str], seed: int, call: dict) -> list:
+    """One seed's clips in prompt order. Image-to-video models (SVD) are given shapes-world prompts:
+    the first frame of the prompt's clip as image, its direction as motion bucket, and the guidance
+    as the top of SVD's per-frame ramp (from 1)."""
+    import torch
+
+    from ..catalog.pipelines import is_svd
+
+    if is_svd(pipe):
+        from .adherence import render_i2v
+        from .world import parse_prompt
+
+        rest = {k: v for k, v in call.items() if k not in ("num_frames", "height", "width", "guidance_scale")}
+        return render_i2v(runner, [parse_prompt(p) for p in prompts], seed, call["num_frames"], call["height"],
+                          max_guidance_scale=call["guidance_scale"], min_guidance_scale=1.0, **rest)
+    out = runner(prompt=prompts, generator=torch.Generator().manual_seed(seed), output_type="np", **call)
+    return list(out.frames)
+
+
 def render_rank(model: str, prompts: list[str], seeds: list[int], call: dict, config: tuple[int, int, int] | None,
                 out_path: str, dtype: str = "float32") -> None:
     """Runs on every rank: render ``prompts`` for each seed (one batched call per seed) and, on the
@@ -47,9 +66,8 @@ def render_rank(model: str, prompts: list[str], seeds: list[int], call: dict, co
     with torch.no_grad():
         for seed in seeds:
             start = time.perf_counter()
-            out = runner(prompt=prompts, generator=torch.Generator().manual_seed(seed), output_type="np", **call)
+            clips += _render_seed(runner, pipe, prompts, seed, call)
             seconds += time.perf_counter() - start
-            clips += list(out.frames)
     if config is not None:
         runner.close()
     with atomic_path(out_path) as tmp, open(tmp, "wb") as f:  # a file object: savez would add ".npz" to a name

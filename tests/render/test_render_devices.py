@@ -29,7 +29,7 @@ def test_three_jobs_on_two_devices(tmp_path):
     (tmp_path / "jobs.yaml").write_text(JOBS)
     out = tmp_path / "out"
     assert main(["render", str(tmp_path / "jobs.yaml"), "--out", str(out), "--devices", "2", "--quiet",
-                 "--profile"]) == 0
+                 "--timings"]) == 0
     expected = {"circle.gif": (32, 8.0), "drift.mp4": (32, 6.0), "square.mp4": (48, 8.0)}
     for name, (width, fps) in expected.items():
         info = read_video_info(out / name)
