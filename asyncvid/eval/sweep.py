@@ -170,28 +170,23 @@ def run_fidelity(model: str, configs: list[tuple[int, int, int]], prompts: list[
             pipe = build_pipeline(model).to(dtype=getattr(torch, dtype))
             profile = profile_pipeline(pipe, frames, size // vae_scale(pipe))
             torch.set_num_threads(threads)
+
+        def score_config(config: tuple[int, int, int]) -> dict:
+            """Render one configuration from the same seeds on its own local ranks, score it against ``ref``."""
+            path = os.path.join(tmp, "run.npz")
+            launch_local(render_rank, config[0], model, prompts, seeds, call, config, path, dtype)
+            metrics = score(ref, np.load(path)["clips"], clip_prompts, perceptual, clip_dir, shapes_world)
+            speedup, source = speed_for(config, bench, profile, steps, cores)
+            log(f"N={config[0]} S={config[1]} warm-up {config[2]}: PSNR {metrics['psnr_db']:.2f} dB, SSIM "
+                f"{metrics['ssim']:.4f}, speedup {speedup if speedup is None else round(speedup, 2)} ({source})")
+            return dict(stages=config[0], stride=config[1], warmup=config[2], speedup=speedup, speed_source=source,
+                        shares_cores=config[0] > cores, metrics=metrics)
+
         with progress(len(configs), "configurations") as advance:
             for config in configs:
-                _score_config(report, config, tmp, ref, model, prompts, seeds, call, dtype, clip_prompts,
-                              perceptual, clip_dir, shapes_world, bench, profile, steps, cores, log)
+                report["configs"].append(score_config(config))
                 advance()
     return report
-
-
-def _score_config(report, config, tmp, ref, model, prompts, seeds, call, dtype, clip_prompts, perceptual, clip_dir,
-                  shapes_world, bench, profile, steps, cores, log) -> None:
-    """Render one configuration from the same seeds on its own local ranks, score it against ``ref``."""
-    from ..launch import launch_local
-
-    path = os.path.join(tmp, "run.npz")
-    launch_local(render_rank, config[0], model, prompts, seeds, call, config, path, dtype)
-    metrics = score(ref, np.load(path)["clips"], clip_prompts, perceptual, clip_dir, shapes_world)
-    speedup, source = speed_for(config, bench, profile, steps, cores)
-    row = dict(stages=config[0], stride=config[1], warmup=config[2], speedup=speedup, speed_source=source,
-               shares_cores=config[0] > cores, metrics=metrics)
-    report["configs"].append(row)
-    log(f"N={config[0]} S={config[1]} warm-up {config[2]}: PSNR {metrics['psnr_db']:.2f} dB, "
-        f"SSIM {metrics['ssim']:.4f}, speedup {speedup if speedup is None else round(speedup, 2)} ({source})")
 
 
 def plot_points(report: dict) -> list[dict]:
