@@ -18,10 +18,14 @@ scaled by 1/sqrt(sigma^2+1) next to the (unscaled) latent of the noise-augmented
 predicts v = (noise - sigma x0) / sqrt(sigma^2+1); added time ids (fps - 1 drawn from 3-29: the
 world's motion does not depend on it, so any job's fps works; the direction's bucket drawn in its
 range; the augmentation strength); 10 % of samples drop image and latent conditioning
-together (the pipeline's guidance uses zeros for both). EMA 0.998.
+together (the pipeline's guidance uses zeros for both). EMA 0.998. After ``--detail-from`` minutes
+of UNet training, half of every batch draws sigma from EDM's own log-normal (-1.2, 1.2) instead:
+SVD's distribution (mean 1.0) leaves few samples at the low noise levels where edges are drawn,
+and the first 48 minutes gave soft edges (squares read as circles).
 
 Time on the 2-core development machine (one process, 2 threads, nothing else running): VAE
-``--vae-minutes`` (default 10), UNet ``--unet-minutes`` (default 90). Checkpoints every three minutes
+``--vae-minutes`` (default 35: after 15 its reconstructions still rounded triangles), UNet
+``--unet-minutes`` (default 82). Checkpoints every three minutes
 into ``--work``; a rerun resumes (only time spent training counts). Seeded.
 
     python scripts/train_shapes_i2v.py --work runs/shapes-i2v --export asyncvid/assets/shapes-i2v
@@ -157,7 +161,7 @@ def make_pipeline(vae, image_encoder, unet):
     return pipe
 
 
-def train_unet(work: Path, vae, minutes: float, log, eval_every_s: float = 900):
+def train_unet(work: Path, vae, minutes: float, log, detail_from_minutes: float, eval_every_s: float = 900):
     torch.manual_seed(0)
     image_encoder, unet = build_image_encoder(), build_unet()
     params = list(unet.parameters()) + list(image_encoder.parameters())
@@ -176,6 +180,7 @@ def train_unet(work: Path, vae, minutes: float, log, eval_every_s: float = 900):
     rng = np.random.default_rng(2000 + state["step"])
     torch.manual_seed(3000 + state["step"])
     budget, planned = minutes * 60, max(1, int(minutes * 60 / 0.7))
+    detail_from_s = detail_from_minutes * 60
     last_save, last_eval, tick = time.time(), time.time(), time.time()
 
     def checkpoint():
@@ -196,6 +201,11 @@ def train_unet(work: Path, vae, minutes: float, log, eval_every_s: float = 900):
         keep = (torch.rand(b) >= 0.1).float()
         emb, image_lat = emb * keep.view(b, 1, 1), image_lat * keep.view(b, 1, 1, 1)
         sigma = torch.exp(1.0 + 1.6 * torch.randn(b)).clamp(0.002, 700.0)
+        if state["elapsed"] >= detail_from_s:  # half the batch at EDM's own (lower) noise levels: edges
+            if "detail_from_step" not in state:
+                state["detail_from_step"] = state["step"]
+                log(f"from step {state['step']}: half of every batch at low noise (log-normal -1.2, 1.2)")
+            sigma[: b // 2] = torch.exp(-1.2 + 1.2 * torch.randn(b // 2)).clamp(0.002, 700.0)
         s = sigma.view(b, 1, 1, 1, 1)
         noise = torch.randn_like(lat)
         scaled = (lat + s * noise) / (s ** 2 + 1).sqrt()
@@ -238,8 +248,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", default="runs/shapes-i2v", help="checkpoints and logs (resumable)")
     ap.add_argument("--export", default="asyncvid/assets/shapes-i2v", help="where the pipeline folder goes")
-    ap.add_argument("--vae-minutes", type=float, default=10)
-    ap.add_argument("--unet-minutes", type=float, default=90)
+    ap.add_argument("--vae-minutes", type=float, default=35)
+    ap.add_argument("--unet-minutes", type=float, default=82)
+    ap.add_argument("--detail-from", type=float, default=48,
+                    help="UNet minutes after which half of every batch is drawn at low noise levels")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -255,7 +267,7 @@ def main() -> None:
         logfile.flush()
 
     vae = train_vae(work, args.vae_minutes, log)
-    pipe, state = train_unet(work, vae, args.unet_minutes, log)
+    pipe, state = train_unet(work, vae, args.unet_minutes, log, args.detail_from)
     _, held_out = world.held_out_split()
     final = evaluate_i2v_pipeline(pipe, held_out, (0, 1), 25, FRAMES, SIZE)
     log(f"final held-out adherence (48 samples, 25 steps): {final}")
