@@ -25,7 +25,7 @@ mkdir -p "$out/wan" "$out/svd"
 $av eval fidelity --model shapes-wan --steps 25 --guidance 5 --prompts 12 --seeds 2 \
     --json "$out/wan/fidelity-shapes-wan.json" --markdown "$out/wan/fidelity-shapes-wan.md" \
     --plot "$out/wan/pareto-shapes-wan.png"
-$av eval fidelity --model shapes-i2v --steps 25 --guidance 3 --prompts 12 --seeds 2 \
+$av eval fidelity --model shapes-i2v --steps 25 --guidance 3 --prompts 12 --seeds 2 --configs 2x1w1 2x1w3 2x2w1 2x2w3 \
     --json "$out/svd/fidelity-shapes-i2v.json" --markdown "$out/svd/fidelity-shapes-i2v.md" \
     --plot "$out/svd/pareto-shapes-i2v.png"
 echo "done: $out"
