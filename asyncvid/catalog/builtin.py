@@ -1,7 +1,7 @@
-"""Built-in models, usable by name anywhere a model folder is: the packaged ``shapes-t2v`` and
-``shapes-wan`` (trained here, shipped in ``asyncvid/assets``) and the random-weight ``tiny-random`` / ``tiny-random-svd`` /
-``tiny-random-wan`` (a Wan text-to-video pipeline),
-built once into the cache on first use."""
+"""Built-in models, usable by name anywhere a model folder is: the packaged ``shapes-t2v``,
+``shapes-i2v`` (image-to-video) and ``shapes-wan`` (trained here, shipped in ``asyncvid/assets``)
+and the random-weight ``tiny-random`` / ``tiny-random-svd`` / ``tiny-random-wan`` (a Wan
+text-to-video pipeline), built once into the cache on first use."""
 
 from __future__ import annotations
 
@@ -17,11 +17,13 @@ TINY_RANDOM_SVD = "tiny-random-svd"
 TINY_RANDOM_WAN = "tiny-random-wan"
 SHAPES_T2V = "shapes-t2v"
 SHAPES_WAN = "shapes-wan"
+SHAPES_I2V = "shapes-i2v"
 _ASSETS = Path(__file__).resolve().parents[1] / "assets"
-#: models shipped inside the package (trained here; see scripts/train_shapes_t2v.py and train_shapes_wan.py)
-PACKAGED = {SHAPES_T2V: _ASSETS / SHAPES_T2V, SHAPES_WAN: _ASSETS / SHAPES_WAN}
+#: models shipped inside the package (trained here; see scripts/train_shapes_{t2v,i2v,wan}.py)
+PACKAGED = {name: _ASSETS / name for name in (SHAPES_T2V, SHAPES_I2V, SHAPES_WAN)}
 #: built-in model name -> kind. Random-weight ones are built into the cache on first use.
-BUILTINS = {TINY_RANDOM: "t2v", TINY_RANDOM_SVD: "i2v", SHAPES_T2V: "t2v", TINY_RANDOM_WAN: "t2v", SHAPES_WAN: "t2v"}
+BUILTINS = {TINY_RANDOM: "t2v", TINY_RANDOM_SVD: "i2v", SHAPES_T2V: "t2v", TINY_RANDOM_WAN: "t2v", SHAPES_WAN: "t2v",
+            SHAPES_I2V: "i2v"}
 #: what every command uses when not told: jobs, bench, plan and eval render the same model the same way
 DEFAULT_MODEL = SHAPES_T2V
 DEFAULT_STEPS = 25

@@ -15,6 +15,18 @@ ANIMATEDIFF_CLASSES = {(False, False): "AnimateDiffPipeline", (True, False): "An
                        (True, True): "AnimateDiffVideoToVideoControlNetPipeline"}
 
 
+def _in_float32(cls, model_dir: str):
+    """``cls.from_pretrained`` with every component in float32: without a dtype, transformers
+    components (SVD's image encoder) keep the dtype they were saved in (fp16 for the shipped models)."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():  # newer diffusers renamed torch_dtype; older ones lack the new name
+        warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
+        return cls.from_pretrained(model_dir, torch_dtype=torch.float32)
+
+
 def load_pipeline(model_dir: str, adapter_dir: str | None = None, dtype: str = "float32",
                   controlnet_dir: str | None = None, video: bool = False):
     """A plain diffusers pipeline on the CPU in ``dtype`` (a torch dtype name): Stable Video Diffusion
@@ -26,19 +38,14 @@ def load_pipeline(model_dir: str, adapter_dir: str | None = None, dtype: str = "
     quiet_libraries()
     name = pipeline_class_name(model_dir)
     if name == "StableVideoDiffusionPipeline":
-        pipe = svd_pipeline_class().from_pretrained(model_dir)
+        pipe = _in_float32(svd_pipeline_class(), model_dir)
     elif name == "WanPipeline":
         if adapter_dir or controlnet_dir or video:
             what = "motion_adapter" if adapter_dir else "controlnet" if controlnet_dir else "video"
             raise AsyncVidError(f"{model_dir} is a WanPipeline (a video transformer): `{what}` is only for AnimateDiff")
-        import warnings
-
         import diffusers
-        import torch
 
-        with warnings.catch_warnings():  # newer diffusers renamed torch_dtype; older ones lack the new name
-            warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
-            pipe = diffusers.WanPipeline.from_pretrained(model_dir, torch_dtype=torch.float32)
+        pipe = _in_float32(diffusers.WanPipeline, model_dir)
     else:
         import warnings
 

@@ -24,8 +24,9 @@ def folder(tmp_path, class_name, name="model"):
 
 def test_builtin_names_and_kinds():
     assert BUILTINS == {"tiny-random": "t2v", "tiny-random-svd": "i2v", "shapes-t2v": "t2v", "tiny-random-wan": "t2v",
-                        "shapes-wan": "t2v"}
+                        "shapes-wan": "t2v", "shapes-i2v": "i2v"}
     assert resolve_model("shapes-wan") == str(PACKAGED["shapes-wan"])  # shipped too
+    assert model_kind("shapes-i2v") == ("i2v", "the model shapes-i2v is image-to-video")
     assert model_kind("tiny-random-svd") == ("i2v", "the model tiny-random-svd is image-to-video")
     assert ensure_builtin(SHAPES_T2V) == PACKAGED[SHAPES_T2V]  # shipped: nothing is built
     assert resolve_model(SHAPES_T2V) == str(PACKAGED[SHAPES_T2V])

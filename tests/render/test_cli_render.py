@@ -189,11 +189,11 @@ def test_i2v_example_dry_run(capsys):
 
     assert main(["render", str(EXAMPLES / "i2v.yaml"), "--dry-run", "--out", "/nonexistent/out"]) == 0
     listed = yaml.safe_load(capsys.readouterr().out)["jobs"]
-    assert [(j["name"], j["task"], j["model"]) for j in listed] == [("disc-drift", "i2v", "tiny-random-svd"),
-                                                                     ("disc-busy", "i2v", "tiny-random-svd")]
-    assert listed[1]["motion_bucket_id"] == 180 and listed[0]["motion_bucket_id"] == 127
+    assert [(j["name"], j["task"], j["model"]) for j in listed] == [("green-square-left", "i2v", "shapes-i2v"),
+                                                                     ("yellow-triangle-up", "i2v", "shapes-i2v")]
+    assert listed[0]["motion_bucket_id"] == 32 and listed[1]["motion_bucket_id"] == 160  # left, up
     assert "prompt" not in listed[0] and len(listed[0]["image_sha256"]) == 64
-    assert (EXAMPLES / "assets" / "red-disc.png").stat().st_size < 10_000
+    assert all((EXAMPLES / "assets" / f).stat().st_size < 10_000 for f in ("green-square.png", "yellow-triangle.png"))
 
 
 def test_base_model_plus_motion_adapter(tmp_path):
