@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from train_shapes_t2v import (FRAMES, SIZE, AttributeProbes, _save, contrast_batch, cosine_lr, encode_prompts,
-                              evaluate, make_pipeline, to_pixels, train_scheduler)
+                              evaluate, make_pipeline, optimizer_step, start_log, to_pixels, train_scheduler)
 
 from asyncvid.eval import world
 
@@ -99,13 +99,8 @@ def finetune(source: Path, work: Path, minutes: float, eval_minutes: float, log)
         text = encode_prompts(tokenizer, text_encoder, prompts)
         pred = unet(sched.add_noise(lat, noise, t), t, encoder_hidden_states=text.repeat_interleave(FRAMES, 0)).sample
         loss = F.mse_loss(pred, sched.get_velocity(lat, noise, t)) + 0.05 * probes.loss(text, prompts)
-        for group in opt.param_groups:
-            group["lr"] = cosine_lr(state["step"], planned, 1e-4, 50)
-        opt.zero_grad()
         probe_opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        optimizer_step(opt, loss, params, cosine_lr(state["step"], planned, 1e-4, 50))
         probe_opt.step()
         state["step"] += 1
         with torch.no_grad():
@@ -143,13 +138,7 @@ def main() -> None:
     torch.manual_seed(0)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    logfile = open(work / "train.log", "a")
-
-    def log(msg):
-        line = f"[{time.strftime('%H:%M:%S')}] {msg}"
-        print(line, flush=True)
-        logfile.write(line + "\n")
-        logfile.flush()
+    log = start_log(work)
 
     pipe, state = finetune(Path(args.source), work, args.minutes, args.eval_minutes, log)
     _, held_out = world.held_out_split()

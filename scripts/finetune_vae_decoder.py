@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from train_shapes_t2v import _save, cosine_lr, to_pixels
+from train_shapes_t2v import _save, cosine_lr, optimizer_step, start_log, to_pixels
 
 from asyncvid.eval import world
 from asyncvid.eval.adherence import score_many
@@ -41,8 +41,8 @@ def load_vae(folder: Path):
     return cls.from_pretrained(folder / "vae", torch_dtype=torch.float32), cls is AutoencoderKLTemporalDecoder
 
 
-def reconstruct(vae, temporal: bool, x: torch.Tensor) -> torch.Tensor:
-    latents = vae.encode(x).latent_dist.mode()
+def decode(vae, temporal: bool, latents: torch.Tensor) -> torch.Tensor:
+    """A temporal decoder takes whole clips (``FRAMES`` at a time); a 2D one frame by frame."""
     return vae.decode(latents, num_frames=FRAMES).sample if temporal else vae.decode(latents).sample
 
 
@@ -53,7 +53,8 @@ def quality(vae, temporal: bool) -> dict:
     clips = np.stack([world.make_clip(c, FRAMES, SIZE, rng) for c in held * 2])
     with torch.no_grad():
         x = to_pixels(clips)
-        rec = torch.cat([reconstruct(vae, temporal, x[i:i + 64]) for i in range(0, len(x), 64)])
+        chunks = [x[i:i + 64] for i in range(0, len(x), 64)]
+        rec = torch.cat([decode(vae, temporal, vae.encode(chunk).latent_dist.mode()) for chunk in chunks])
     rec = ((rec.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).numpy().reshape(clips.shape)
     scores = score_many(list(rec), [world.prompt_for(*c) for c in held * 2])
     psnr = float(10 * np.log10(1.0 / ((rec - clips) ** 2).mean()))
@@ -96,14 +97,9 @@ def main() -> None:
         weight = 1 + 4 * ((x - bgs.repeat_interleave(FRAMES, 0)[:, :, None, None]).abs().amax(1, keepdim=True) > 0.1)
         with torch.no_grad():
             latents = vae.encode(x).latent_dist.mode()
-        rec = vae.decode(latents, num_frames=FRAMES).sample if temporal else vae.decode(latents).sample
+        rec = decode(vae, temporal, latents)
         loss = (weight.float() * (rec - x) ** 2).mean()
-        for group in opt.param_groups:
-            group["lr"] = cosine_lr(state["step"], planned, 3e-4, 20)
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        optimizer_step(opt, loss, params, cosine_lr(state["step"], planned, 3e-4, 20))
         state["step"] += 1
         now = time.time()
         state["elapsed"] += min(now - tick, 10.0)

@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from train_shapes_t2v import _save, cosine_lr, to_pixels
+from train_shapes_t2v import _save, cosine_lr, optimizer_step, start_log, to_pixels
 
 from asyncvid.eval import world
 from asyncvid.eval.adherence import evaluate_i2v_pipeline
@@ -128,12 +128,7 @@ def train_vae(work: Path, minutes: float, log):
         post = vae.encode(x).latent_dist
         recon = vae.decode(post.sample(), num_frames=FRAMES).sample
         loss = (weight * (recon - x) ** 2).mean() + 1e-6 * post.kl().mean()
-        for group in opt.param_groups:
-            group["lr"] = cosine_lr(state["step"], planned, 1e-3, 50)
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        opt.step()
+        optimizer_step(opt, loss, vae.parameters(), cosine_lr(state["step"], planned, 1e-3, 50))
         state["step"] += 1
         now = time.time()
         state["elapsed"] += min(now - tick, 10.0)
@@ -214,12 +209,7 @@ def train_unet(work: Path, vae, minutes: float, log, detail_from_minutes: float,
         added = torch.stack([fps_ids, buckets, aug], dim=1)
         pred = unet(inputs, 0.25 * sigma.log(), encoder_hidden_states=emb, added_time_ids=added).sample
         loss = F.mse_loss(pred, (noise - s * lat) / (s ** 2 + 1).sqrt())
-        for group in opt.param_groups:
-            group["lr"] = cosine_lr(state["step"], planned, 4e-4, 200)
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        optimizer_step(opt, loss, params, cosine_lr(state["step"], planned, 4e-4, 200))
         state["step"] += 1
         decay = min(0.998, (1 + state["step"]) / (10 + state["step"]))
         with torch.no_grad():
@@ -258,13 +248,7 @@ def main() -> None:
     torch.manual_seed(0)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    logfile = open(work / "train.log", "a")
-
-    def log(msg):
-        line = f"[{time.strftime('%H:%M:%S')}] {msg}"
-        print(line, flush=True)
-        logfile.write(line + "\n")
-        logfile.flush()
+    log = start_log(work)
 
     vae = train_vae(work, args.vae_minutes, log)
     pipe, state = train_unet(work, vae, args.unet_minutes, log, args.detail_from)

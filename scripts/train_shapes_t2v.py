@@ -213,6 +213,29 @@ def train_vae(work: Path, minutes: float, log):
     return vae
 
 
+def start_log(work: Path):
+    """A ``log(msg)`` that prints a time-stamped line and appends it to ``work/train.log``."""
+    logfile = open(work / "train.log", "a")
+
+    def log(msg):
+        line = f"[{time.strftime('%H:%M:%S')}] {msg}"
+        print(line, flush=True)
+        logfile.write(line + "\n")
+        logfile.flush()
+
+    return log
+
+
+def optimizer_step(opt, loss: torch.Tensor, params, lr: float) -> None:
+    """One step of ``opt`` on ``loss`` at learning rate ``lr``, gradients clipped to norm 1."""
+    for group in opt.param_groups:
+        group["lr"] = lr
+    opt.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+
+
 def _save(path: Path, obj) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(obj, tmp)
@@ -383,13 +406,7 @@ def main() -> None:
     torch.manual_seed(0)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    logfile = open(work / "train.log", "a")
-
-    def log(msg):
-        line = f"[{time.strftime('%H:%M:%S')}] {msg}"
-        print(line, flush=True)
-        logfile.write(line + "\n")
-        logfile.flush()
+    log = start_log(work)
 
     vae = train_vae(work, args.vae_minutes, log)
     pipe, state = train_unet(work, vae, args.unet_minutes, log, args.stage2_minutes, args.stage3_minutes)

@@ -38,7 +38,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from train_shapes_t2v import AttributeProbes, _save, contrast_batch, cosine_lr, word_tokenizer
+from train_shapes_t2v import (AttributeProbes, _save, contrast_batch, cosine_lr, optimizer_step, start_log,
+                              word_tokenizer)
 
 from asyncvid.eval import world
 from asyncvid.eval.adherence import evaluate_pipeline
@@ -116,12 +117,7 @@ def train_vae(work: Path, minutes: float, log):
         post = vae.encode(x).latent_dist
         recon = vae.decode(post.sample()).sample
         loss = (weight * (recon - x) ** 2).mean() + 1e-6 * post.kl().mean()
-        for group in opt.param_groups:
-            group["lr"] = cosine_lr(state["step"], planned, 1e-3, 50)
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        opt.step()
+        optimizer_step(opt, loss, vae.parameters(), cosine_lr(state["step"], planned, 1e-3, 50))
         state["step"] += 1
         now = time.time()
         state["elapsed"] += min(now - tick, 10.0)
@@ -196,13 +192,8 @@ def train_dit(work: Path, vae, minutes: float, log, eval_every_s: float = 900):
         pred = transformer(hidden_states=noisy, timestep=sigma * 1000, encoder_hidden_states=text,
                            return_dict=False)[0]
         loss = F.mse_loss(pred, noise - lat) + 0.05 * probes.loss(text[:, :PROMPT_TOKENS], prompts)
-        for group in opt.param_groups:
-            group["lr"] = cosine_lr(state["step"], planned, 4e-4, 200)
-        opt.zero_grad()
         probe_opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        optimizer_step(opt, loss, params, cosine_lr(state["step"], planned, 4e-4, 200))
         probe_opt.step()
         state["step"] += 1
         decay = min(0.998, (1 + state["step"]) / (10 + state["step"]))
@@ -250,13 +241,7 @@ def main() -> None:
     torch.manual_seed(0)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    logfile = open(work / "train.log", "a")
-
-    def log(msg):
-        line = f"[{time.strftime('%H:%M:%S')}] {msg}"
-        print(line, flush=True)
-        logfile.write(line + "\n")
-        logfile.flush()
+    log = start_log(work)
 
     vae = train_vae(work, args.vae_minutes, log)
     pipe, state = train_dit(work, vae, args.dit_minutes, log)

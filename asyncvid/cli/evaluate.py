@@ -147,7 +147,8 @@ def cmd_fidelity(args) -> int:
             raise AsyncVidError(f"--bench {args.bench}: {exc}") from None
     from ..catalog.folders import native_size, pipeline_class_name, resolve_model
 
-    if args.prompt and pipeline_class_name(resolve_model(args.model)) == "StableVideoDiffusionPipeline":
+    pipeline = pipeline_class_name(resolve_model(args.model))
+    if args.prompt and pipeline == "StableVideoDiffusionPipeline":
         for prompt in args.prompt:  # an image-to-video model's first frames are drawn from the shapes world
             try:
                 parse_prompt(prompt)
@@ -155,7 +156,7 @@ def cmd_fidelity(args) -> int:
                 raise AsyncVidError(f"--prompt: {exc} (an image-to-video model is measured on shapes-world "
                                     "prompts: the first frame of the prompt's clip is its image)") from None
     size = args.size or (native_size(args.model) or (32, 32))[0]
-    frames = args.frames or (9 if pipeline_class_name(resolve_model(args.model)) == "WanPipeline" else 8)
+    frames = args.frames or (9 if pipeline == "WanPipeline" else 8)
     report = run_fidelity(args.model, configs, prompts, list(range(args.seeds)), args.steps, args.guidance,
                           frames, size, bench, args.clip, not args.no_lpips, shapes,
                           log=logs.info, dtype=args.dtype)
