@@ -41,7 +41,7 @@ def _render_seed(runner, pipe, prompts: list[str], seed: int, call: dict) -> lis
 
 def render_rank(model: str, prompts: list[str], seeds: list[int], call: dict, config: tuple[int, int, int] | None,
                 out_path: str, dtype: str = "float32") -> None:
-    """Runs on every rank: render ``prompts`` for each seed (one batched call per seed) and, on the
+    """Runs on every rank: render ``prompts`` for each seed (:func:`_render_seed`) and, on the
     driver, save the clips (seed-major) to ``out_path``. ``config`` None = the untouched pipeline."""
     import torch
 
