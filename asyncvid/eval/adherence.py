@@ -23,15 +23,19 @@ scorer finds the shape's colour and direction of motion and compares them with t
 * **Moving**: whatever the direction, a clip counts as moving when its fitted travel is at least
   ``MOVING_FRACTION`` = 0.5 of the world's least travel (6.3 px at size 32): a shape that only
   creeps the right way is not doing what the prompt says.
-* **Shape**: from each frame's coverage (how far each pixel is from the background towards the
-  prompt's colour, 0-1, so anti-aliased or blurred edges count in part; only near the pixels that
-  are at least half covered, and above faint noise): its area over the area of its extent box, the
-  extents being the summed largest coverage per column and per row (a blur spreads an edge but
-  keeps these sums). A square fills its box (1.0), a circle pi/4 (0.785), the world's triangle
-  (apex up, base as wide as it is tall) about half of it. Ground truth scores 100 %; a heavy blur
-  (3x3 box at 32 px) thins a triangle's apex columns and raises its fill towards a circle's. The clip's shape follows the median fill
-  over the frames where the shape is seen, split at 0.92, 0.665 and 0.42; below 0.42 it is "other"
-  (a three-armed star or a smear is no triangle).
+* **Shape**: from each frame's mask of the pixels at least half covered by the prompt's colour
+  (coverage = how far a pixel is from the background towards that colour, 0-1), its largest
+  connected part, three measures (:mod:`.outline`): how much of its bounding box its convex hull
+  fills, how much of that hull it fills (solidity), and how much of its area lies above the middle
+  of its box (top share). Medians over the frames where the shape is seen decide: solidity under
+  0.80 is "other" (a three-armed star has caved-in sides: 0.70-0.75; ground truth 0.85-1.00); a
+  top share under 0.38 is the world's apex-up triangle (ground truth 0.25-0.31; circles and squares
+  0.45-0.56); otherwise the hull reads the corners: a square's hull is its box (fill 0.99-1.00 on
+  ground truth, square from 0.94), a circle's the disc (pi/4, 0.78-0.91 once pixelated; circle from
+  0.70). A square whose sides bow in slightly keeps its corners and stays a square; a square with
+  rounded corners turns into a circle. Ground truth scores 100 %. (Until 2026-12-04 the scorer split
+  the coverage's fill of its extent box at 0.92/0.665/0.42; that passed caved-in stars as triangles
+  and failed bowed squares as circles.)
 """
 
 from __future__ import annotations
@@ -41,14 +45,19 @@ from typing import Sequence
 import numpy as np
 
 from ..video import to_float
+from .outline import outline
 from .world import BACKGROUNDS, COLOURS, TRAVEL_PX, parse_prompt
 
 FG_THRESHOLD = 0.43
 MIN_MOTION_PX = 2.0  # at size 32
 MOVING_FRACTION = 0.5  # of the world's least travel over a clip
-#: fill of the extent box at or above which a clip reads as each shape (ground truth: square 1.00,
-#: circle 0.70-0.86, triangle 0.52-0.63 at 32 and 64 px); below the last, "other" (a star, a smear, thin strokes)
-SHAPE_FILL = (("square", 0.92), ("circle", 0.665), ("triangle", 0.42))
+# Shape rules (ground truth at 32 and 64 px: hull fill square 0.99-1.00, circle 0.78-0.91, triangle
+# 0.54-0.75; solidity 0.85-1.00; top share triangle 0.25-0.31, circle and square 0.45-0.56)
+MIN_SOLIDITY = 0.80  # below: "other" (the caved-in three-armed stars of an undertrained model: 0.70-0.75)
+TRIANGLE_TOP_SHARE = 0.38  # below: the world's apex-up triangle (if its hull fills at least TRIANGLE_HULL_FILL)
+TRIANGLE_HULL_FILL = 0.45
+SQUARE_HULL_FILL = 0.94  # at or above: square; from CIRCLE_HULL_FILL up to it: circle; below: "other"
+CIRCLE_HULL_FILL = 0.70
 MIN_SHAPE_AREA_PX = 4.0  # at size 32: frames where the shape covers less are not measured
 
 _NAMES = tuple(COLOURS)
@@ -73,32 +82,25 @@ def _colour_votes(pixels: np.ndarray, bg: np.ndarray) -> np.ndarray:
     return np.argmin(np.sum(miss * miss, axis=-1), axis=1)
 
 
-def _widen(seen: np.ndarray, by: int = 2) -> np.ndarray:
-    """(F, N) booleans, each True run widened by ``by`` on both sides."""
-    out = seen.copy()
-    for shift in range(1, by + 1):
-        out[:, shift:] |= seen[:, :-shift]
-        out[:, :-shift] |= seen[:, shift:]
-    return out
-
-
-def _shape(frames: np.ndarray, colour: str, background: str) -> tuple[str, float]:
-    """(shape, median fill of the extent box) of a clip whose shape has ``colour``."""
+def _shape(frames: np.ndarray, colour: str, background: str) -> tuple[str, float, float]:
+    """(shape, median hull fill, median solidity) of a clip whose shape has ``colour``: the median of
+    each measure over the frames where the shape is seen, then the rules above."""
     bg = np.asarray(BACKGROUNDS[background], np.float32)
     axis = np.asarray(COLOURS[colour], np.float32) - bg
     cover = np.clip((frames - bg) @ axis / float(axis @ axis), 0.0, 1.0)  # (F, H, W)
-    # only near the shape (its half-covered pixels' box, 2 px wider), and above faint noise
-    core = cover >= 0.5
-    rows, cols = core.any(axis=2), core.any(axis=1)  # (F, H), (F, W)
-    near = _widen(rows)[:, :, None] & _widen(cols)[:, None, :]
-    cover = np.where(near & (cover >= 0.15), cover, 0.0)
-    area = cover.sum(axis=(1, 2))
-    width, height = cover.max(axis=1).sum(axis=1), cover.max(axis=2).sum(axis=1)
-    seen = area >= MIN_SHAPE_AREA_PX * frames.shape[1] * frames.shape[2] / 1024.0
-    if not seen.any():
-        return "none", float("nan")
-    fill = float(np.median(area[seen] / (width[seen] * height[seen])))
-    return next((name for name, least in SHAPE_FILL if fill >= least), "other"), fill
+    seen = cover.sum(axis=(1, 2)) >= MIN_SHAPE_AREA_PX * frames.shape[1] * frames.shape[2] / 1024.0
+    measures = np.asarray([outline(cover[i] >= 0.5) for i in np.nonzero(seen)[0]]).reshape(-1, 3)
+    measures = measures[~np.isnan(measures[:, 0])]
+    if len(measures) == 0:
+        return "none", float("nan"), float("nan")
+    fill, solidity, top = (float(v) for v in np.median(measures, axis=0))
+    if solidity < MIN_SOLIDITY:
+        shape = "other"
+    elif top < TRIANGLE_TOP_SHARE:
+        shape = "triangle" if fill >= TRIANGLE_HULL_FILL else "other"
+    else:
+        shape = "square" if fill >= SQUARE_HULL_FILL else "circle" if fill >= CIRCLE_HULL_FILL else "other"
+    return shape, fill, solidity
 
 
 def _direction(mask: np.ndarray, dist: np.ndarray) -> tuple[str, float]:
@@ -129,7 +131,7 @@ def score_clip(frames, prompt: str) -> dict:
     """Score one clip (F,H,W,3), float in [0, 1] or uint8, against its shapes-world prompt.
 
     Returns dict(colour_ok, direction_ok, shape_ok, moving, colour, direction, shape, fill,
-    travel_px). ``colour`` and ``shape`` are "none" when no pixel is foreground, ``direction`` is
+    solidity, travel_px): ``fill`` is the shape's hull over its box, ``solidity`` the shape over its hull. ``colour`` and ``shape`` are "none" when no pixel is foreground, ``direction`` is
     "static" when the shape does not move enough; ``travel_px`` is at size 32.
     Raises ValueError for a prompt outside the world's vocabulary.
     """
@@ -144,7 +146,7 @@ def score_clip(frames, prompt: str) -> dict:
         colour = "none"
     direction, travel = _direction(mask, dist)
     # the shape is read in the colour the prompt asks for, so a wrong colour does not hide a right shape
-    shape, fill = _shape(frames, want.colour, want.background)
+    shape, fill, solidity = _shape(frames, want.colour, want.background)
     return {
         "colour_ok": colour == want.colour,
         "direction_ok": direction == want.direction,
@@ -154,6 +156,7 @@ def score_clip(frames, prompt: str) -> dict:
         "direction": direction,
         "shape": shape,
         "fill": fill,
+        "solidity": solidity,
         "travel_px": travel,
     }
 

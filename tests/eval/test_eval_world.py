@@ -17,6 +17,7 @@ from asyncvid.eval import (
     score_clip,
     score_many,
 )
+from asyncvid.eval.adherence import MIN_SOLIDITY
 
 COMBOS = all_combinations()
 OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up"}
@@ -146,7 +147,9 @@ def test_uint8_and_float_score_the_same():
     for clip, clip8, prompt in zip(clips, as_uint8, prompts):
         a, b = score_clip(clip, prompt), score_clip(clip8, prompt)
         assert [a[k] for k in decisions] == [b[k] for k in decisions]
-        assert abs(a["fill"] - b["fill"]) < 0.01 and abs(a["travel_px"] - b["travel_px"]) < 0.01
+        # the shape's mask is binary: rounding to 8 bits can move a pixel of coverage 0.5 across its edge,
+        # and a triangle's apex pixel takes a row of its box with it
+        assert abs(a["fill"] - b["fill"]) < 0.1 and abs(a["travel_px"] - b["travel_px"]) < 0.01
 
 
 def test_score_many_shapes_and_errors():
@@ -220,4 +223,44 @@ def test_shape_and_motion_are_read_from_the_pixels():
     for arm in ((slice(6, 16), slice(15, 17)), (slice(15, 17), slice(6, 26)), (slice(16, 26), slice(15, 17))):
         star[(slice(None),) + arm] = (1.0, 1.0, 0.0)  # three thin arms: a stroke drawing, not a filled shape
     r = score_clip(star, "a yellow triangle moving down on a black background")
-    assert r["shape"] == "other" and r["fill"] < 0.42
+    assert r["shape"] == "other" and r["solidity"] < MIN_SOLIDITY
+
+
+def _drawn(mask: np.ndarray, colour=(1.0, 1.0, 0.0)) -> np.ndarray:
+    """An 8-frame clip on black with ``mask`` (32x32) in ``colour``, moving right 2 px a frame."""
+    clip = np.zeros((8, 32, 32, 3), np.float32)
+    for i in range(8):
+        clip[i][np.roll(mask, 2 * i - 7, axis=1)] = colour
+    return clip
+
+
+def test_shapes_as_an_undertrained_model_draws_them():
+    """The failures seen in generated clips (2026-12-04), drawn by hand: a filled triangle whose
+    sides cave in (a three-armed star) is no triangle; a square whose sides bow in a pixel keeps its
+    corners and is a square; a square with rounded corners is a circle; a rounded triangle is still
+    read as a triangle by its apex (the top of its box is nearly empty)."""
+    yy, xx = np.mgrid[0:32, 0:32] + 0.5
+    cy, cx, h = 16.0, 16.0, 6.0
+    triangle = (yy <= cy + h) & (2 * np.abs(xx - cx) <= yy - cy + h)
+    centre = np.hypot(xx - cx, yy - cy)
+    gy = cy + h / 3  # the triangle's centroid: a star is a disc there with a thick arm to each corner
+    star = np.hypot(xx - cx, yy - gy) <= 3.5
+    for vx, vy in ((cx, cy - h), (cx - h, cy + h), (cx + h, cy + h)):
+        t = np.clip(((xx - cx) * (vx - cx) + (yy - gy) * (vy - gy)) / ((vx - cx) ** 2 + (vy - gy) ** 2), 0, 1)
+        star |= np.hypot(xx - cx - t * (vx - cx), yy - gy - t * (vy - gy)) <= 2.5
+    square = (np.abs(xx - cx) <= h) & (np.abs(yy - cy) <= h)
+    # each side one pixel in along its middle third (the model's bowed squares: solidity 0.87-0.96)
+    bowed = square & ~(((np.abs(xx - cx) > h - 1) & (np.abs(yy - cy) < 2))
+                       | ((np.abs(yy - cy) > h - 1) & (np.abs(xx - cx) < 2)))
+    # corners rounded with a radius of 5/6 of the half side (hull fill 0.92; 2/3 still measures 0.94, a square)
+    rounded = square & (np.maximum(np.abs(xx - cx) - (h - 5), 0) ** 2
+                        + np.maximum(np.abs(yy - cy) - (h - 5), 0) ** 2 <= 25)
+    rounded_triangle = triangle & (centre <= h + 0.5)
+    expect = {"triangle": [(triangle, "triangle"), (star, "other"), (rounded_triangle, "triangle")],
+              "square": [(square, "square"), (bowed, "square"), (rounded, "circle")]}
+    for word, cases in expect.items():
+        for mask, shape in cases:
+            r = score_clip(_drawn(mask), f"a yellow {word} moving right on a black background")
+            assert r["shape"] == shape, (word, shape, r)
+    r = score_clip(_drawn(star), "a yellow triangle moving right on a black background")
+    assert r["solidity"] < MIN_SOLIDITY
