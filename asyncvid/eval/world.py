@@ -222,12 +222,43 @@ def make_clip(combo: Sequence[str], frames: int = 8, size: int = 32, rng=None) -
         start = along if uy > 0 else size - along
         cx, cy = np.full(frames, across), start + uy * travel * t
 
-    cover = _coverage(shape, cx, cy, h, size)
+    return _paint(Combo(shape, colour, direction, background), cx, cy, h, size)
 
-    bg = np.asarray(BACKGROUNDS[background], np.float32)
-    fg = np.asarray(COLOURS[colour], np.float32)
-    cover = cover[..., None]
+
+def _paint(combo: Combo, cx: np.ndarray, cy: np.ndarray, h: float, size: int) -> np.ndarray:
+    """(frames, size, size, 3) float32: ``combo``'s shape centred at (cx, cy) per frame on its background."""
+    bg = np.asarray(BACKGROUNDS[combo.background], np.float32)
+    fg = np.asarray(COLOURS[combo.colour], np.float32)
+    cover = _coverage(combo.shape, np.asarray(cx, np.float64), np.asarray(cy, np.float64), h, size)[..., None]
     return (bg * (1.0 - cover) + fg * cover).astype(np.float32)
+
+
+def redraw(frames: np.ndarray, combo: Sequence[str]) -> np.ndarray | None:
+    """The world's own drawing of ``combo`` where ``frames`` (F, H, W, 3 float in [0, 1], square) show
+    its shape, or None when the shape's colour is missing from a frame. Per frame, the centroid of
+    the colour's coverage (blur keeps it) places the shape; one half-size for the clip, the median
+    over frames of the larger of two readings, the area's and the extents' (the coverage's largest
+    value per column and per row, summed: blur spreads an edge but keeps these sums).
+    A target for teaching a decoder to draw a model's latents as the world draws shapes."""
+    combo = _combo(combo)
+    bg = np.asarray(BACKGROUNDS[combo.background], np.float32)
+    axis = np.asarray(COLOURS[combo.colour], np.float32) - bg
+    cover = np.clip((np.asarray(frames, np.float32) - bg) @ axis / float(axis @ axis), 0.0, 1.0)
+    cover = np.where(cover >= 0.15, cover, 0.0)  # faint noise away from the shape is not extent
+    cols, rows = cover.max(axis=1), cover.max(axis=2)  # (F, W), (F, H)
+    mass_x, mass_y = cols.sum(axis=1), rows.sum(axis=1)
+    if (mass_x < 1.0).any() or (mass_y < 1.0).any():
+        return None
+    # Half-size: the larger of what the extents and the area say. A triangle's thin corners make its
+    # extents read short; a caved-in drawing of a shape has too little area for its extents.
+    area = cover.sum(axis=(1, 2))
+    from_area = np.sqrt(area / {"circle": np.pi, "square": 4.0, "triangle": 2.0}[combo.shape])
+    h = float(np.median(np.maximum((mass_x + mass_y) / 4.0, from_area)))
+    centres = np.arange(cover.shape[2]) + 0.5
+    cx, cy = cover.sum(axis=1) @ centres / area, cover.sum(axis=2) @ centres / area  # centroids
+    if combo.shape == "triangle":  # its centroid lies a third of the way up from the base
+        cy = cy - h / 3.0
+    return _paint(combo, cx, cy, h, cover.shape[1])
 
 
 def batch(n: int, rng=None, combos: Sequence[Sequence[str]] | None = None,

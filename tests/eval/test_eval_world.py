@@ -264,3 +264,26 @@ def test_shapes_as_an_undertrained_model_draws_them():
             assert r["shape"] == shape, (word, shape, r)
     r = score_clip(_drawn(star), "a yellow triangle moving right on a black background")
     assert r["solidity"] < MIN_SOLIDITY
+
+
+def test_redraw_puts_the_prompt_s_shape_where_the_clip_shows_it():
+    """world.redraw (the target of scripts/finetune_decoder_on_samples.py): ground truth comes back as
+    itself up to anti-aliasing; a blurred clip comes back sharp in the same place; a clip of another
+    shape comes back as the prompt's shape, same place and motion; a frame without the colour: None."""
+    from asyncvid.eval.world import redraw
+
+    for i, combo in enumerate(COMBOS[::13]):
+        clip = make_clip(combo, rng=i)
+        one_pixel_off = np.abs(np.roll(clip, 1, axis=2) - clip).mean()
+        assert np.abs(redraw(clip, combo) - clip).mean() < 0.15 * one_pixel_off, combo
+        pad = np.pad(clip, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
+        blurred = sum(pad[:, a:a + 32, b:b + 32] for a in range(3) for b in range(3)) / 9
+        assert np.abs(redraw(blurred, combo) - clip).mean() < 0.3 * one_pixel_off, combo
+        other = combo._replace(shape=VOCABULARY["shape"][(VOCABULARY["shape"].index(combo.shape) + 1) % 3])
+        swapped = redraw(clip, other)
+        r, want = score_clip(swapped, prompt_for(*other)), score_clip(clip, prompt_for(*combo))
+        assert r["shape"] == other.shape and r["direction"] == want["direction"], (combo, r)
+        assert abs(r["travel_px"] - want["travel_px"]) < 1.0
+    blank = make_clip(COMBOS[0], rng=0)
+    blank[3] = BACKGROUNDS[COMBOS[0].background]
+    assert redraw(blank, COMBOS[0]) is None
