@@ -10,7 +10,9 @@ t >= T/2, attribute probes on the text encoder; a low cosine learning rate (1e-4
 0.999 started from the shipped weights. The VAE is kept.
 
 Time on the 2-core development machine (one process, 2 threads, nothing else running):
-``--minutes`` (default 60); held-out adherence every ``--eval-minutes``; checkpoints every three
+``--minutes`` (default 60; the shipped weights ran with 60, were stopped after 39 minutes, as
+direction had reached 100 % and shape was not moving, and were exported by a rerun with ``--minutes
+40``); held-out adherence every ``--eval-minutes``; checkpoints every three
 minutes into ``--work``; a rerun resumes (only time spent training counts, so SIGSTOP pauses it).
 Seeded. The export replaces the folder given by ``--export`` (written beside it, then renamed).
 

@@ -25,13 +25,16 @@ def test_shipped_folder_is_small_and_loads_offline(one_thread):
     pipe = AnimateDiffPipeline.from_pretrained(ASSET, torch_dtype=torch.float32)
     assert isinstance(pipe.unet, UNetMotionModel) and pipe.unet.dtype == torch.float32
     _, held_out = held_out_split()
-    prompts = [prompt_for(*c) for c in held_out[:6]]
+    prompts = [prompt_for(*c) for c in held_out[::4]]  # 6 combinations, all three shapes
     pipe.set_progress_bar_config(disable=True)
     out = pipe(prompt=prompts, num_frames=8, height=32, width=32, num_inference_steps=12, guidance_scale=5.0,
                output_type="np", generator=torch.Generator().manual_seed(0))
     assert out.frames.shape == (6, 8, 32, 32, 3) and np.isfinite(out.frames).all()
-    # held-out prompt combinations, scored from pixels: the asked-for colour comes out
-    assert score_many(list(out.frames), prompts)["colour"] >= 4 / 6
+    # held-out prompt combinations, scored from pixels: colour, shape and direction as asked (the
+    # eval's 48 clips at 25 steps score 100 % on each; 12 steps here to keep the test quick: 6/6 on each,
+    # where the weights before 2026-12-04 drew 4/6 shapes)
+    scores = score_many(list(out.frames), prompts)
+    assert scores["colour"] >= 5 / 6 and scores["shape"] >= 5 / 6 and scores["direction"] >= 5 / 6, scores
 
 
 def test_render_by_short_name(tmp_path):
