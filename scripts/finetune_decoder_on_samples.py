@@ -24,14 +24,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from finetune_vae_decoder import FRAMES, SIZE, decode, quality
-from train_shapes_t2v import _save, cosine_lr, optimizer_step, to_pixels
+from finetune_vae_decoder import FRAMES, SIZE, decode, export_vae, quality, train_decoder
+from train_shapes_t2v import _save, start_log, to_pixels
 
 from asyncvid.eval import world
 
@@ -76,7 +74,7 @@ def sample_latents(pipe, i2v: bool, combos, seed: int) -> torch.Tensor:
     return lat.flatten(0, 1) / pipe.vae.config.scaling_factor
 
 
-def build_pairs(pipe, i2v: bool, vae, temporal: bool, clips: int, log) -> tuple[torch.Tensor, torch.Tensor]:
+def build_pairs(pipe, i2v: bool, clips: int, log) -> tuple[torch.Tensor, torch.Tensor]:
     """(latents (N*F, 4, h, w), targets (N*F, 3, H, W) in [-1, 1]) from ``clips`` training samples."""
     train, _ = world.held_out_split()
     rng = np.random.default_rng(11)
@@ -85,7 +83,7 @@ def build_pairs(pipe, i2v: bool, vae, temporal: bool, clips: int, log) -> tuple[
         combos = [train[i] for i in rng.choice(len(train), size=min(24, clips - seed), replace=False)]
         lat = sample_latents(pipe, i2v, combos, seed)
         with torch.no_grad():
-            pixels = ((decode(vae, temporal, lat).clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).numpy()
+            pixels = ((decode(pipe.vae, i2v, lat).clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).numpy()
         for i, combo in enumerate(combos):
             target = world.redraw(pixels[i * FRAMES:(i + 1) * FRAMES], combo)
             if target is not None:
@@ -107,72 +105,40 @@ def main() -> None:
     torch.manual_seed(0)
     folder, work = Path(args.model), Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-
-    def log(msg):
-        print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
+    log = start_log(work)
     pipe, i2v = load_pipeline(folder)
-    vae, temporal = pipe.vae, i2v
+    vae = pipe.vae
     pairs_file = work / "pairs.pt"
     if pairs_file.exists():
         pairs = torch.load(pairs_file, weights_only=True)
     else:
-        pairs = dict(zip(("latents", "targets"), build_pairs(pipe, i2v, vae, temporal, args.clips, log)))
+        pairs = dict(zip(("latents", "targets"), build_pairs(pipe, i2v, args.clips, log)))
         _save(pairs_file, pairs)
     n_clips = len(pairs["latents"]) // FRAMES
-    vae.requires_grad_(False)
-    vae.decoder.requires_grad_(True)
-    params = [p for p in vae.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=2e-4, weight_decay=0.0)
-    state = {"step": 0, "elapsed": 0.0}
-    ckpt = work / "decoder.pt"
-    before = quality(vae.eval(), temporal)
+    before = quality(vae.eval(), i2v)
     log(f"{n_clips} sampled clips; reconstruction before: {before}")
-    if ckpt.exists():
-        saved = torch.load(ckpt, weights_only=True)
-        vae.decoder.load_state_dict(saved["decoder"])
-        opt.load_state_dict(saved["opt"])
-        state = saved["state"]
     train, _ = world.held_out_split()
-    rng = np.random.default_rng(9000 + state["step"])
-    budget, planned = args.minutes * 60, max(1, int(args.minutes * 60 / 0.6))
-    tick, last_save = time.time(), time.time()
-    while state["elapsed"] < budget:
+
+    def batch(rng):
+        """4 sampled clips with their redrawn targets, 4 ground-truth clips through the encoder."""
         picked = rng.choice(n_clips, size=4, replace=False)
         frames = torch.cat([torch.arange(i * FRAMES, (i + 1) * FRAMES) for i in picked])
-        clips, prompts = world.batch(4, rng, train, frames=FRAMES, size=SIZE)
+        clips, _ = world.batch(4, rng, train, frames=FRAMES, size=SIZE)
         x = to_pixels(clips)
         with torch.no_grad():
             clean = vae.encode(x).latent_dist.mode()
         target = torch.cat([pairs["targets"][frames], x])
-        latents = torch.cat([pairs["latents"][frames], clean])
-        bg = target.flatten(2).median(dim=2).values[:, :, None, None]  # every clip's background
+        bg = target.flatten(2).median(dim=2).values[:, :, None, None]  # every frame's background
         weight = 1 + 4 * ((target - bg).abs().amax(1, keepdim=True) > 0.1).float()
-        loss = (weight * (decode(vae, temporal, latents) - target) ** 2).mean()
-        optimizer_step(opt, loss, params, cosine_lr(state["step"], planned, 2e-4, 20))
-        state["step"] += 1
-        now = time.time()
-        state["elapsed"] += min(now - tick, 10.0)
-        tick = now
-        if state["step"] % 25 == 0:
-            log(f"step {state['step']} loss {loss.item():.4f} ({state['elapsed']:.0f} s)")
-        if now - last_save > 180:
-            _save(ckpt, {"decoder": vae.decoder.state_dict(), "opt": opt.state_dict(), "state": state})
-            last_save = now
-    _save(ckpt, {"decoder": vae.decoder.state_dict(), "opt": opt.state_dict(), "state": state})
-    after = quality(vae.eval(), temporal)
+        return torch.cat([pairs["latents"][frames], clean]), target, weight
+
+    state = train_decoder(vae, i2v, work, args.minutes, 2e-4, 9000, batch, log)
+    after = quality(vae.eval(), i2v)
     log(f"after {state['step']} steps: reconstruction {after}")
-    tmp = folder / ".vae.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    vae.to(torch.float16).save_pretrained(tmp, safe_serialization=True)
-    shutil.rmtree(folder / "vae")
-    tmp.rename(folder / "vae")
-    record_file = folder / "training.json"
-    record = json.loads(record_file.read_text()) if record_file.is_file() else {}
-    record["decoder_on_samples"] = {"clips": n_clips, "steps": state["step"], "seconds": round(state["elapsed"]),
-                                    "reconstruction_before": before, "reconstruction_after": after}
-    record_file.write_text(json.dumps(record, indent=2))
-    log(f"exported {folder / 'vae'}")
+    export_vae(vae, folder, "decoder_on_samples", {"clips": n_clips, "steps": state["step"],
+                                                   "seconds": round(state["elapsed"]),
+                                                   "reconstruction_before": before, "reconstruction_after": after},
+               log)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from train_shapes_t2v import (FRAMES, SIZE, AttributeProbes, _save, contrast_batch, cosine_lr, encode_prompts,
-                              evaluate, make_pipeline, optimizer_step, start_log, to_pixels, train_scheduler)
+                              evaluate, make_pipeline, optimizer_step, start_log, strip_local_paths, to_pixels,
+                              train_scheduler)
 
 from asyncvid.eval import world
 
@@ -150,6 +151,7 @@ def main() -> None:
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     pipe.to(torch.float16).save_pretrained(tmp, safe_serialization=True)
+    strip_local_paths(tmp)
     old = json.loads((out / "training.json").read_text()) if (out / "training.json").is_file() else {}
     (tmp / "training.json").write_text(json.dumps({**old, "finetune": {"steps": state["step"], "seconds": round(
         state["elapsed"]), "evals": state["evals"], "final": final}}, indent=2))

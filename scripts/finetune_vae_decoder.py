@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from train_shapes_t2v import _save, cosine_lr, optimizer_step, start_log, to_pixels
+from train_shapes_t2v import _save, cosine_lr, optimizer_step, start_log, strip_local_paths, to_pixels
 
 from asyncvid.eval import world
 from asyncvid.eval.adherence import score_many
@@ -61,6 +61,61 @@ def quality(vae, temporal: bool) -> dict:
     return {"psnr_db": round(psnr, 2), **{k: scores[k] for k in ("colour", "direction", "shape", "moving")}}
 
 
+def train_decoder(vae, temporal: bool, work: Path, minutes: float, peak_lr: float, seed: int, batch, log) -> dict:
+    """Train ``vae.decoder`` alone (the encoder, and so the latent space, stay as they are) for
+    ``minutes`` of training time, resuming from ``work/decoder.pt``; ``batch(rng)`` gives (latents,
+    target frames in [-1, 1], per-pixel loss weight). Returns the state: steps and seconds."""
+    vae.requires_grad_(False)
+    vae.decoder.requires_grad_(True)
+    params = [p for p in vae.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=peak_lr, weight_decay=0.0)
+    state = {"step": 0, "elapsed": 0.0}
+    ckpt = work / "decoder.pt"
+    if ckpt.exists():
+        saved = torch.load(ckpt, weights_only=True)
+        vae.decoder.load_state_dict(saved["decoder"])
+        opt.load_state_dict(saved["opt"])
+        state = saved["state"]
+    rng = np.random.default_rng(seed + state["step"])
+    budget, planned = minutes * 60, max(1, int(minutes * 60 / 0.6))
+    tick, last_save = time.time(), time.time()
+
+    def checkpoint():
+        _save(ckpt, {"decoder": vae.decoder.state_dict(), "opt": opt.state_dict(), "state": state})
+
+    while state["elapsed"] < budget:
+        latents, target, weight = batch(rng)
+        loss = (weight * (decode(vae, temporal, latents) - target) ** 2).mean()
+        optimizer_step(opt, loss, params, cosine_lr(state["step"], planned, peak_lr, 20))
+        state["step"] += 1
+        now = time.time()
+        state["elapsed"] += min(now - tick, 10.0)  # only time spent training counts
+        tick = now
+        if state["step"] % 25 == 0:
+            log(f"step {state['step']} loss {loss.item():.4f} ({state['elapsed']:.0f} s)")
+        if now - last_save > 180:
+            checkpoint()
+            last_save = now
+    checkpoint()
+    return state
+
+
+def export_vae(vae, folder: Path, key: str, record: dict, log) -> None:
+    """Replace ``folder/vae`` with ``vae`` (fp16 safetensors, written beside it, then renamed) and
+    add ``record`` to ``folder/training.json`` under ``key``."""
+    tmp = folder / ".vae.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    vae.to(torch.float16).save_pretrained(tmp, safe_serialization=True)
+    strip_local_paths(tmp)
+    shutil.rmtree(folder / "vae")
+    tmp.rename(folder / "vae")
+    record_file = folder / "training.json"
+    records = json.loads(record_file.read_text()) if record_file.is_file() else {}
+    records[key] = record
+    record_file.write_text(json.dumps(records, indent=2))
+    log(f"exported {folder / 'vae'}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("model", help="a shapes pipeline folder (its vae/ is replaced)")
@@ -72,57 +127,26 @@ def main() -> None:
     torch.manual_seed(0)
     folder, work = Path(args.model), Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
+    log = start_log(work)
     vae, temporal = load_vae(folder)
-    vae.requires_grad_(False)
-    vae.decoder.requires_grad_(True)
-    params = [p for p in vae.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=3e-4, weight_decay=0.0)
-    state = {"step": 0, "elapsed": 0.0}
-    ckpt = work / "decoder.pt"
     before = quality(vae.eval(), temporal)
-    print(f"before: {before}", flush=True)
-    if ckpt.exists():
-        saved = torch.load(ckpt, weights_only=True)
-        vae.decoder.load_state_dict(saved["decoder"])
-        opt.load_state_dict(saved["opt"])
-        state = saved["state"]
+    log(f"before: {before}")
     train, _ = world.held_out_split()
-    rng = np.random.default_rng(7000 + state["step"])
-    budget, planned = args.minutes * 60, max(1, int(args.minutes * 60 / 0.6))
-    tick, last_save = time.time(), time.time()
-    while state["elapsed"] < budget:
+
+    def batch(rng):
         clips, prompts = world.batch(8, rng, train, frames=FRAMES, size=SIZE)
         x = to_pixels(clips)
         bgs = torch.tensor([world.BACKGROUNDS[world.parse_prompt(p).background] for p in prompts]).float() * 2 - 1
         weight = 1 + 4 * ((x - bgs.repeat_interleave(FRAMES, 0)[:, :, None, None]).abs().amax(1, keepdim=True) > 0.1)
         with torch.no_grad():
             latents = vae.encode(x).latent_dist.mode()
-        rec = decode(vae, temporal, latents)
-        loss = (weight.float() * (rec - x) ** 2).mean()
-        optimizer_step(opt, loss, params, cosine_lr(state["step"], planned, 3e-4, 20))
-        state["step"] += 1
-        now = time.time()
-        state["elapsed"] += min(now - tick, 10.0)
-        tick = now
-        if state["step"] % 25 == 0:
-            print(f"step {state['step']} loss {loss.item():.4f} ({state['elapsed']:.0f} s)", flush=True)
-        if now - last_save > 180:
-            _save(ckpt, {"decoder": vae.decoder.state_dict(), "opt": opt.state_dict(), "state": state})
-            last_save = now
-    _save(ckpt, {"decoder": vae.decoder.state_dict(), "opt": opt.state_dict(), "state": state})
+        return latents, x, weight.float()
+
+    state = train_decoder(vae, temporal, work, args.minutes, 3e-4, 7000, batch, log)
     after = quality(vae.eval(), temporal)
-    print(f"after {state['step']} steps: {after}", flush=True)
-    tmp = folder / ".vae.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    vae.to(torch.float16).save_pretrained(tmp, safe_serialization=True)
-    shutil.rmtree(folder / "vae")
-    tmp.rename(folder / "vae")
-    log = folder / "training.json"
-    record = json.loads(log.read_text()) if log.is_file() else {}
-    record["decoder_finetune"] = {"steps": state["step"], "seconds": round(state["elapsed"]), "before": before,
-                                  "after": after}
-    log.write_text(json.dumps(record, indent=2))
-    print(f"exported {folder / 'vae'}", flush=True)
+    log(f"after {state['step']} steps: {after}")
+    export_vae(vae, folder, "decoder_finetune", {"steps": state["step"], "seconds": round(state["elapsed"]),
+                                                 "before": before, "after": after}, log)
 
 
 if __name__ == "__main__":

@@ -236,6 +236,15 @@ def optimizer_step(opt, loss: torch.Tensor, params, lr: float) -> None:
     opt.step()
 
 
+def strip_local_paths(folder: Path) -> None:
+    """Drop the ``_name_or_path`` that ``from_pretrained`` records (a path on this machine) from every
+    config a ``save_pretrained`` wrote under ``folder``."""
+    for config in folder.rglob("config.json"):
+        data = json.loads(config.read_text())
+        if data.pop("_name_or_path", None) is not None:
+            config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
 def _save(path: Path, obj) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(obj, tmp)

@@ -46,7 +46,7 @@ import numpy as np
 
 from ..video import to_float
 from .outline import outline
-from .world import BACKGROUNDS, COLOURS, TRAVEL_PX, parse_prompt
+from .world import BACKGROUNDS, COLOURS, TRAVEL_PX, coverage, parse_prompt
 
 FG_THRESHOLD = 0.43
 MIN_MOTION_PX = 2.0  # at size 32
@@ -85,9 +85,7 @@ def _colour_votes(pixels: np.ndarray, bg: np.ndarray) -> np.ndarray:
 def _shape(frames: np.ndarray, colour: str, background: str) -> tuple[str, float, float]:
     """(shape, median hull fill, median solidity) of a clip whose shape has ``colour``: the median of
     each measure over the frames where the shape is seen, then the rules above."""
-    bg = np.asarray(BACKGROUNDS[background], np.float32)
-    axis = np.asarray(COLOURS[colour], np.float32) - bg
-    cover = np.clip((frames - bg) @ axis / float(axis @ axis), 0.0, 1.0)  # (F, H, W)
+    cover = coverage(frames, colour, background)
     seen = cover.sum(axis=(1, 2)) >= MIN_SHAPE_AREA_PX * frames.shape[1] * frames.shape[2] / 1024.0
     measures = np.asarray([outline(cover[i] >= 0.5) for i in np.nonzero(seen)[0]]).reshape(-1, 3)
     measures = measures[~np.isnan(measures[:, 0])]

@@ -233,6 +233,14 @@ def _paint(combo: Combo, cx: np.ndarray, cy: np.ndarray, h: float, size: int) ->
     return (bg * (1.0 - cover) + fg * cover).astype(np.float32)
 
 
+def coverage(frames: np.ndarray, colour: str, background: str) -> np.ndarray:
+    """(F, H, W) how far each pixel of float ``frames`` (F, H, W, 3) lies from ``background`` towards
+    ``colour``, clipped to 0-1: a shape's anti-aliased or blurred edge counts in part."""
+    bg = np.asarray(BACKGROUNDS[background], np.float32)
+    axis = np.asarray(COLOURS[colour], np.float32) - bg
+    return np.clip((np.asarray(frames, np.float32) - bg) @ axis / float(axis @ axis), 0.0, 1.0)
+
+
 def redraw(frames: np.ndarray, combo: Sequence[str]) -> np.ndarray | None:
     """The world's own drawing of ``combo`` where ``frames`` (F, H, W, 3 float in [0, 1], square) show
     its shape, or None when the shape's colour is missing from a frame. Per frame, the centroid of
@@ -241,9 +249,7 @@ def redraw(frames: np.ndarray, combo: Sequence[str]) -> np.ndarray | None:
     value per column and per row, summed: blur spreads an edge but keeps these sums).
     A target for teaching a decoder to draw a model's latents as the world draws shapes."""
     combo = _combo(combo)
-    bg = np.asarray(BACKGROUNDS[combo.background], np.float32)
-    axis = np.asarray(COLOURS[combo.colour], np.float32) - bg
-    cover = np.clip((np.asarray(frames, np.float32) - bg) @ axis / float(axis @ axis), 0.0, 1.0)
+    cover = coverage(frames, combo.colour, combo.background)
     cover = np.where(cover >= 0.15, cover, 0.0)  # faint noise away from the shape is not extent
     cols, rows = cover.max(axis=1), cover.max(axis=2)  # (F, W), (F, H)
     mass_x, mass_y = cols.sum(axis=1), rows.sum(axis=1)
