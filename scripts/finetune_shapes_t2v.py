@@ -128,6 +128,23 @@ def finetune(source: Path, work: Path, minutes: float, eval_minutes: float, log)
     return make_pipeline(vae, ema_te, tokenizer, ema_unet.eval()), state
 
 
+def replace_folder(pipe, out: Path, key: str, record: dict) -> None:
+    """Save ``pipe`` (fp16 safetensors) as ``out``: written beside it, then renamed over it; files the
+    pipeline does not write (eval.json) are kept, and ``record`` joins ``training.json`` under ``key``."""
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    pipe.to(torch.float16).save_pretrained(tmp, safe_serialization=True)
+    strip_local_paths(tmp)
+    old = json.loads((out / "training.json").read_text()) if (out / "training.json").is_file() else {}
+    (tmp / "training.json").write_text(json.dumps({**old, key: record}, indent=2))
+    if out.exists():
+        for extra in out.iterdir():
+            if extra.is_file() and not (tmp / extra.name).exists():
+                shutil.copy2(extra, tmp / extra.name)
+        shutil.rmtree(out)
+    tmp.rename(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--source", default=str(SHIPPED), help="the AnimateDiffPipeline folder to continue from")
@@ -147,21 +164,9 @@ def main() -> None:
     _, held_out = world.held_out_split()
     final = evaluate(pipe, held_out, seeds=(0, 1), steps=25, guidance=5.0)
     log(f"final held-out adherence (48 samples, 25 steps, CFG 5): {final}")
-    out = Path(args.export)
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    pipe.to(torch.float16).save_pretrained(tmp, safe_serialization=True)
-    strip_local_paths(tmp)
-    old = json.loads((out / "training.json").read_text()) if (out / "training.json").is_file() else {}
-    (tmp / "training.json").write_text(json.dumps({**old, "finetune": {"steps": state["step"], "seconds": round(
-        state["elapsed"]), "evals": state["evals"], "final": final}}, indent=2))
-    if out.exists():
-        for extra in out.iterdir():  # files the pipeline does not write (eval.json) are kept
-            if extra.is_file() and not (tmp / extra.name).exists():
-                shutil.copy2(extra, tmp / extra.name)
-        shutil.rmtree(out)
-    tmp.rename(out)
-    log(f"exported to {out}")
+    replace_folder(pipe, Path(args.export), "finetune", {"steps": state["step"], "seconds": round(state["elapsed"]),
+                                                         "evals": state["evals"], "final": final})
+    log(f"exported to {args.export}")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,17 @@ and the first 48 minutes gave soft edges (squares read as circles).
 Time on the 2-core development machine (one process, 2 threads, nothing else running): VAE
 ``--vae-minutes`` (default 35: after 15 its reconstructions still rounded triangles), UNet
 ``--unet-minutes`` (default 82). Checkpoints every three minutes
-into ``--work``; a rerun resumes (only time spent training counts). Seeded.
+into ``--work``; a rerun resumes (only time spent training counts). Seeded. The export is written
+beside ``--export`` and renamed over it.
+
+``--latent-scale 2`` builds a VAE that downsamples by 2 (32/64; 16x16 latents, so a 10-pixel shape
+spans 5 latent pixels instead of 2-3) and a UNet of sample size 16; each UNet step then costs about
+4x (batch 16) or 1.4x (``--batch 8``). Tried on 2026-12-04, not shipped: 12 min VAE (26.5 dB,
+shape of its own held-out reconstructions 96 %), then 36 min UNet at batch 8 (2,171 steps; low
+noise from step 1,486): held-out shape 29 % -> 38 % -> 42 % at steps 708 / 1,424 / 2,170, about
+where the 8x8-latent run stood after as many clips, so no faster so far (colour and direction 100 %).
+Resumes from its checkpoints with ``--latent-scale 2 --vae-minutes 12 --vae-step-seconds 0.75
+--batch 8 --unet-step-seconds 1.2 --detail-from 25`` and a larger ``--unet-minutes``.
 
     python scripts/train_shapes_i2v.py --work runs/shapes-i2v --export asyncvid/assets/shapes-i2v
 """
@@ -36,13 +46,14 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from train_shapes_t2v import _save, cosine_lr, optimizer_step, start_log, to_pixels
+from train_shapes_t2v import _save, cosine_lr, optimizer_step, start_log, strip_local_paths, to_pixels
 
 from asyncvid.eval import world
 from asyncvid.eval.adherence import evaluate_i2v_pipeline
@@ -52,11 +63,15 @@ CLIP_MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
 CLIP_STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
 
 
-def build_vae():
+VAE_WIDTHS = {4: [32, 64, 128], 2: [32, 64]}  # by how much the VAE downsamples: its blocks' widths
+
+
+def build_vae(scale: int = 4):
     from diffusers import AutoencoderKLTemporalDecoder
 
-    return AutoencoderKLTemporalDecoder(block_out_channels=[32, 64, 128], in_channels=3, out_channels=3,
-                                        down_block_types=["DownEncoderBlock2D"] * 3, latent_channels=4,
+    widths = VAE_WIDTHS[scale]
+    return AutoencoderKLTemporalDecoder(block_out_channels=widths, in_channels=3, out_channels=3,
+                                        down_block_types=["DownEncoderBlock2D"] * len(widths), latent_channels=4,
                                         layers_per_block=1, sample_size=SIZE)
 
 
@@ -68,11 +83,11 @@ def build_image_encoder():
                                                           patch_size=32))
 
 
-def build_unet():
+def build_unet(scale: int = 4):
     from diffusers import UNetSpatioTemporalConditionModel
 
     return UNetSpatioTemporalConditionModel(
-        block_out_channels=(32, 64, 128), layers_per_block=1, sample_size=SIZE // 4, in_channels=8, out_channels=4,
+        block_out_channels=(32, 64, 128), layers_per_block=1, sample_size=SIZE // scale, in_channels=8, out_channels=4,
         down_block_types=("CrossAttnDownBlockSpatioTemporal",) * 2 + ("DownBlockSpatioTemporal",),
         up_block_types=("UpBlockSpatioTemporal",) + ("CrossAttnUpBlockSpatioTemporal",) * 2,
         cross_attention_dim=64, num_attention_heads=(2, 4, 8), addition_time_embed_dim=32,
@@ -105,8 +120,8 @@ def clip_input(first: torch.Tensor) -> torch.Tensor:
     return (image - CLIP_MEAN) / CLIP_STD
 
 
-def train_vae(work: Path, minutes: float, log):
-    vae = build_vae()
+def train_vae(work: Path, minutes: float, log, scale: int = 4, step_seconds: float = 0.8):
+    vae = build_vae(scale)
     ckpt = work / "vae.pt"
     opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
     state = {"step": 0, "elapsed": 0.0}
@@ -117,7 +132,7 @@ def train_vae(work: Path, minutes: float, log):
         state = saved["state"]
     train, _ = world.held_out_split()
     rng = np.random.default_rng(1000 + state["step"])
-    budget, planned = minutes * 60, max(1, int(minutes * 60 / 0.8))
+    budget, planned = minutes * 60, max(1, int(minutes * 60 / step_seconds))
     tick, last_save = time.time(), time.time()
     while state["elapsed"] < budget:
         clips, prompts = world.batch(8, rng, train, frames=FRAMES, size=SIZE)
@@ -147,6 +162,36 @@ def train_vae(work: Path, minutes: float, log):
     return vae.requires_grad_(False).eval()
 
 
+def batch_loss(vae, image_encoder, unet, rng, combos, low_noise: bool, batch: int = 16) -> torch.Tensor:
+    """SVD's (EDM) v-loss on one batch of world clips from ``combos``; ``low_noise``: half the batch
+    at EDM's own log-normal (-1.2, 1.2)."""
+    clips, prompts = world.batch(batch, rng, combos, frames=FRAMES, size=SIZE)
+    b, sf = len(prompts), vae.config.scaling_factor
+    x = to_pixels(clips)
+    first = x.view(b, FRAMES, 3, SIZE, SIZE)[:, 0]
+    aug = torch.rand(b) * MAX_AUG
+    buckets = torch.tensor([rng.integers(lo, hi + 1) for lo, hi in
+                            (world.MOTION_BUCKETS[world.parse_prompt(p).direction] for p in prompts)]).float()
+    with torch.no_grad():
+        lat = vae.encode(x).latent_dist.mode()
+        lat = lat.view(b, FRAMES, *lat.shape[1:]) * sf
+        image_lat = vae.encode(first + aug.view(b, 1, 1, 1) * torch.randn_like(first)).latent_dist.mode()
+    emb = image_encoder(clip_input(first)).image_embeds[:, None]
+    keep = (torch.rand(b) >= 0.1).float()  # 10 %: no image conditioning (the pipeline's guidance uses zeros)
+    emb, image_lat = emb * keep.view(b, 1, 1), image_lat * keep.view(b, 1, 1, 1)
+    sigma = torch.exp(1.0 + 1.6 * torch.randn(b)).clamp(0.002, 700.0)
+    if low_noise:
+        sigma[: b // 2] = torch.exp(-1.2 + 1.2 * torch.randn(b // 2)).clamp(0.002, 700.0)
+    s = sigma.view(b, 1, 1, 1, 1)
+    noise = torch.randn_like(lat)
+    scaled = (lat + s * noise) / (s ** 2 + 1).sqrt()
+    inputs = torch.cat([scaled, image_lat[:, None].expand(-1, FRAMES, -1, -1, -1)], dim=2)
+    fps_ids = torch.from_numpy(rng.integers(FPS_IDS[0], FPS_IDS[1] + 1, b)).float()  # any job fps is seen
+    added = torch.stack([fps_ids, buckets, aug], dim=1)
+    pred = unet(inputs, 0.25 * sigma.log(), encoder_hidden_states=emb, added_time_ids=added).sample
+    return F.mse_loss(pred, (noise - s * lat) / (s ** 2 + 1).sqrt())
+
+
 def make_pipeline(vae, image_encoder, unet):
     from asyncvid.catalog.quiet import svd_pipeline_class
 
@@ -156,9 +201,10 @@ def make_pipeline(vae, image_encoder, unet):
     return pipe
 
 
-def train_unet(work: Path, vae, minutes: float, log, detail_from_minutes: float, eval_every_s: float = 900):
+def train_unet(work: Path, vae, minutes: float, log, detail_from_minutes: float, eval_every_s: float = 900,
+               step_seconds: float = 0.7, batch: int = 16):
     torch.manual_seed(0)
-    image_encoder, unet = build_image_encoder(), build_unet()
+    image_encoder, unet = build_image_encoder(), build_unet(2 ** (len(vae.config.block_out_channels) - 1))
     params = list(unet.parameters()) + list(image_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=4e-4, betas=(0.9, 0.99), weight_decay=0.01)
     ema_unet, ema_enc = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(image_encoder).requires_grad_(False)
@@ -170,11 +216,10 @@ def train_unet(work: Path, vae, minutes: float, log, detail_from_minutes: float,
         for key, part in parts.items():
             part.load_state_dict(saved[key])
         state = saved["state"]
-    sf = vae.config.scaling_factor
     train, held_out = world.held_out_split()
     rng = np.random.default_rng(2000 + state["step"])
     torch.manual_seed(3000 + state["step"])
-    budget, planned = minutes * 60, max(1, int(minutes * 60 / 0.7))
+    budget, planned = minutes * 60, max(1, int(minutes * 60 / step_seconds))
     detail_from_s = detail_from_minutes * 60
     last_save, last_eval, tick = time.time(), time.time(), time.time()
 
@@ -182,33 +227,11 @@ def train_unet(work: Path, vae, minutes: float, log, detail_from_minutes: float,
         _save(ckpt, {**{key: part.state_dict() for key, part in parts.items()}, "state": state})
 
     while state["elapsed"] < budget:
-        clips, prompts = world.batch(16, rng, train, frames=FRAMES, size=SIZE)
-        b = len(prompts)
-        x = to_pixels(clips)
-        first = x.view(b, FRAMES, 3, SIZE, SIZE)[:, 0]
-        aug = torch.rand(b) * MAX_AUG
-        buckets = torch.tensor([rng.integers(lo, hi + 1) for lo, hi in
-                                (world.MOTION_BUCKETS[world.parse_prompt(p).direction] for p in prompts)]).float()
-        with torch.no_grad():
-            lat = vae.encode(x).latent_dist.mode().view(b, FRAMES, 4, SIZE // 4, SIZE // 4) * sf
-            image_lat = vae.encode(first + aug.view(b, 1, 1, 1) * torch.randn_like(first)).latent_dist.mode()
-        emb = image_encoder(clip_input(first)).image_embeds[:, None]
-        keep = (torch.rand(b) >= 0.1).float()
-        emb, image_lat = emb * keep.view(b, 1, 1), image_lat * keep.view(b, 1, 1, 1)
-        sigma = torch.exp(1.0 + 1.6 * torch.randn(b)).clamp(0.002, 700.0)
-        if state["elapsed"] >= detail_from_s:  # half the batch at EDM's own (lower) noise levels: edges
-            if "detail_from_step" not in state:
-                state["detail_from_step"] = state["step"]
-                log(f"from step {state['step']}: half of every batch at low noise (log-normal -1.2, 1.2)")
-            sigma[: b // 2] = torch.exp(-1.2 + 1.2 * torch.randn(b // 2)).clamp(0.002, 700.0)
-        s = sigma.view(b, 1, 1, 1, 1)
-        noise = torch.randn_like(lat)
-        scaled = (lat + s * noise) / (s ** 2 + 1).sqrt()
-        inputs = torch.cat([scaled, image_lat[:, None].expand(-1, FRAMES, -1, -1, -1)], dim=2)
-        fps_ids = torch.from_numpy(rng.integers(FPS_IDS[0], FPS_IDS[1] + 1, b)).float()  # any job fps is seen
-        added = torch.stack([fps_ids, buckets, aug], dim=1)
-        pred = unet(inputs, 0.25 * sigma.log(), encoder_hidden_states=emb, added_time_ids=added).sample
-        loss = F.mse_loss(pred, (noise - s * lat) / (s ** 2 + 1).sqrt())
+        low_noise = state["elapsed"] >= detail_from_s  # half the batch at EDM's own (lower) noise levels: edges
+        if low_noise and "detail_from_step" not in state:
+            state["detail_from_step"] = state["step"]
+            log(f"from step {state['step']}: half of every batch at low noise (log-normal -1.2, 1.2)")
+        loss = batch_loss(vae, image_encoder, unet, rng, train, low_noise, batch)
         optimizer_step(opt, loss, params, cosine_lr(state["step"], planned, 4e-4, 200))
         state["step"] += 1
         decay = min(0.998, (1 + state["step"]) / (10 + state["step"]))
@@ -242,6 +265,12 @@ def main() -> None:
     ap.add_argument("--unet-minutes", type=float, default=82)
     ap.add_argument("--detail-from", type=float, default=48,
                     help="UNet minutes after which half of every batch is drawn at low noise levels")
+    ap.add_argument("--latent-scale", type=int, choices=sorted(VAE_WIDTHS), default=4,
+                    help="how much the VAE downsamples (4: 8x8 latents, 2: 16x16)")
+    ap.add_argument("--vae-step-seconds", type=float, default=0.8, help="expected; sets the cosine schedule's length")
+    ap.add_argument("--unet-step-seconds", type=float, default=0.7, help="expected; sets the cosine schedule's length")
+    ap.add_argument("--batch", type=int, default=16, help="UNet batch (clips)")
+    ap.add_argument("--eval-minutes", type=float, default=15, help="held-out adherence (24 clips) this often")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -250,15 +279,22 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     log = start_log(work)
 
-    vae = train_vae(work, args.vae_minutes, log)
-    pipe, state = train_unet(work, vae, args.unet_minutes, log, args.detail_from)
+    vae = train_vae(work, args.vae_minutes, log, args.latent_scale, args.vae_step_seconds)
+    pipe, state = train_unet(work, vae, args.unet_minutes, log, args.detail_from, args.eval_minutes * 60,
+                             args.unet_step_seconds, args.batch)
     _, held_out = world.held_out_split()
     final = evaluate_i2v_pipeline(pipe, held_out, (0, 1), 25, FRAMES, SIZE)
     log(f"final held-out adherence (48 samples, 25 steps): {final}")
     out = Path(args.export)
-    pipe.to(torch.float16).save_pretrained(out, safe_serialization=True)
-    (out / "training.json").write_text(json.dumps({"steps": state["step"], "unet_seconds": round(state["elapsed"]),
-                                                   "evals": state["evals"], "final": final}, indent=2))
+    tmp = out.with_name(f".{out.name}.tmp")  # written beside the folder, then renamed over it
+    shutil.rmtree(tmp, ignore_errors=True)
+    pipe.to(torch.float16).save_pretrained(tmp, safe_serialization=True)
+    strip_local_paths(tmp)
+    (tmp / "training.json").write_text(json.dumps({"latent_scale": args.latent_scale, "steps": state["step"],
+                                                   "unet_seconds": round(state["elapsed"]), "evals": state["evals"],
+                                                   "final": final}, indent=2))
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
     log(f"exported to {out}")
 
 
