@@ -32,9 +32,10 @@ beside ``--export`` and renamed over it.
 ``--latent-scale 2`` builds a VAE that downsamples by 2 (32/64; 16x16 latents, so a 10-pixel shape
 spans 5 latent pixels instead of 2-3) and a UNet of sample size 16; each UNet step then costs about
 4x (batch 16) or 1.4x (``--batch 8``). Tried on 2026-12-04, not shipped: 12 min VAE (26.5 dB,
-shape of its own held-out reconstructions 96 %), then 36 min UNet at batch 8 (2,171 steps; low
-noise from step 1,486): held-out shape 29 % -> 38 % -> 42 % at steps 708 / 1,424 / 2,170, about
-where the 8x8-latent run stood after as many clips, so no faster so far (colour and direction 100 %).
+shape of its own held-out reconstructions 96 %), then 58 min UNet at batch 8 (3,478 steps; low
+noise from step 1,486): held-out shape (24 clips) 29 / 38 / 42 / 50 / 50 % at steps 708 / 1,424 /
+2,170 / 2,810 / 3,430, on the 48 clips at the end 46 % (colour, direction, moving 100 %): no faster
+than the 8x8-latent run, which stood at 54 % after 2,534 steps of batch 16 (older fill scorer).
 Resumes from its checkpoints with ``--latent-scale 2 --vae-minutes 12 --vae-step-seconds 0.75
 --batch 8 --unet-step-seconds 1.2 --detail-from 25`` and a larger ``--unet-minutes``.
 
