@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import shutil
 import time
 from pathlib import Path
 
@@ -32,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from train_shapes_t2v import (FRAMES, SIZE, AttributeProbes, _save, contrast_batch, cosine_lr, encode_prompts,
-                              evaluate, make_pipeline, optimizer_step, start_log, strip_local_paths, to_pixels,
+                              evaluate, make_pipeline, optimizer_step, replace_folder, start_log, to_pixels,
                               train_scheduler)
 
 from asyncvid.eval import world
@@ -128,23 +126,6 @@ def finetune(source: Path, work: Path, minutes: float, eval_minutes: float, log)
     return make_pipeline(vae, ema_te, tokenizer, ema_unet.eval()), state
 
 
-def replace_folder(pipe, out: Path, key: str, record: dict) -> None:
-    """Save ``pipe`` (fp16 safetensors) as ``out``: written beside it, then renamed over it; files the
-    pipeline does not write (eval.json) are kept, and ``record`` joins ``training.json`` under ``key``."""
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    pipe.to(torch.float16).save_pretrained(tmp, safe_serialization=True)
-    strip_local_paths(tmp)
-    old = json.loads((out / "training.json").read_text()) if (out / "training.json").is_file() else {}
-    (tmp / "training.json").write_text(json.dumps({**old, key: record}, indent=2))
-    if out.exists():
-        for extra in out.iterdir():
-            if extra.is_file() and not (tmp / extra.name).exists():
-                shutil.copy2(extra, tmp / extra.name)
-        shutil.rmtree(out)
-    tmp.rename(out)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--source", default=str(SHIPPED), help="the AnimateDiffPipeline folder to continue from")
@@ -164,8 +145,8 @@ def main() -> None:
     _, held_out = world.held_out_split()
     final = evaluate(pipe, held_out, seeds=(0, 1), steps=25, guidance=5.0)
     log(f"final held-out adherence (48 samples, 25 steps, CFG 5): {final}")
-    replace_folder(pipe, Path(args.export), "finetune", {"steps": state["step"], "seconds": round(state["elapsed"]),
-                                                         "evals": state["evals"], "final": final})
+    replace_folder(pipe, Path(args.export), {"finetune": {"steps": state["step"], "seconds": round(state["elapsed"]),
+                                                          "evals": state["evals"], "final": final}})
     log(f"exported to {args.export}")
 
 

@@ -46,15 +46,13 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from train_shapes_t2v import _save, cosine_lr, optimizer_step, start_log, strip_local_paths, to_pixels
+from train_shapes_t2v import _save, cosine_lr, optimizer_step, replace_folder, start_log, to_pixels
 
 from asyncvid.eval import world
 from asyncvid.eval.adherence import evaluate_i2v_pipeline
@@ -286,17 +284,10 @@ def main() -> None:
     _, held_out = world.held_out_split()
     final = evaluate_i2v_pipeline(pipe, held_out, (0, 1), 25, FRAMES, SIZE)
     log(f"final held-out adherence (48 samples, 25 steps): {final}")
-    out = Path(args.export)
-    tmp = out.with_name(f".{out.name}.tmp")  # written beside the folder, then renamed over it
-    shutil.rmtree(tmp, ignore_errors=True)
-    pipe.to(torch.float16).save_pretrained(tmp, safe_serialization=True)
-    strip_local_paths(tmp)
-    (tmp / "training.json").write_text(json.dumps({"latent_scale": args.latent_scale, "steps": state["step"],
-                                                   "unet_seconds": round(state["elapsed"]), "evals": state["evals"],
-                                                   "final": final}, indent=2))
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
-    log(f"exported to {out}")
+    replace_folder(pipe, Path(args.export), {"latent_scale": args.latent_scale, "steps": state["step"],
+                                             "unet_seconds": round(state["elapsed"]), "evals": state["evals"],
+                                             "final": final}, keep_existing=False)
+    log(f"exported to {args.export}")
 
 
 if __name__ == "__main__":

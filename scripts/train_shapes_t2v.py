@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import time
 from pathlib import Path
 
@@ -243,6 +244,25 @@ def strip_local_paths(folder: Path) -> None:
         data = json.loads(config.read_text())
         if data.pop("_name_or_path", None) is not None:
             config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def replace_folder(pipe, out: Path, records: dict, keep_existing: bool = True) -> None:
+    """Save ``pipe`` (fp16 safetensors, local paths stripped) as ``out``: written beside it, then renamed
+    over it. ``records`` go into ``training.json``; with ``keep_existing`` they join the old folder's
+    records, and its files the pipeline does not write (eval.json) are kept."""
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    pipe.to(torch.float16).save_pretrained(tmp, safe_serialization=True)
+    strip_local_paths(tmp)
+    old_file = out / "training.json"
+    old = json.loads(old_file.read_text()) if keep_existing and old_file.is_file() else {}
+    (tmp / "training.json").write_text(json.dumps({**old, **records}, indent=2))
+    if out.exists():
+        for extra in out.iterdir() if keep_existing else ():
+            if extra.is_file() and not (tmp / extra.name).exists():
+                shutil.copy2(extra, tmp / extra.name)
+        shutil.rmtree(out)
+    tmp.rename(out)
 
 
 def _save(path: Path, obj) -> None:
