@@ -3,13 +3,13 @@
 The conditioning image is the first frame of a world clip; the model continues it (same shape,
 colour and background) in the direction its ``motion_bucket_id`` asks for: one quarter of the 0-255
 range per direction (``asyncvid.eval.world.MOTION_BUCKETS``: left 0-63, right 64-127, up 128-191,
-down 192-255). Built from configs, trained from scratch on CPU, exported as a standard
+down 192-255). Built from configs, trained on CPU, exported as a standard
 ``StableVideoDiffusionPipeline`` folder (fp16 safetensors) that stock diffusers loads offline:
 
 * VAE: ``AutoencoderKLTemporalDecoder`` (32/64/128, 32x32 frames -> 8x8x4 latents), trained first;
 * image encoder: ``CLIPVisionModelWithProjection`` (width 64, 2 layers, 224 px input in 7x7
   patches, as the pipeline resizes every image to 224), trained jointly with the UNet;
-* ``UNetSpatioTemporalConditionModel`` (32/64/128, 8 frames, native size 32 px);
+* ``UNetSpatioTemporalConditionModel`` (``--unet-widths``, 8 frames, native size 32 px);
 * scheduler: SVD's ``EulerDiscreteScheduler`` (Karras sigmas 0.002-700, v-prediction, continuous
   timesteps 0.25 log sigma).
 
@@ -17,29 +17,32 @@ Objective as SVD's (EDM): sigma log-normal (mean 1.0, std 1.6), the UNet sees th
 scaled by 1/sqrt(sigma^2+1) next to the (unscaled) latent of the noise-augmented first frame and
 predicts v = (noise - sigma x0) / sqrt(sigma^2+1); added time ids (fps - 1 drawn from 3-29: the
 world's motion does not depend on it, so any job's fps works; the direction's bucket drawn in its
-range; the augmentation strength); 10 % of samples drop image and latent conditioning
-together (the pipeline's guidance uses zeros for both). EMA 0.998. After ``--detail-from`` minutes
-of UNet training, half of every batch draws sigma from EDM's own log-normal (-1.2, 1.2) instead:
-SVD's distribution (mean 1.0) leaves few samples at the low noise levels where edges are drawn,
-and the first 48 minutes gave soft edges (squares read as circles).
+range; the augmentation strength); 10 % of samples drop image and latent conditioning together
+(the pipeline's guidance uses zeros for both). EMA 0.998. After ``--detail-from`` minutes, half of
+every batch draws sigma from EDM's own log-normal (-1.2, 1.2): SVD's distribution leaves few samples
+at the low noise levels where edges are drawn. Checkpoints every three minutes into ``--work``; a
+rerun resumes (only time spent training counts; a larger ``--unet-minutes`` lays the cosine over
+the new length). Seeded. The export is written beside ``--export`` and renamed over it.
 
-Time on the 2-core development machine (one process, 2 threads, nothing else running): VAE
-``--vae-minutes`` (default 35: after 15 its reconstructions still rounded triangles), UNet
-``--unet-minutes`` (default 82). Checkpoints every three minutes
-into ``--work``; a rerun resumes (only time spent training counts). Seeded. The export is written
-beside ``--export`` and renamed over it.
+The shipped model took two runs on the 2-core development machine (one process, 2 threads):
 
-``--latent-scale 2`` builds a VAE that downsamples by 2 (32/64; 16x16 latents, so a 10-pixel shape
-spans 5 latent pixels instead of 2-3) and a UNet of sample size 16; each UNet step then costs about
-4x (batch 16) or 1.4x (``--batch 8``). Tried on 2026-12-04, not shipped: 12 min VAE (26.5 dB,
-shape of its own held-out reconstructions 96 %), then 58 min UNet at batch 8 (3,478 steps; low
-noise from step 1,486): held-out shape (24 clips) 29 / 38 / 42 / 50 / 50 % at steps 708 / 1,424 /
-2,170 / 2,810 / 3,430, on the 48 clips at the end 46 % (colour, direction, moving 100 %): no faster
-than the 8x8-latent run, which stood at 54 % after 2,534 steps of batch 16 (older fill scorer).
-Resumes from its checkpoints with ``--latent-scale 2 --vae-minutes 12 --vae-step-seconds 0.75
---batch 8 --unet-step-seconds 1.2 --detail-from 25`` and a larger ``--unet-minutes``.
+1. the defaults (2026-12-03): VAE 35 min, UNet 32/64/128 (5.2 M parameters) 82 min, 6,947 steps;
+   held-out shape plateaued at 77 % (48 clips): circles and squares blurred into each other, even
+   in the first frame, which only has to repeat the conditioning image;
+2. ``--from-model <run 1's export> --unet-widths 64,128,128 --detail-from 20 --unet-step-seconds
+   1.05`` (2026-12-05): run 1's VAE as it is and its image encoder as the start, a UNet twice as
+   wide at the 8x8 level (10.2 M parameters, ~1.1 s per step of 16 clips) from scratch,
+   ``--unet-minutes 75`` and then resumed with ``--unet-minutes 95``. Held-out shape (24 clips)
+   71 / 83 / 87.5 / 87.5 % at 15 / 30 / 45 / 60 minutes; the numbers at the end are in the
+   export's ``training.json`` and the README.
 
-    python scripts/train_shapes_i2v.py --work runs/shapes-i2v --export asyncvid/assets/shapes-i2v
+Tried on 2026-12-04 without reaching 90 %: ``--latent-scale 2`` (a VAE that downsamples by 2, 16x16
+latents, ``--batch 8``): 46 % after 58 UNet minutes, no faster than 8x8 latents.
+
+    python scripts/train_shapes_i2v.py --work runs/shapes-i2v --export runs/shapes-i2v-small
+    python scripts/train_shapes_i2v.py --work runs/shapes-i2v-wide --export asyncvid/assets/shapes-i2v \
+        --from-model runs/shapes-i2v-small --unet-widths 64,128,128 --detail-from 20 \
+        --unet-step-seconds 1.05 --unet-minutes 95
 """
 
 from __future__ import annotations
@@ -82,11 +85,11 @@ def build_image_encoder():
                                                           patch_size=32))
 
 
-def build_unet(scale: int = 4):
+def build_unet(scale: int = 4, widths=(32, 64, 128)):
     from diffusers import UNetSpatioTemporalConditionModel
 
     return UNetSpatioTemporalConditionModel(
-        block_out_channels=(32, 64, 128), layers_per_block=1, sample_size=SIZE // scale, in_channels=8, out_channels=4,
+        block_out_channels=tuple(widths), layers_per_block=1, sample_size=SIZE // scale, in_channels=8, out_channels=4,
         down_block_types=("CrossAttnDownBlockSpatioTemporal",) * 2 + ("DownBlockSpatioTemporal",),
         up_block_types=("UpBlockSpatioTemporal",) + ("CrossAttnUpBlockSpatioTemporal",) * 2,
         cross_attention_dim=64, num_attention_heads=(2, 4, 8), addition_time_embed_dim=32,
@@ -201,9 +204,13 @@ def make_pipeline(vae, image_encoder, unet):
 
 
 def train_unet(work: Path, vae, minutes: float, log, detail_from_minutes: float, eval_every_s: float = 900,
-               step_seconds: float = 0.7, batch: int = 16):
+               step_seconds: float = 0.7, batch: int = 16, widths=(32, 64, 128), encoder_from: Path | None = None):
     torch.manual_seed(0)
-    image_encoder, unet = build_image_encoder(), build_unet(2 ** (len(vae.config.block_out_channels) - 1))
+    image_encoder, unet = build_image_encoder(), build_unet(2 ** (len(vae.config.block_out_channels) - 1), widths)
+    if encoder_from is not None:  # start from another model's trained image encoder
+        from transformers import CLIPVisionModelWithProjection
+
+        image_encoder.load_state_dict(CLIPVisionModelWithProjection.from_pretrained(encoder_from).state_dict())
     params = list(unet.parameters()) + list(image_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=4e-4, betas=(0.9, 0.99), weight_decay=0.01)
     ema_unet, ema_enc = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(image_encoder).requires_grad_(False)
@@ -270,6 +277,9 @@ def main() -> None:
     ap.add_argument("--unet-step-seconds", type=float, default=0.7, help="expected; sets the cosine schedule's length")
     ap.add_argument("--batch", type=int, default=16, help="UNet batch (clips)")
     ap.add_argument("--eval-minutes", type=float, default=15, help="held-out adherence (24 clips) this often")
+    ap.add_argument("--unet-widths", default="32,64,128", help="the UNet's block_out_channels")
+    ap.add_argument("--from-model", help="an SVD folder whose VAE is used as it is (no VAE training) and whose "
+                                         "image encoder the UNet's training starts from")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -278,13 +288,22 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     log = start_log(work)
 
-    vae = train_vae(work, args.vae_minutes, log, args.latent_scale, args.vae_step_seconds)
+    if args.from_model:  # its VAE as it is, its image encoder as the starting point
+        from diffusers import AutoencoderKLTemporalDecoder
+
+        vae = AutoencoderKLTemporalDecoder.from_pretrained(Path(args.from_model) / "vae").requires_grad_(False).eval()
+        log(f"VAE from {args.from_model} (scaling_factor {vae.config.scaling_factor:.4f})")
+    else:
+        vae = train_vae(work, args.vae_minutes, log, args.latent_scale, args.vae_step_seconds)
     pipe, state = train_unet(work, vae, args.unet_minutes, log, args.detail_from, args.eval_minutes * 60,
-                             args.unet_step_seconds, args.batch)
+                             args.unet_step_seconds, args.batch, [int(w) for w in args.unet_widths.split(",")],
+                             Path(args.from_model) / "image_encoder" if args.from_model else None)
     _, held_out = world.held_out_split()
     final = evaluate_i2v_pipeline(pipe, held_out, (0, 1), 25, FRAMES, SIZE)
     log(f"final held-out adherence (48 samples, 25 steps): {final}")
-    replace_folder(pipe, Path(args.export), {"latent_scale": args.latent_scale, "steps": state["step"],
+    replace_folder(pipe, Path(args.export), {"latent_scale": 2 ** (len(vae.config.block_out_channels) - 1),
+                                             "unet_widths": args.unet_widths, "from_model": args.from_model,
+                                             "steps": state["step"],
                                              "unet_seconds": round(state["elapsed"]), "evals": state["evals"],
                                              "final": final}, keep_existing=False)
     log(f"exported to {args.export}")
