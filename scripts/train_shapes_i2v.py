@@ -68,6 +68,11 @@ CLIP_STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
 VAE_WIDTHS = {4: [32, 64, 128], 2: [32, 64]}  # by how much the VAE downsamples: its blocks' widths
 
 
+def vae_scale(vae) -> int:
+    """By how much ``vae`` downsamples (each block after the first halves the size)."""
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
 def build_vae(scale: int = 4):
     from diffusers import AutoencoderKLTemporalDecoder
 
@@ -206,7 +211,7 @@ def make_pipeline(vae, image_encoder, unet):
 def train_unet(work: Path, vae, minutes: float, log, detail_from_minutes: float, eval_every_s: float = 900,
                step_seconds: float = 0.7, batch: int = 16, widths=(32, 64, 128), encoder_from: Path | None = None):
     torch.manual_seed(0)
-    image_encoder, unet = build_image_encoder(), build_unet(2 ** (len(vae.config.block_out_channels) - 1), widths)
+    image_encoder, unet = build_image_encoder(), build_unet(vae_scale(vae), widths)
     if encoder_from is not None:  # start from another model's trained image encoder
         from transformers import CLIPVisionModelWithProjection
 
@@ -301,8 +306,8 @@ def main() -> None:
     _, held_out = world.held_out_split()
     final = evaluate_i2v_pipeline(pipe, held_out, (0, 1), 25, FRAMES, SIZE)
     log(f"final held-out adherence (48 samples, 25 steps): {final}")
-    replace_folder(pipe, Path(args.export), {"latent_scale": 2 ** (len(vae.config.block_out_channels) - 1),
-                                             "unet_widths": args.unet_widths, "from_model": args.from_model,
+    replace_folder(pipe, Path(args.export), {"latent_scale": vae_scale(vae), "unet_widths": args.unet_widths,
+                                             "from_model": Path(args.from_model).name if args.from_model else None,
                                              "steps": state["step"],
                                              "unet_seconds": round(state["elapsed"]), "evals": state["evals"],
                                              "final": final}, keep_existing=False)
