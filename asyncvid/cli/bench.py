@@ -46,6 +46,13 @@ def add_bench_parser(subparsers) -> None:
                    help="instead: time `asyncvid render JOBFILE` on 1 device and on --devices (replicas), "
                         "one thread per device")
     p.add_argument("--devices", type=int, default=2, metavar="D", help="with --render: devices to compare with one")
+    p.add_argument("--simulate", metavar="TABLE",
+                   help="run on simulated devices: each unit's compute is a wait from a cost table (uniform, "
+                        "profile = this CPU's one-thread profile, or a JSON file {units, seconds, batch}); the "
+                        "pipeline loop, messages and transfers stay real; up to 8 devices fit on this machine")
+    p.add_argument("--step-ms", type=float, nargs="+", metavar="MS",
+                   help="with --simulate: the simulated device's cost of one denoising step (both guidance "
+                        "branches), each a separate table (default: 50; a file's own costs when a file is given)")
     p.add_argument("--json", metavar="FILE", help="write the report here (default: stdout)")
     p.add_argument("--markdown", metavar="FILE", help="also write the table as markdown")
     p.set_defaults(func=cmd_bench)
@@ -101,19 +108,23 @@ def parse_config(text: str) -> tuple[int, int, int | None, int]:
 
 
 def cmd_bench(args) -> int:
-    from ..bench import run_bench, write_report
+    from ..bench.speed import run_bench, write_report
 
     apply_device(args)
     if args.render:
-        from ..render_bench import run_render_bench
+        from ..bench.render import run_render_bench
 
         write_report(run_render_bench(args.render, args.devices, log=logs.info),
                      args.json)
         return 0
     configs = [parse_config(c) for c in (SWEEP if args.sweep else args.configs)]
     configs = [(n, s, args.warmup if w is None else w, c) for n, s, w, c in configs]
+    if args.simulate:
+        return _bench_simulated(args, configs)
+    if args.step_ms:
+        raise AsyncVidError("--step-ms needs --simulate TABLE")
     if args.memory_only:
-        from ..memory_bench import run_memory
+        from ..bench.memory import run_memory
 
         cfg = dict(model=args.model, preset=args.preset, frames=args.frames, size=args.size, latent=args.latent,
                    dtype=args.dtype)
@@ -124,6 +135,24 @@ def cmd_bench(args) -> int:
                        log=logs.info, model=args.model, memory=not args.no_memory, dtype=args.dtype,
                        latent=args.latent)
     write_report(report, args.json, args.markdown)
+    return 0
+
+
+def _bench_simulated(args, configs) -> int:
+    from ..bench import simulated
+    from ..bench.speed import write_report
+
+    if args.render or args.memory_only:
+        raise AsyncVidError("--simulate measures speed only: not with --render or --memory-only")
+    if any(n * c > 8 for n, _, _, c in configs):
+        raise AsyncVidError("--simulate: at most 8 simulated devices (stages x cfg) on one machine")
+    steps_ms = args.step_ms or ([None] if args.simulate not in ("uniform", "profile") else [50.0])
+    cfg = dict(model=args.model, preset=args.preset, frames=args.frames, size=args.size, latent=args.latent,
+               steps=args.steps, warmup=args.warmup, repeats=args.repeats, dtype=args.dtype)
+    report = simulated.run_simulated_bench(cfg, configs, args.simulate, steps_ms, log=logs.info)
+    write_report(report, args.json)
+    if args.markdown:
+        atomic_write(args.markdown, simulated.markdown(report))
     return 0
 
 

@@ -33,7 +33,9 @@ from ..errors import AsyncVidError
 from .adapter import DenoiserCall, StageAdapter
 from .conditioning import ConditioningVersion
 from .extras import consumers, route
+from .phases import PhaseClock
 from .schedule import PARALLEL, REUSE, SEQUENTIAL, AsyncOptions, StepAction, step_action
+from .simulate import CostTable, SimulatedDevice
 from .split import SplitPlan
 from .units import Carried, run_units
 
@@ -59,11 +61,16 @@ class _Speculation:
 
 class StageRuntime:
     def __init__(self, adapter: StageAdapter, split: SplitPlan, topo: Topology, device: torch.device,
-                 options: AsyncOptions):
+                 options: AsyncOptions, simulate: CostTable | None = None):
         self.adapter, self.split, self.topo, self.device, self.options = adapter, split, topo, device, options
         a, b = split.ranges[topo.stage]
         all_units = adapter.units()
         self.units = all_units[a:b]
+        # simulated devices (``engine/simulate.py``): this stage's units wait their table costs instead
+        self.simulated = SimulatedDevice(simulate) if simulate is not None else None
+        if self.simulated is not None:
+            self.units = self.simulated.units(self.units, a)
+        self.phases = PhaseClock()  # seconds per phase of this rank's calls (``asyncvid bench --simulate``)
         self.extras_consumers = consumers(all_units, split)
         self.traffic = Traffic()
         self.n_stages, self.stage = topo.stages, topo.stage
@@ -113,10 +120,16 @@ class StageRuntime:
     def _compute(self, stream: _CallStream, timestep: torch.Tensor, state: Carried, extras=None) -> Carried:
         cond = stream.cond if not extras else {**stream.cond, **extras}
         ctx = self.adapter.context(stream.sample_shape, timestep, cond)
+        if self.simulated is not None:
+            self.simulated.batch = stream.sample_shape[0]
+        self.phases.mark("context")
         if self.local_setup is None:
-            return run_units(self.units, ctx, state)
-        with self.adapter.module_setup_applied(self.local_setup):
-            return run_units(self.units, ctx, state)
+            out = run_units(self.units, ctx, state)
+        else:
+            with self.adapter.module_setup_applied(self.local_setup):
+                out = run_units(self.units, ctx, state)
+        self.phases.mark("compute")
+        return out
 
     def _send_on(self, stream: _CallStream, action: StepAction, out: Carried) -> None:
         if "send_next" in stream.links and (action.kind == SEQUENTIAL or not action.last_round):
@@ -126,6 +139,7 @@ class StageRuntime:
 
     def _count_step(self, before: int) -> None:
         self.steps_executed += 1
+        self.phases.rounds += 1
         self.traffic.per_step.append(self.traffic.activation - before)
 
     def _wait_links(self) -> None:
@@ -150,16 +164,19 @@ class StageRuntime:
     def begin(self, timesteps: torch.Tensor, setup: Any = None) -> None:
         """Driver: a new denoising pass over ``timesteps`` starts (every pipeline call, every FreeInit
         pass). ``setup`` is the adapter's :meth:`~StageAdapter.module_setup`; it travels when it changed."""
+        self.phases.start()
         timesteps = timesteps.detach().reshape(-1)
         self._new_pass(timesteps)
         control = {"timesteps": timesteps}
         if setup != self._setup_sent:
             control["setup"], self._setup_sent = setup, setup
         self._tell_workers(StepMessage(Op.BEGIN, total=len(timesteps)), tree=control, kind="control")
+        self.phases.mark("begin")
 
     @torch.no_grad()  # pipelines call the denoiser without autograd; so does every stage
     def drive(self, step: int, call: DenoiserCall, tag: int = 0) -> torch.Tensor:
         """Driver: the prediction for denoiser call ``tag`` of step ``step`` of the current pass."""
+        self.phases.mark("pipeline")  # since the previous call returned: the pipeline's own work
         if self.timesteps is None or not 0 <= step < self.total:
             raise AsyncVidError(f"denoiser call for step {step} outside the current pass of {self.total} steps")
         action = self.action(step)
@@ -180,18 +197,23 @@ class StageRuntime:
         routed = route(call.extras, self.extras_consumers) if call.extras else {}
         message = StepMessage(Op.STEP, step, action.t_index, tag, stream.cond_version,
                               extras_mask(k for k in routed if k > 0), timestep_dtype=timestep.dtype, total=self.total)
+        self.phases.mark("schedule")
         if self.worker_ranks:
             self._tell_workers(message, timestep, tree, extras=routed)
+            self.phases.mark("step message")
         before = self.traffic.activation
         self.calls_with_extras += 0 in routed
         out = self._compute(stream, timestep, self.adapter.input_state(call.sample), routed.get(0))
         self._send_on(stream, action, out)
+        self.phases.mark("send")
         if "recv_eps" in stream.links:
             eps = stream.links["recv_eps"].irecv().wait()[0]
+            self.phases.mark("wait for eps")
         else:
             eps = self.adapter.prediction(out)
         self._count_step(before)
         stream.last_eps = eps
+        self.phases.mark("schedule")
         return eps
 
     def end_call(self) -> None:
@@ -215,6 +237,7 @@ class StageRuntime:
         guess: _Speculation | None = None
         while True:
             message = StepMessage.decode(recv_message(self.driver_rank, FIELDS, self.device))
+            self.phases.mark("wait for message")
             if message.op == Op.BEGIN:
                 control = recv_tree(self.driver_rank, self.device)
                 if "setup" in control:
@@ -236,6 +259,7 @@ class StageRuntime:
         extras = recv_tree(self.driver_rank, self.device) if message.routes_extras_to(self.stage) else None
         self.calls_with_extras += extras is not None
         self._note_tag(message)
+        self.phases.mark("schedule")
         action = self.action(message.step)
         if action.kind == REUSE or action.t_index != message.t_index:
             raise AsyncVidError(f"step message for step {message.step} (t_index {message.t_index}) disagrees with "
@@ -245,6 +269,7 @@ class StageRuntime:
         pending: PendingState | None = None
         if action.kind == SEQUENTIAL:
             stream.prev_input = Carried.from_tensors(stream.links["recv_prev"].irecv().wait())
+            self.phases.mark("wait for input")
             out = self._compute(stream, timestep, stream.prev_input, extras)
         else:
             if stream.prev_input is None:
@@ -259,12 +284,16 @@ class StageRuntime:
             if not action.last_round:
                 pending = stream.links["recv_prev"].irecv()
         self._send_on(stream, action, out)
+        self.phases.mark("send")
         if pending is not None:
             stream.prev_input = Carried.from_tensors(pending.wait())
+            self.phases.mark("wait for input")
         self._count_step(before)
         if not self.options.speculate or extras:
             return None
-        return self._speculate(message)
+        guess = self._speculate(message)
+        self.phases.mark("schedule")
+        return guess
 
     def _key(self, step: int, tag: int, timestep: torch.Tensor, stream: _CallStream) -> tuple:
         return (step, tag, timestep.dtype, float(timestep.reshape(-1)[0]), stream.cond_version)

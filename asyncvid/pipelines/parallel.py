@@ -18,6 +18,7 @@ from ..distributed.topology import Topology
 from ..engine.guidance import GuidanceBranch, GuidanceFanout
 from ..engine.runtime import StageRuntime
 from ..engine.schedule import AsyncOptions
+from ..engine.simulate import CostTable
 from ..engine.split import SplitPlan, balanced_ranges, ranges_from_names
 from ..errors import AsyncVidError
 from ..models import adapter_for
@@ -61,7 +62,7 @@ class ProfileShape:
 
 
 def choose_split(adapter, split, stages: int, topo: Topology, device, shape: ProfileShape, dtype,
-                 driver_work=None) -> SplitPlan:
+                 driver_work=None, simulate: CostTable | None = None) -> SplitPlan:
     """The split from explicit module names, or ``"auto"``: balanced from a unit profile taken on the
     driver and shared with every rank (so all ranks cut the same way). ``driver_work(batch, frames,
     h, w, device, dtype)`` gives the seconds the driver spends per call besides its units (the
@@ -69,6 +70,8 @@ def choose_split(adapter, split, stages: int, topo: Topology, device, shape: Pro
     names = [u.name for u in adapter.units()]
     model = adapter.model
     h, w = shape.latent_size(getattr(model.config, "sample_size", None))
+    if simulate is not None and len(simulate.seconds) != len(names):
+        raise AsyncVidError(f"the cost table has {len(simulate.seconds)} units, {type(model).__name__} {len(names)}")
     sizes = cut_bytes(type(adapter), model, adapter.example_call(shape.batch, shape.frames, h, w, torch.device("cpu"), dtype))
     if isinstance(split, str):
         if split != "auto":
@@ -82,12 +85,16 @@ def choose_split(adapter, split, stages: int, topo: Topology, device, shape: Pro
             box = [None]
             if topo.is_driver:
                 extra = driver_work(shape.batch, shape.frames, h, w, device, dtype) if driver_work else (0.0, "")
-                box = [(unit_costs(adapter, adapter.example_call(shape.batch, shape.frames, h, w, device, dtype)), extra)]
+                costs = (simulate.for_batch(shape.batch) if simulate is not None else
+                         unit_costs(adapter, adapter.example_call(shape.batch, shape.frames, h, w, device, dtype)))
+                box = [(costs, extra)]
             if topo.world_size > 1:
                 dist.broadcast_object_list(box, src=0, device=device if device.type == "cuda" else None)
             costs, (extra, what) = box[0]
             ranges = balanced_ranges(costs, stages, first_extra=extra)
-        source = f"auto, profiled at batch {shape.batch} x {shape.frames} frames x {h}x{w} latents"
+        source = (f"auto, from the simulated devices' cost table ({simulate.source}) at batch {shape.batch}"
+                  if simulate is not None else
+                  f"auto, profiled at batch {shape.batch} x {shape.frames} frames x {h}x{w} latents")
         if costs and extra:
             source += f"; the driver's own work per call ({what}) counted on stage 0"
         plan = SplitPlan(names, ranges, costs, source=source)
@@ -210,7 +217,8 @@ class ParallelPipeline:
 
 
 def parallelize(pipe, stages: int = 2, stride: int = 1, warmup: int = 1, split="auto", time_shift: bool = False,
-                profile_shape=None, release: bool = True, cfg: int = 1) -> ParallelPipeline:
+                profile_shape=None, release: bool = True, cfg: int = 1,
+                simulate: CostTable | None = None) -> ParallelPipeline:
     """Run ``pipe``'s denoiser as ``stages`` AsyncDiff stages, one per rank of the process group.
 
     Every rank calls this with the same arguments (the group is created from the torchrun /
@@ -218,6 +226,9 @@ def parallelize(pipe, stages: int = 2, stride: int = 1, warmup: int = 1, split="
     ``profile_shape``) or a list, per stage, of module names relative to the denoiser. ``cfg`` > 1
     runs that many stage groups side by side (``stages x cfg`` ranks), each on its part of the
     guidance batch: exact, since the guidance branches are independent (``engine/guidance.py``).
+    ``simulate`` (a :class:`~asyncvid.engine.simulate.CostTable`) runs every rank as a simulated
+    device: each unit waits its table cost instead of computing (benchmarks of the engine's own
+    cost); the auto split is then balanced on the table.
     """
     options = AsyncOptions(stride=stride, warmup=warmup, time_shift=time_shift)
     options.validate(stages)
@@ -231,15 +242,18 @@ def parallelize(pipe, stages: int = 2, stride: int = 1, warmup: int = 1, split="
     adapter = adapters[0]
     shape = ProfileShape.parse(profile_shape, cfg)
     plan = choose_split(adapter, split, stages, topo, device, shape, denoisers[0].dtype,
-                        driver_work=lambda *shape: driver_seconds(pipe, adapter, *shape))
+                        driver_work=lambda *shape: driver_seconds(pipe, adapter, *shape), simulate=simulate)
     if len(adapters) > 1:  # both experts on the same split, one runtime each
+        if simulate is not None:
+            raise AsyncVidError("simulated devices are not supported with two experts (transformer and transformer_2)")
         return assemble_experts(pipe, adapters, plan, topo, device, options, release)
-    return assemble(pipe, adapter, plan, topo, device, options, release)
+    return assemble(pipe, adapter, plan, topo, device, options, release, simulate)
 
 
-def assemble(pipe, adapter, plan, topo, device, options: AsyncOptions, release: bool = True) -> ParallelPipeline:
+def assemble(pipe, adapter, plan, topo, device, options: AsyncOptions, release: bool = True,
+             simulate: CostTable | None = None) -> ParallelPipeline:
     """Wire a planned pipeline: release foreign weights, build this rank's runtime, hook the driver."""
     if release:
         release_weights(pipe, adapter, plan, topo, device)
-    runtime = StageRuntime(adapter, plan, topo, device, options)
+    runtime = StageRuntime(adapter, plan, topo, device, options, simulate)
     return ParallelPipeline(pipe, adapter, runtime, topo, plan)

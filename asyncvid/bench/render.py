@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .errors import AsyncVidError
+from ..errors import AsyncVidError
 
 
 def _render(file: str, devices: int, folder: Path) -> dict:
@@ -39,7 +39,7 @@ def _render(file: str, devices: int, folder: Path) -> dict:
 
 def run_render_bench(file: str, devices: int, log=print) -> dict:
     """One device, D devices, one device again; the D-device speedup against their mean."""
-    from .bench import hardware
+    from .speed import hardware
 
     if devices < 2:
         raise AsyncVidError(f"--devices must be >= 2 to compare with one device, got {devices}")

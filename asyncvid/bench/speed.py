@@ -15,17 +15,17 @@ import platform
 
 import torch
 
-from .catalog.builtin import DEFAULT_MODEL, DEFAULT_STEPS
-from .catalog.pipelines import denoiser_of, latent_side, profile_shape, vae_scale
-from .memory_bench import phase_peak_mib, reset_peak_rss, run_memory
-from .progress import progress
-from .utils import atomic_write
+from ..catalog.builtin import DEFAULT_MODEL, DEFAULT_STEPS
+from ..catalog.pipelines import denoiser_of, latent_side, profile_shape, vae_scale
+from .memory import phase_peak_mib, reset_peak_rss, run_memory
+from ..progress import progress
+from ..utils import atomic_write
 
 
 def _build(cfg: dict):
     """The configuration's pipeline on this rank's device (``cuda:LOCAL_RANK`` or the CPU), in its dtype."""
-    from .catalog.pipelines import build_pipeline
-    from .distributed.env import default_device
+    from ..catalog.pipelines import build_pipeline
+    from ..distributed.env import default_device
 
     pipe = build_pipeline(cfg["model"], cfg["preset"])
     dtype = getattr(torch, cfg.get("dtype", "float32"))
@@ -34,8 +34,8 @@ def _build(cfg: dict):
 
 
 def _timed_call(pipe, cfg: dict) -> list[float]:
-    from .catalog.pipelines import call_kwargs
-    from .planner.clock import timed_call
+    from ..catalog.pipelines import call_kwargs
+    from ..planner.clock import timed_call
 
     return timed_call(pipe, call_kwargs(pipe, cfg["frames"], latent_side(pipe, cfg), cfg["steps"]))
 
@@ -65,7 +65,7 @@ def run_baseline(cfg: dict, threads: int, profile: bool = False) -> dict:
     result.update(threads=threads, peak_rss_mib=[result["peak_rss_mib"]], latent=latent_side(pipe, cfg),
                   size=latent_side(pipe, cfg) * vae_scale(pipe))
     if profile:
-        from .planner.report import profile_pipeline
+        from ..planner.report import profile_pipeline
 
         result["profile"] = profile_pipeline(pipe, cfg["frames"], result["latent"])
     return result
@@ -75,7 +75,7 @@ def run_parallel_rank(cfg: dict, stages: int, stride: int, warmup: int = 1, grou
     """Runs on every rank (launched by :func:`asyncvid.launch.launch_local`); ``groups``: CFG groups."""
     import torch.distributed as dist
 
-    from .pipelines.parallel import parallelize
+    from ..pipelines.parallel import parallelize
 
     pipe = _build(cfg)
     latent = latent_side(pipe, cfg)
@@ -110,8 +110,8 @@ def run_contention_rank(cfg: dict) -> dict | None:
     bandwidth; the ratio is the slowdown the planner applies to parallel rounds here."""
     import torch.distributed as dist
 
-    from .models import adapter_for
-    from .planner.report import pipeline_example_call, time_forward
+    from ..models import adapter_for
+    from ..planner.report import pipeline_example_call, time_forward
 
     pipe = _build(cfg)
     adapter = adapter_for(denoiser_of(pipe))
@@ -142,7 +142,7 @@ def run_bench(preset: str = "small", frames: int = 8, size: int | None = None, s
               model: str = DEFAULT_MODEL, memory: bool = True, dtype: str = "float32", latent: int | None = None) -> dict:
     """Baselines, then every (stages, stride[, warmup[, cfg]]) configuration, each with the planner's
     prediction from the one-thread profile beside the measurement."""
-    from .launch import launch_local
+    from ..launch import launch_local
 
     cfg = dict(model=model, preset=preset, frames=frames, size=size, latent=latent, steps=steps, warmup=warmup,
                repeats=repeats, dtype=dtype)
@@ -180,8 +180,8 @@ def run_bench(preset: str = "small", frames: int = 8, size: int | None = None, s
 def _run_config(report: dict, cfg: dict, config: tuple, profile: dict, link, slowdown: float, allc: dict,
                 cores: int, log) -> None:
     """One configuration between two one-thread baselines (the one before is the previous one's after)."""
-    from .launch import launch_local
-    from .planner.report import predict_from
+    from ..launch import launch_local
+    from ..planner.report import predict_from
 
     stages, stride, wu, groups = config
     steps = cfg["steps"]
@@ -210,7 +210,7 @@ def _run_config(report: dict, cfg: dict, config: tuple, profile: dict, link, slo
 def _link(configs, log):
     """The link the predictions assume: measured between two local ranks when any configuration
     has more than one stage."""
-    from .planner.links import LINKS, measure_local_link
+    from ..planner.links import LINKS, measure_local_link
 
     if not any(c[0] * (c[3] if len(c) > 3 else 1) > 1 for c in configs):
         return LINKS["loopback"]

@@ -38,7 +38,7 @@ def phase_peak_mib() -> float:
 def save_preset(cfg: dict, folder: str) -> int:
     """Build the configuration's pipeline, cast it and save it (safetensors); runs in a child
     process. Returns its latent side (``--size`` or the model's own)."""
-    from .catalog.pipelines import build_pipeline, latent_side
+    from ..catalog.pipelines import build_pipeline, latent_side
 
     pipe = build_pipeline(cfg["model"], cfg["preset"]).to(dtype=getattr(torch, cfg["dtype"]))
     pipe.save_pretrained(folder, safe_serialization=True)
@@ -46,7 +46,7 @@ def save_preset(cfg: dict, folder: str) -> int:
 
 
 def _call(pipe, cfg: dict) -> None:
-    from .catalog.pipelines import call_kwargs
+    from ..catalog.pipelines import call_kwargs
 
     pipe(**call_kwargs(pipe, cfg["frames"], cfg["latent"], 2), generator=torch.Generator().manual_seed(0))
 
@@ -55,11 +55,11 @@ def memory_rank(folder: str, stages: int, cfg: dict) -> dict | None:
     """One process of the memory run: plain pipeline (``stages=0``) or one rank of ``stages``."""
     import torch.distributed as dist
 
-    from .catalog.folders import pipeline_class_name
-    from .catalog.quiet import svd_pipeline_class
-    from .pipelines.placement import materialized_parameters
+    from ..catalog.folders import pipeline_class_name
+    from ..catalog.quiet import svd_pipeline_class
+    from ..pipelines.placement import materialized_parameters
 
-    from .catalog.pipelines import denoiser_of
+    from ..catalog.pipelines import denoiser_of
 
     torch.set_num_threads(1)
     dtype = getattr(torch, cfg["dtype"])
@@ -67,13 +67,13 @@ def memory_rank(folder: str, stages: int, cfg: dict) -> dict | None:
     frames = cfg["frames"]
     if kind == "StableVideoDiffusionPipeline":
         plain_class = svd_pipeline_class()
-        from .pipelines.svd_loading import AsyncStableVideoDiffusionPipeline as Loader
+        from ..pipelines.svd_loading import AsyncStableVideoDiffusionPipeline as Loader
     elif kind == "WanPipeline":
         import json
 
         from diffusers import WanPipeline as plain_class
 
-        from .pipelines.wan_loading import AsyncWanPipeline as Loader
+        from ..pipelines.wan_loading import AsyncWanPipeline as Loader
 
         with open(os.path.join(folder, "vae", "config.json"), encoding="utf-8") as f:
             step = json.load(f).get("scale_factor_temporal", 4)
@@ -81,7 +81,7 @@ def memory_rank(folder: str, stages: int, cfg: dict) -> dict | None:
     else:
         from diffusers import AnimateDiffPipeline as plain_class
 
-        from .pipelines.animatediff import AsyncAnimateDiffPipeline as Loader
+        from ..pipelines.animatediff import AsyncAnimateDiffPipeline as Loader
     before = rss_now_mib()
     reset_peak_rss()
     if stages == 0:
@@ -112,7 +112,7 @@ def memory_rank(folder: str, stages: int, cfg: dict) -> dict | None:
 
 def run_memory(cfg: dict, stages_list=(2,), log=print) -> dict:
     """The full pipeline's peak and every rank's peak under stage-only loading, with their ratios."""
-    from .launch import launch_local
+    from ..launch import launch_local
 
     out = {"dtype": cfg["dtype"], "preset": cfg["preset"], "model": cfg["model"]}
     with tempfile.TemporaryDirectory(prefix="asyncvid-memory-") as tmp:
