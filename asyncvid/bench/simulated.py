@@ -18,6 +18,8 @@ Per device cost of a denoising step (``--step-ms``, both guidance branches) and 
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from ..catalog.pipelines import denoiser_of, latent_side, profile_shape
@@ -56,7 +58,6 @@ def _measure_calls(pipe, cfg: dict, repeats: int, clock=None) -> dict:
     _timed_call(pipe, cfg)  # set-up: every simulated unit learns its output shape once, for real
     if clock is not None:
         clock.reset()
-        from ..distributed.transport import DBG; DBG.clear()
     marks = min((_timed_call(pipe, cfg) for _ in range(repeats)), key=lambda m: m[-1] - m[0])
     step = (marks[-1] - marks[1]) / (len(marks) - 2)
     return dict(call_s=marks[-1] - marks[0], step_s=step, pre_loop_s=max(0.0, marks[1] - marks[0] - step))
@@ -110,21 +111,23 @@ def parallel_rank(cfg: dict, tables: list[dict], stages: int, stride: int, warmu
                             profile_shape=profile_shape(pipe, cfg["frames"], latent, groups),
                             simulate=CostTable.from_dict(table))
         runtime = ppipe.runtime
+        if os.environ.get("ASYNCVID_PHASE_TRACE"):
+            runtime.phases.events = []
         call_s = None
         if ppipe.is_driver:
             call_s = _measure_calls(ppipe, cfg, cfg["repeats"], runtime.phases)["call_s"]
             ppipe.close()
         else:
             ppipe(None)  # the set-up call
-            runtime.phases.reset(); from ..distributed.transport import DBG; DBG.clear()
+            runtime.phases.reset()
             ppipe.serve()
-        from ..distributed.transport import DBG
-        runtime.phases.totals.update({'dbg ' + k: v for k, v in DBG.items()}); DBG.clear()
-        row = (runtime.phases.per_round_ms(), dict(runtime.speculation), runtime.traffic.activation)
+        row = (runtime.phases.per_round_ms(), dict(runtime.speculation), runtime.traffic.activation,
+               runtime.phases.events)
         rows = [None] * dist.get_world_size()
         dist.all_gather_object(rows, row)
         out.append(dict(call_s=call_s, plan=ppipe.plan.to_dict(), phases_ms=[r[0] for r in rows],
-                        speculation=[r[1] for r in rows], activation_bytes=[r[2] for r in rows]))
+                        speculation=[r[1] for r in rows], activation_bytes=[r[2] for r in rows],
+                        **({"events": [r[3] for r in rows]} if rows[0][3] is not None else {})))
     return out if dist.get_rank() == 0 else None
 
 

@@ -22,6 +22,11 @@ class Topology:
     rank: int
     world_size: int
     stage_group: object | None = None
+    #: carried states travel on groups of their own, one per direction (forward: stage to stage and
+    #: guidance parts out; back: predictions to the driver), each with its own connections, so a large
+    #: state in flight never holds up a step message or a prediction (gloo serialises one pair)
+    forward_group: object | None = None
+    back_group: object | None = None
 
     @property
     def stage(self) -> int:
@@ -66,4 +71,7 @@ class Topology:
             group = dist.new_group(ranks) if world > 1 else dist.group.WORLD
             if rank in ranks:
                 topo.stage_group = group
+        if world > 1:
+            topo.forward_group = dist.new_group(list(range(world)))
+            topo.back_group = dist.new_group(list(range(world)))
         return topo

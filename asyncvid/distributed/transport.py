@@ -13,7 +13,10 @@ Nothing here is collective: no rank ever waits for the whole group.
 
 from __future__ import annotations
 
+import os
 import pickle
+import queue
+import threading
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -88,22 +91,91 @@ class Traffic:
     extras: int = 0  # per-call inputs routed to the stages that consume them (ControlNet residuals)
     guidance: int = 0  # guidance parts' latents and predictions between CFG groups' drivers
     messages: int = 0
+    threaded_sends: int = 0  # states posted from the sender thread (gloo), not the rank's own
     per_step: list[int] = field(default_factory=list)  # activation bytes sent in each executed step
 
     def snapshot(self) -> dict:
         return {"activation_bytes": self.activation, "control_bytes": self.control,
                 "conditioning_bytes": self.conditioning, "extras_bytes": self.extras,
-                "guidance_bytes": self.guidance, "messages": self.messages,
+                "guidance_bytes": self.guidance, "messages": self.messages, "threaded_sends": self.threaded_sends,
                 "activation_bytes_per_step": list(self.per_step)}
 
 
-class StateLink:
-    """One direction of one edge (this rank -> peer, or peer -> this rank) for carried states."""
+class _Posted:
+    """A send handed to the :class:`_Sender` thread: done once packed and posted (``works`` set)."""
 
-    def __init__(self, peer: int, device: torch.device, traffic: Traffic, kind: str = "activation"):
-        self.peer, self.device, self.traffic, self.kind = peer, device, traffic, kind
+    def __init__(self) -> None:
+        self.ready = threading.Event()
+        self.works: list = []
+        self.error: BaseException | None = None
+
+    def wait(self) -> None:
+        self.ready.wait()
+        if self.error is not None:
+            raise self.error
+        for work in self.works:
+            work.wait()
+
+
+class _Sender:
+    """One thread per process that packs and posts large states. On gloo the posting thread itself
+    copies the bytes into the socket (about 1 ms per 3 MB here): done on this thread, that copy
+    overlaps the rank's compute instead of adding to it. Sends of different links carry different
+    tags, so their order between threads does not matter; on one link the order is kept (FIFO)."""
+
+    _instance: "_Sender | None" = None
+
+    def __init__(self) -> None:
+        self.jobs: queue.SimpleQueue = queue.SimpleQueue()
+        threading.Thread(target=self._run, name="asyncvid-sender", daemon=True).start()
+
+    @classmethod
+    def get(cls) -> "_Sender":
+        if cls._instance is None:
+            cls._instance = cls()
+        return cls._instance
+
+    def _run(self) -> None:
+        while True:
+            link, tensors, posted = self.jobs.get()
+            try:
+                posted.works = link._post(tensors)
+            except BaseException as exc:  # noqa: BLE001 - raised again on the rank's own thread by wait()
+                posted.error = exc
+            posted.ready.set()
+
+
+def _send_on_thread(device: torch.device) -> bool:
+    """Post large sends from the sender thread? Only where posting a send copies on the caller
+    (gloo, CPU tensors); NCCL only enqueues, so there the rank's thread posts them itself."""
+    return device.type == "cpu" and dist.is_initialized() and dist.get_backend() == "gloo"
+
+
+_CHANNELS = ("hop", "eps", "part", "part eps")
+
+
+def link_tag(call_tag: int, channel: str) -> int:
+    """The transport tag of a state link: one per (call tag, channel), never 0 (the control channel)."""
+    return 1 + len(_CHANNELS) * call_tag + _CHANNELS.index(channel)
+
+
+#: a state at least this large is posted by the sender thread (smaller ones cost less than the hand-over);
+#: ``ASYNCVID_SEND_THREAD_MIN_BYTES`` overrides it (the tests send every state from the thread with 0)
+THREAD_MIN_BYTES = int(os.environ.get("ASYNCVID_SEND_THREAD_MIN_BYTES", 256 * 1024))
+
+
+class StateLink:
+    """One direction of one edge (this rank -> peer, or peer -> this rank) for carried states.
+
+    ``tag`` tells this link's transfers apart from any other between the same two ranks (both ends
+    give the same tag); the layout itself travels on the untagged control channel."""
+
+    def __init__(self, peer: int, device: torch.device, traffic: Traffic, kind: str = "activation", tag: int = 0,
+                 group=None):
+        self.peer, self.device, self.traffic, self.kind, self.tag, self.group = peer, device, traffic, kind, tag, group
         self.layout: Layout | None = None
         self._pending: list = []
+        self._threaded = False
 
     def reset(self) -> None:
         self.wait()
@@ -118,12 +190,22 @@ class StateLink:
             payload = pickle.dumps(self.layout)
             dist.send_object_list([self.layout], dst=self.peer, device=_object_device(self.device))
             self.traffic.control += len(payload) + 8
-        buffers = pack(tensors, self.layout)
-        for buf in buffers:
-            self._pending.append(dist.isend(buf, dst=self.peer))
-            setattr(self.traffic, self.kind, getattr(self.traffic, self.kind) + buf.numel() * buf.element_size())
+            self._threaded = self.tag != 0 and self.layout.nbytes() >= THREAD_MIN_BYTES and _send_on_thread(self.device)
+        for dtype, n in self.layout.groups().items():
+            setattr(self.traffic, self.kind, getattr(self.traffic, self.kind) + n * torch.empty((), dtype=dtype).element_size())
             self.traffic.messages += 1
+        if self._threaded:
+            posted = _Posted()
+            _Sender.get().jobs.put((self, tensors, posted))
+            self.traffic.threaded_sends += 1
+            self._pending.append(posted)
+        else:
+            self._pending.extend(self._post(tensors))
+
+    def _post(self, tensors: list[torch.Tensor]) -> list:
+        buffers = pack(tensors, self.layout)
         self._keep = buffers  # buffers must outlive the send
+        return [dist.isend(buf, dst=self.peer, tag=self.tag, group=self.group) for buf in buffers]
 
     # --- receiving -----------------------------------------------------------------------
     def irecv(self) -> "PendingState":
@@ -132,7 +214,7 @@ class StateLink:
             dist.recv_object_list(box, src=self.peer, device=_object_device(self.device))
             self.layout = box[0]
         buffers = [torch.empty(n, dtype=d, device=self.device) for d, n in self.layout.groups().items()]
-        works = [dist.irecv(buf, src=self.peer) for buf in buffers]
+        works = [dist.irecv(buf, src=self.peer, tag=self.tag, group=self.group) for buf in buffers]
         return PendingState(self.layout, buffers, works)
 
     def wait(self) -> None:

@@ -30,7 +30,7 @@ import torch
 
 from ..distributed.protocol import FIELDS, Op, StepMessage
 from ..distributed.topology import Topology
-from ..distributed.transport import StateLink, recv_message, recv_tree, send_message, send_tree
+from ..distributed.transport import StateLink, link_tag, recv_message, recv_tree, send_message, send_tree
 from ..errors import AsyncVidError
 from .adapter import DenoiserCall, StageAdapter
 from .conditioning import ConditioningVersion
@@ -43,8 +43,9 @@ class _Peer:
 
     def __init__(self, rank: int, runtime: StageRuntime):
         self.rank = rank
-        self.sample = StateLink(rank, runtime.device, runtime.traffic, kind="guidance")
-        self.eps = StateLink(rank, runtime.device, runtime.traffic, kind="guidance")
+        topo = runtime.topo
+        self.sample = StateLink(rank, runtime.device, runtime.traffic, "guidance", link_tag(0, "part"), topo.forward_group)
+        self.eps = StateLink(rank, runtime.device, runtime.traffic, "guidance", link_tag(0, "part eps"), topo.back_group)
         self.versions: dict[int, ConditioningVersion] = {}
         self.conds: dict[int, Any] = {}  # call tag -> the conditioning it holds (routed calls)
 
@@ -185,8 +186,9 @@ class GuidanceBranch:
     def __init__(self, runtime: StageRuntime, adapter: StageAdapter):
         self.runtime, self.adapter = runtime, adapter
         device, traffic = runtime.device, runtime.traffic
-        self.sample = StateLink(0, device, traffic, kind="guidance")
-        self.eps = StateLink(0, device, traffic, kind="guidance")
+        topo = runtime.topo
+        self.sample = StateLink(0, device, traffic, "guidance", link_tag(0, "part"), topo.forward_group)
+        self.eps = StateLink(0, device, traffic, "guidance", link_tag(0, "part eps"), topo.back_group)
         self.conds: dict[int, tuple[int, Any]] = {}  # call tag -> (version, conditioning part)
 
     @property

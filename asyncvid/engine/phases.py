@@ -16,6 +16,7 @@ class PhaseClock:
         self.totals: dict[str, float] = defaultdict(float)
         self.rounds = 0
         self._last = time.perf_counter()
+        self.events: list[tuple[str, float]] | None = None  # set to a list to record (phase, end time)
 
     def start(self) -> None:
         """Begin timing here (time before it is charged to no phase)."""
@@ -25,9 +26,13 @@ class PhaseClock:
         now = time.perf_counter()
         self.totals[phase] += now - self._last
         self._last = now
+        if self.events is not None:
+            self.events.append((phase, now))
 
     def reset(self) -> None:
+        events = self.events
         self.__init__()
+        self.events = None if events is None else []
 
     def per_round_ms(self) -> dict[str, float]:
         n = max(self.rounds, 1)

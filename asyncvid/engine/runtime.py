@@ -10,56 +10,32 @@ the conditioning when its version changes, and the carried states across the cut
 * parallel step: stage k runs on what stage k-1 produced in the *previous* round, sends its output
   on, then completes the receive of stage k-1's output of this round.
 
-Workers run ahead: as soon as a parallel round's input is in, a worker computes its next call from
-the schedule (the same pure function the driver uses), *before* the driver's step message arrives,
-so the driver's own per-step work (guidance, scheduler, callbacks) overlaps the workers' compute.
-Nothing leaves a worker before the message has confirmed the call; when the message disagrees
-(other step, timestep or call tag, new conditioning, extra inputs), the speculative result is
-dropped and the call computed again, so the outcome never depends on the guess.
+Workers run ahead of the step messages (``engine/follower.py``). Carried states travel on their own
+process groups and, on gloo, are posted from a sender thread (``distributed/transport.py``), so a
+transfer overlaps compute and never holds up a step message.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from ..distributed.protocol import FIELDS, Op, StepMessage, extras_mask
+from ..distributed.protocol import Op, StepMessage, extras_mask
 from ..distributed.topology import Topology
-from ..distributed.transport import (PendingState, StateLink, Traffic, recv_message, recv_tree, send_message,
-                                     send_tree)
+from ..distributed.transport import StateLink, Traffic, link_tag, send_message, send_tree
 from ..errors import AsyncVidError
 from .adapter import DenoiserCall, StageAdapter
-from .conditioning import ConditioningVersion
 from .extras import consumers, route
 from .phases import PhaseClock
-from .schedule import PARALLEL, REUSE, SEQUENTIAL, AsyncOptions, StepAction, step_action
+from .schedule import REUSE, SEQUENTIAL, AsyncOptions, StepAction, step_action
 from .simulate import CostTable, SimulatedDevice
 from .split import SplitPlan
+from .follower import FollowerMixin, _CallStream
 from .units import Carried, run_units
 
 
-@dataclass
-class _CallStream:
-    """Everything that belongs to one call tag: its links, stale input, conditioning, last prediction."""
-
-    links: dict[str, StateLink]
-    version: ConditioningVersion = field(default_factory=ConditioningVersion)
-    cond_version: int = 0
-    cond: Any = None
-    sample_shape: torch.Size | None = None
-    prev_input: Carried | None = None
-    last_eps: torch.Tensor | None = None
-
-
-@dataclass
-class _Speculation:
-    key: tuple
-    out: Carried
-
-
-class StageRuntime:
+class StageRuntime(FollowerMixin):
     def __init__(self, adapter: StageAdapter, split: SplitPlan, topo: Topology, device: torch.device,
                  options: AsyncOptions, simulate: CostTable | None = None):
         self.adapter, self.split, self.topo, self.device, self.options = adapter, split, topo, device, options
@@ -94,14 +70,16 @@ class StageRuntime:
         if stream is None:
             n, k, rank = self.n_stages, self.stage, self.topo.stage_rank
             links = {}
+            hop, back = link_tag(tag, "hop"), link_tag(tag, "eps")  # both ends of a link name it alike
+            forward, backward = self.topo.forward_group, self.topo.back_group
             if k > 0:
-                links["recv_prev"] = StateLink(rank(k - 1), self.device, self.traffic)
+                links["recv_prev"] = StateLink(rank(k - 1), self.device, self.traffic, tag=hop, group=forward)
             if k < n - 1:
-                links["send_next"] = StateLink(rank(k + 1), self.device, self.traffic)
+                links["send_next"] = StateLink(rank(k + 1), self.device, self.traffic, tag=hop, group=forward)
             if n > 1 and k == n - 1:
-                links["send_eps"] = StateLink(self.driver_rank, self.device, self.traffic)
+                links["send_eps"] = StateLink(self.driver_rank, self.device, self.traffic, tag=back, group=backward)
             if n > 1 and k == 0:
-                links["recv_eps"] = StateLink(rank(n - 1), self.device, self.traffic)
+                links["recv_eps"] = StateLink(rank(n - 1), self.device, self.traffic, tag=back, group=backward)
             stream = self.streams[tag] = _CallStream(links)
         return stream
 
@@ -117,9 +95,13 @@ class StageRuntime:
         o = self.options
         return step_action(step, self.total, o.warmup, o.stride, o.time_shift)
 
-    def _compute(self, stream: _CallStream, timestep: torch.Tensor, state: Carried, extras=None) -> Carried:
+    def _context(self, stream: _CallStream, timestep: torch.Tensor, extras=None):
         cond = stream.cond if not extras else {**stream.cond, **extras}
-        ctx = self.adapter.context(stream.sample_shape, timestep, cond)
+        return self.adapter.context(stream.sample_shape, timestep, cond)
+
+    def _compute(self, stream: _CallStream, timestep: torch.Tensor, state: Carried, extras=None, ctx=None) -> Carried:
+        if ctx is None:
+            ctx = self._context(stream, timestep, extras)
         if self.simulated is not None:
             self.simulated.batch = stream.sample_shape[0]
         self.phases.mark("context")
@@ -229,100 +211,3 @@ class StageRuntime:
             for work, _ in self._sent:
                 work.wait()
             self._sent.clear()
-
-    # ------------------------------------------------------------------ workers
-    @torch.no_grad()  # without it a worker would record autograd graphs and keep them alive with its states
-    def follow(self) -> Op:
-        """Worker: follow the driver through one pipeline call; returns ``END_CALL``, ``SHUTDOWN`` or ``UNDO``."""
-        guess: _Speculation | None = None
-        while True:
-            message = StepMessage.decode(recv_message(self.driver_rank, FIELDS, self.device))
-            self.phases.mark("wait for message")
-            if message.op == Op.BEGIN:
-                control = recv_tree(self.driver_rank, self.device)
-                if "setup" in control:
-                    self.adapter.apply_module_setup(control["setup"])
-                self._new_pass(control["timesteps"])
-                guess = None
-                continue
-            if message.op != Op.STEP:
-                self._wait_links()
-                return message.op
-            guess = self._follow_step(message, guess)
-
-    def _follow_step(self, message: StepMessage, guess: _Speculation | None) -> _Speculation | None:
-        stream = self._stream(message.call_tag)
-        if message.cond_version != stream.cond_version:
-            payload = recv_tree(self.driver_rank, self.device)
-            stream.cond, stream.sample_shape = payload["cond"], torch.Size(payload["shape"])
-            stream.cond_version = message.cond_version
-        extras = recv_tree(self.driver_rank, self.device) if message.routes_extras_to(self.stage) else None
-        self.calls_with_extras += extras is not None
-        self._note_tag(message)
-        self.phases.mark("schedule")
-        action = self.action(message.step)
-        if action.kind == REUSE or action.t_index != message.t_index:
-            raise AsyncVidError(f"step message for step {message.step} (t_index {message.t_index}) disagrees with "
-                                f"this rank's schedule ({action}): every rank must use the same options")
-        timestep = message.timestep_tensor(self.device)
-        before = self.traffic.activation
-        pending: PendingState | None = None
-        if action.kind == SEQUENTIAL:
-            stream.prev_input = Carried.from_tensors(stream.links["recv_prev"].irecv().wait())
-            self.phases.mark("wait for input")
-            out = self._compute(stream, timestep, stream.prev_input, extras)
-        else:
-            if stream.prev_input is None:
-                raise AsyncVidError("parallel step without a previous input: the loop must start with a warm-up step")
-            key = self._key(message.step, message.call_tag, timestep, stream)
-            if guess is not None and guess.key == key and not extras:
-                out = guess.out
-                self.speculation["used"] += 1
-            else:
-                self.speculation["dropped"] += guess is not None
-                out = self._compute(stream, timestep, stream.prev_input, extras)
-            if not action.last_round:
-                pending = stream.links["recv_prev"].irecv()
-        self._send_on(stream, action, out)
-        self.phases.mark("send")
-        if pending is not None:
-            stream.prev_input = Carried.from_tensors(pending.wait())
-            self.phases.mark("wait for input")
-        self._count_step(before)
-        if not self.options.speculate or extras:
-            return None
-        guess = self._speculate(message)
-        self.phases.mark("schedule")
-        return guess
-
-    def _key(self, step: int, tag: int, timestep: torch.Tensor, stream: _CallStream) -> tuple:
-        return (step, tag, timestep.dtype, float(timestep.reshape(-1)[0]), stream.cond_version)
-
-    def _note_tag(self, message: StepMessage) -> None:
-        if self._tags_this_step and message.call_tag in self._tags_this_step:  # a new step began
-            self._tag_pattern = self._tags_this_step
-            self._tags_this_step = []
-        self._tags_this_step.append(message.call_tag)
-
-    def _next_call(self, message: StepMessage) -> tuple[int, int] | None:
-        """The (step, tag) the driver will most likely ask for next, from the schedule and the tag pattern."""
-        pattern = self._tag_pattern
-        if message.call_tag in pattern and pattern.index(message.call_tag) + 1 < len(pattern):
-            return message.step, pattern[pattern.index(message.call_tag) + 1]
-        step = message.step + 1
-        while step < self.total and self.action(step).kind == REUSE:
-            step += 1
-        return (step, pattern[0]) if step < self.total else None
-
-    def _speculate(self, message: StepMessage) -> _Speculation | None:
-        nxt = self._next_call(message)
-        if nxt is None:
-            return None
-        step, tag = nxt
-        action = self.action(step)
-        stream = self.streams.get(tag)
-        if action.kind != PARALLEL or stream is None or stream.prev_input is None or stream.cond is None:
-            return None
-        timestep = self.timesteps[action.t_index].reshape(1).to(device=self.device, dtype=message.timestep_dtype)
-        out = self._compute(stream, timestep, stream.prev_input)
-        return _Speculation(self._key(step, tag, timestep, stream), out)

@@ -79,7 +79,7 @@ def toy_loop(denoise, steps: int, tags: int, rebuild_cond: bool) -> list[torch.T
     return xs
 
 
-def run_engine(stages: int, options: dict, steps: int, tags: int, rebuild_cond: bool, split=None):
+def run_engine(stages: int, options: dict, steps: int, tags: int, rebuild_cond: bool, split=None, simulate=None):
     """Every rank: the runtime over the process group; rank 0 returns the final latents and traffic."""
     import torch.distributed as dist
 
@@ -90,7 +90,7 @@ def run_engine(stages: int, options: dict, steps: int, tags: int, rebuild_cond: 
     adapter = ToyAdapter(ToyModel())
     names = [u.name for u in adapter.units()]
     plan = SplitPlan(names, split or balanced_ranges([1.0] * UNITS, stages))
-    runtime = StageRuntime(adapter, plan, topo, default_device(), AsyncOptions(**options))
+    runtime = StageRuntime(adapter, plan, topo, default_device(), AsyncOptions(**options), simulate)
     # no ``torch.no_grad()`` here: the runtime must not record autograd graphs on its own (the toy's
     # parameters require grad, as a loaded model's do)
     if topo.is_driver:
@@ -103,7 +103,8 @@ def run_engine(stages: int, options: dict, steps: int, tags: int, rebuild_cond: 
             pass
     stats = [None] * topo.world_size
     dist.all_gather_object(stats, {"traffic": runtime.traffic.snapshot(), "executed": runtime.steps_executed,
-                                   "speculation": dict(runtime.speculation), "grad_modes": sorted(GRAD_MODES)})
+                                   "speculation": dict(runtime.speculation), "grad_modes": sorted(GRAD_MODES),
+                                   "phases": dict(runtime.phases.totals), "rounds": runtime.phases.rounds})
     return {"xs": xs, "stats": stats, "ranges": plan.ranges} if topo.is_driver else None
 
 

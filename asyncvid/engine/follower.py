@@ -1,0 +1,149 @@
+"""The workers' side of the stage runtime: following the driver's step messages, and running ahead.
+
+As soon as a parallel round's output has been sent, a worker works out its next call from the
+schedule (the same pure function the driver uses) and the call tags seen so far, computes that
+call's per-step context while its next input is still in flight, and then, once the input is in,
+the call itself, *before* the driver's step message arrives. So the driver's own per-step work
+(guidance, scheduler, callbacks) and the context overlap the workers' compute. Nothing leaves a
+worker before the message has confirmed the call; when the message disagrees (other step,
+timestep or call tag, new conditioning, extra inputs), the speculative result is dropped and the
+call computed again, so the outcome never depends on the guess.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..distributed.protocol import FIELDS, Op, StepMessage
+from ..distributed.transport import PendingState, StateLink, recv_message, recv_tree
+from ..errors import AsyncVidError
+from .conditioning import ConditioningVersion
+from .schedule import PARALLEL, REUSE, SEQUENTIAL
+from .units import Carried
+
+
+@dataclass
+class _CallStream:
+    """Everything that belongs to one call tag: its links, stale input, conditioning, last prediction."""
+
+    links: dict[str, StateLink]
+    version: ConditioningVersion = field(default_factory=ConditioningVersion)
+    cond_version: int = 0
+    cond: Any = None
+    sample_shape: torch.Size | None = None
+    prev_input: Carried | None = None
+    last_eps: torch.Tensor | None = None
+
+
+@dataclass
+class _Speculation:
+    key: tuple
+    out: Carried
+
+
+
+
+class FollowerMixin:
+    """:class:`~asyncvid.engine.runtime.StageRuntime`'s methods for the ranks that are not a driver."""
+
+    @torch.no_grad()  # without it a worker would record autograd graphs and keep them alive with its states
+    def follow(self) -> Op:
+        """Worker: follow the driver through one pipeline call; returns ``END_CALL``, ``SHUTDOWN`` or ``UNDO``."""
+        guess: _Speculation | None = None
+        while True:
+            message = StepMessage.decode(recv_message(self.driver_rank, FIELDS, self.device))
+            self.phases.mark("wait for message")
+            if message.op == Op.BEGIN:
+                control = recv_tree(self.driver_rank, self.device)
+                if "setup" in control:
+                    self.adapter.apply_module_setup(control["setup"])
+                self._new_pass(control["timesteps"])
+                guess = None
+                continue
+            if message.op != Op.STEP:
+                self._wait_links()
+                return message.op
+            guess = self._follow_step(message, guess)
+
+    def _follow_step(self, message: StepMessage, guess: _Speculation | None) -> _Speculation | None:
+        stream = self._stream(message.call_tag)
+        if message.cond_version != stream.cond_version:
+            payload = recv_tree(self.driver_rank, self.device)
+            stream.cond, stream.sample_shape = payload["cond"], torch.Size(payload["shape"])
+            stream.cond_version = message.cond_version
+        extras = recv_tree(self.driver_rank, self.device) if message.routes_extras_to(self.stage) else None
+        self.calls_with_extras += extras is not None
+        self._note_tag(message)
+        self.phases.mark("schedule")
+        action = self.action(message.step)
+        if action.kind == REUSE or action.t_index != message.t_index:
+            raise AsyncVidError(f"step message for step {message.step} (t_index {message.t_index}) disagrees with "
+                                f"this rank's schedule ({action}): every rank must use the same options")
+        timestep = message.timestep_tensor(self.device)
+        before = self.traffic.activation
+        pending: PendingState | None = None
+        if action.kind == SEQUENTIAL:
+            stream.prev_input = Carried.from_tensors(stream.links["recv_prev"].irecv().wait())
+            self.phases.mark("wait for input")
+            out = self._compute(stream, timestep, stream.prev_input, extras)
+        else:
+            if stream.prev_input is None:
+                raise AsyncVidError("parallel step without a previous input: the loop must start with a warm-up step")
+            key = self._key(message.step, message.call_tag, timestep, stream)
+            if guess is not None and guess.key == key and not extras:
+                out = guess.out
+                self.speculation["used"] += 1
+            else:
+                self.speculation["dropped"] += guess is not None
+                out = self._compute(stream, timestep, stream.prev_input, extras)
+            if not action.last_round:
+                pending = stream.links["recv_prev"].irecv()
+        self._send_on(stream, action, out)
+        self.phases.mark("send")
+        ahead = self._next_work(message) if self.options.speculate and not extras else None
+        if pending is not None:
+            stream.prev_input = Carried.from_tensors(pending.wait())
+            self.phases.mark("wait for input")
+        self._count_step(before)
+        if ahead is None or ahead[1].prev_input is None:
+            return None
+        key, nxt, timestep, ctx = ahead
+        return _Speculation(key, self._compute(nxt, timestep, nxt.prev_input, ctx=ctx))
+
+    def _key(self, step: int, tag: int, timestep: torch.Tensor, stream: _CallStream) -> tuple:
+        return (step, tag, timestep.dtype, float(timestep.reshape(-1)[0]), stream.cond_version)
+
+    def _note_tag(self, message: StepMessage) -> None:
+        if self._tags_this_step and message.call_tag in self._tags_this_step:  # a new step began
+            self._tag_pattern = self._tags_this_step
+            self._tags_this_step = []
+        self._tags_this_step.append(message.call_tag)
+
+    def _next_call(self, message: StepMessage) -> tuple[int, int] | None:
+        """The (step, tag) the driver will most likely ask for next, from the schedule and the tag pattern."""
+        pattern = self._tag_pattern
+        if message.call_tag in pattern and pattern.index(message.call_tag) + 1 < len(pattern):
+            return message.step, pattern[pattern.index(message.call_tag) + 1]
+        step = message.step + 1
+        while step < self.total and self.action(step).kind == REUSE:
+            step += 1
+        return (step, pattern[0]) if step < self.total else None
+
+    def _next_work(self, message: StepMessage):
+        """The next call's key, stream, timestep and context (computed now, while the input is in flight),
+        or None when the schedule says it will not be a parallel call of a known stream."""
+        nxt = self._next_call(message)
+        if nxt is None:
+            return None
+        step, tag = nxt
+        action = self.action(step)
+        stream = self.streams.get(tag)
+        if action.kind != PARALLEL or stream is None or stream.cond is None:
+            return None
+        timestep = self.timesteps[action.t_index].reshape(1).to(device=self.device, dtype=message.timestep_dtype)
+        ctx = self._context(stream, timestep)
+        self.phases.mark("context ahead")
+        return self._key(step, tag, timestep, stream), stream, timestep, ctx
