@@ -71,6 +71,9 @@ def add_bench_parser(subparsers) -> None:
     q.add_argument("--objective", choices=["latency", "throughput"], default="latency",
                    help="latency: fastest single video; throughput: most videos per hour over replicas (default latency)")
     q.add_argument("--fidelity", metavar="FILE", help="an `asyncvid eval fidelity --json` report: PSNR per layout")
+    q.add_argument("--bench", nargs="+", metavar="FILE",
+                   help="`asyncvid bench --json` reports (real or --simulate): each layout they timed says so in the "
+                        "'speed known from' column (simulated / measured), the others say 'predicted only'")
     q.add_argument("--min-psnr", type=float, metavar="DB", help="only layouts measured at or above this PSNR (needs --fidelity)")
     q.add_argument("--stages", type=int, help="predict only this many stages (with --stride, --warmup, --cfg)")
     q.add_argument("--cfg", type=int, default=1, help="with --stages: CFG groups (default 1)")
@@ -186,13 +189,14 @@ def cmd_plan(args) -> int:
             raise AsyncVidError(f"--stages {args.stages} x --cfg {args.cfg} needs more than --devices {args.devices}")
         pred = predict_from(profile, args.stages, args.stride, args.warmup, args.steps, link, cfg=args.cfg)
     else:
-        from ..planner.layouts import describe_layouts, enumerate_layouts, fidelity_table, rank_layouts
+        from ..planner.layouts import bench_table, describe_layouts, enumerate_layouts, fidelity_table, rank_layouts
 
         if args.min_psnr is not None and not args.fidelity:
             raise AsyncVidError("--min-psnr needs --fidelity FILE (an asyncvid eval fidelity --json report)")
         fidelity = fidelity_table(_read_json(args.fidelity)) if args.fidelity else None
-        ranked = rank_layouts(enumerate_layouts(profile, args.devices, args.steps, link, fidelity), args.objective,
-                              args.min_psnr)
+        measured = bench_table([_read_json(f) for f in args.bench]) if args.bench else None
+        ranked = rank_layouts(enumerate_layouts(profile, args.devices, args.steps, link, fidelity, measured=measured),
+                              args.objective, args.min_psnr)
         print(describe_layouts(ranked, args.objective, args.devices))
         print()
         pred, layouts = ranked[0].prediction, [lay.to_dict() for lay in ranked]

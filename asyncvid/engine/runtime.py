@@ -114,6 +114,10 @@ class StageRuntime(FollowerMixin):
         return out
 
     def _send_on(self, stream: _CallStream, action: StepAction, out: Carried) -> None:
+        for name in ("send_next", "send_eps"):
+            if name in stream.links:
+                stream.links[name].wait()  # the previous state on this link has left (its receiver took it)
+        self.phases.mark("wait for peer")
         if "send_next" in stream.links and (action.kind == SEQUENTIAL or not action.last_round):
             stream.links["send_next"].isend(out.tensors())
         if "send_eps" in stream.links:
@@ -135,6 +139,7 @@ class StageRuntime(FollowerMixin):
         for work, _ in self._sent:
             work.wait()
         self._sent.clear()
+        self.phases.mark("wait for peer")
         encoded = message.encode(self.device, timestep)  # one buffer, read by every send
         for stage, rank in enumerate(self.worker_ranks, start=1):
             send_message(encoded, rank, self.traffic, self._sent)

@@ -29,6 +29,13 @@ class Layout:
     warmup: int
     prediction: Prediction
     psnr_db: float | None = None  # vs the sequential pipeline; inf = exact; None = not measured
+    measured: tuple[str, float] | None = None  # (how: "simulated" / "measured", per-video speedup) from a bench
+
+    def how_measured(self) -> str:
+        """How this layout's speed is known: simulated devices, measured on this machine, or predicted only."""
+        if self.measured is None:
+            return "predicted only"
+        return f"{self.measured[0]} {self.measured[1]:.2f}x"
 
     @property
     def devices(self) -> int:
@@ -52,7 +59,7 @@ class Layout:
         return dict(replicas=self.replicas, cfg=self.cfg, stages=self.stages, stride=self.stride, warmup=self.warmup,
                     devices=self.devices, latency_speedup=self.latency_speedup,
                     throughput_speedup=self.throughput_speedup, psnr_db=self.psnr_db,
-                    video_s=self.prediction.video_s)
+                    video_s=self.prediction.video_s, how_measured=self.how_measured())
 
 
 def fidelity_table(report: dict | None) -> dict[tuple[int, int, int], float]:
@@ -65,8 +72,27 @@ def fidelity_table(report: dict | None) -> dict[tuple[int, int, int], float]:
         raise AsyncVidError(f"not an asyncvid eval fidelity report (missing {exc})") from None
 
 
+def bench_table(reports: list[dict]) -> dict[tuple[int, int, int, int], tuple[str, float]]:
+    """(stages, stride, warm-up, cfg) -> (how, per-video speedup) from ``asyncvid bench --json`` reports:
+    ``simulated`` for ``--simulate`` reports (their first step cost), ``measured`` for real ones."""
+    table: dict[tuple[int, int, int, int], tuple[str, float]] = {}
+    for report in reports:
+        try:
+            results = report["results"]
+            if report.get("simulated"):
+                first = results[0]["step_ms"] if results else None
+                rows = [(r, "simulated", r["speedup"]) for r in results if r["step_ms"] == first]
+            else:
+                rows = [(r, "measured", r["end_to_end_speedup_vs_one_thread"]) for r in results]
+            for r, how, speedup in rows:
+                table[(r["stages"], r["stride"], r["warmup"], r.get("cfg", 1))] = (how, float(speedup))
+        except (KeyError, TypeError, IndexError) as exc:
+            raise AsyncVidError(f"not an asyncvid bench report (missing {exc})") from None
+    return table
+
+
 def enumerate_layouts(profile: dict, devices: int, steps: int, link: LinkModel, fidelity: dict | None = None,
-                      strides=(1, 2), warmups=(1, 3)) -> list[Layout]:
+                      strides=(1, 2), warmups=(1, 3), measured: dict | None = None) -> list[Layout]:
     """Every layout that fits ``devices``: stages 1..D, cfg 1 or the profile's guidance batch,
     stride and warm-up from the given choices (one stage has neither), replicas filling the rest."""
     if devices < 1:
@@ -83,7 +109,8 @@ def enumerate_layouts(profile: dict, devices: int, steps: int, link: LinkModel, 
             for stride, warmup in options:
                 pred = predict_from(profile, stages, stride, warmup, steps, link, cfg=cfg)
                 psnr = math.inf if stages == 1 else table.get((stages, stride, warmup))
-                out.append(Layout(devices // group, cfg, stages, stride, warmup, pred, psnr))
+                speed = (measured or {}).get((stages, stride, warmup, cfg))
+                out.append(Layout(devices // group, cfg, stages, stride, warmup, pred, psnr, speed))
     return out
 
 
@@ -126,10 +153,10 @@ def why_first(ranked: list[Layout], objective: str) -> str:
 
 def describe_layouts(ranked: list[Layout], objective: str, devices: int, top: int = 8) -> str:
     lines = [f"layouts for {devices} device(s), best {objective} first (predicted; PSNR vs the sequential pipeline):",
-             "  # | devices/video | layout | s/video | per-video speedup | throughput | PSNR"]
+             "  # | devices/video | layout | s/video | per-video speedup | throughput | PSNR | speed known from"]
     for i, lay in enumerate(ranked[:top], start=1):
         psnr = "exact" if lay.psnr_db == math.inf else ("-" if lay.psnr_db is None else f"{lay.psnr_db:.1f} dB")
         lines.append(f"{i:3d} | {lay.cfg * lay.stages:13d} | {lay.name()} | {lay.prediction.video_s:.2f} | "
-                     f"{lay.latency_speedup:.2f}x | {lay.throughput_speedup:.2f}x | {psnr}")
+                     f"{lay.latency_speedup:.2f}x | {lay.throughput_speedup:.2f}x | {psnr} | {lay.how_measured()}")
     lines.append(why_first(ranked, objective))
     return "\n".join(lines)

@@ -52,23 +52,30 @@ class Prediction:
 
 
 def _round(stage_s: list[float], cuts: list[int], link: LinkModel) -> tuple[float, float]:
-    """One parallel round of one stage group: (round time, communication not hidden by compute)."""
+    """One parallel round of one stage group: (round time, communication not hidden by compute).
+
+    Besides the slowest stage, AsyncDiff's dependency cycle bounds a round: the driver's step s needs
+    the last stage's output of step s-1, which needs stage N-2's of step s-2, ... so N rounds hold
+    every stage's work and every hop's transfer once, one after the other."""
     if len(stage_s) == 1:
         return stage_s[0], 0.0
     send = [c / link.bytes_per_s + link.latency_s for c in cuts]  # stage k sends cut k
+    chain = (sum(stage_s) + sum(send)) / len(stage_s)
     compute = stage_s
     if link.overlaps_compute:
         receivers = compute[1:] + compute[:1]  # cut k feeds stage k+1; the last feeds the driver
         exposed = max(max(0.0, t - r) for t, r in zip(send, receivers))
-        return max(stage_s) + exposed + link.latency_s, exposed
-    busy = [s + send[k] + send[k - 1] for k, s in enumerate(stage_s)]  # receive cut k-1, send cut k
-    return max(busy) + link.latency_s, max(busy) - max(stage_s)
+        round_s = max(stage_s) + exposed + link.latency_s
+    else:
+        busy = [s + send[k] + send[k - 1] for k, s in enumerate(stage_s)]  # receive cut k-1, send cut k
+        round_s, exposed = max(busy) + link.latency_s, max(busy) - max(stage_s)
+    return max(round_s, chain), exposed + max(0.0, chain - round_s)
 
 
 def predict(costs: list[float], bytes_after_unit: list[int], stages: int, stride: int = 1, warmup: int = 1,
             steps: int = 25, overhead_s: float = 0.0, link: LinkModel = LINKS["loopback"], eps_bytes: int = 0,
             ranges: list[tuple[int, int]] | None = None, cfg: int = 1, part_costs: list[float] | None = None,
-            guidance_bytes: int = 0, slowdown: float = 1.0) -> Prediction:
+            guidance_bytes: int = 0, slowdown: float = 1.0, engine_s: float | list[float] = 0.0) -> Prediction:
     """Predict one configuration. ``bytes_after_unit[i]`` is the carried state's size after unit i;
     ``eps_bytes`` what the last stage returns to the driver (both for the whole guidance batch).
 
@@ -80,7 +87,11 @@ def predict(costs: list[float], bytes_after_unit: list[int], stages: int, stride
 
     ``slowdown``: how much slower a unit computes while the other ranks compute too (CPU ranks on
     one host share its memory system; measured by ``asyncvid bench``; 1 for separate devices). It
-    applies to the rounds where every rank works at once, not to sequential warm-up steps."""
+    applies to the rounds where every rank works at once, not to sequential warm-up steps.
+
+    ``engine_s``: asyncvid's own work per round on each rank of a group (one number for all, or one
+    per stage): step messages, packing, posting; measured by the phase clock of ``asyncvid bench
+    --simulate``; 0 where nothing was measured."""
     if stages < 1 or stride < 1 or warmup < 0 or steps < 1 or cfg < 1:
         raise AsyncVidError("stages, stride, cfg and steps must be >= 1 and warmup >= 0")
     if len(costs) < stages:
@@ -88,7 +99,8 @@ def predict(costs: list[float], bytes_after_unit: list[int], stages: int, stride
     group_costs = costs if cfg == 1 else (part_costs or [c / cfg for c in costs])
     ranges = ranges or balanced_ranges(group_costs, stages)
     shared = slowdown if stages * cfg > 1 else 1.0
-    compute = [shared * sum(group_costs[a:b]) for a, b in ranges]
+    engine = list(engine_s) if isinstance(engine_s, (list, tuple)) else [engine_s] * stages
+    compute = [shared * sum(group_costs[a:b]) + e for (a, b), e in zip(ranges, engine)]
     sequential = sum(costs) + overhead_s
     warm_step = sequential  # a warm-up step runs the stages one after the other
     if stages == 1 and stride == 1 and cfg == 1:
@@ -97,12 +109,15 @@ def predict(costs: list[float], bytes_after_unit: list[int], stages: int, stride
         cuts = [bytes_after_unit[b - 1] // cfg for _, b in ranges[:-1]] + ([eps_bytes // cfg] if stages > 1 else [])
         stage_s = [compute[0] + overhead_s * stride] + compute[1:]
         round_s, exposed = _round(stage_s, cuts, link)
+        # a warm-up step: the stages one after the other, every hop in between
+        hops = sum(engine) + sum(c / link.bytes_per_s + link.latency_s for c in cuts) if stages > 1 else 0.0
+        warm_step = sequential + hops
         if cfg > 1:
             hop = guidance_bytes / link.bytes_per_s + 2 * link.latency_s  # a part out, its prediction back
             others, _ = _round(compute, cuts, link)  # the other groups: no pipeline work, the hop on top
             sends = 0.0 if link.overlaps_compute else (cfg - 1) * guidance_bytes / 2 / link.bytes_per_s
             round_s = max(round_s + sends, others + hop)
-            warm_step = max(shared * sum(group_costs) + overhead_s + sends, shared * sum(group_costs) + hop)
+            warm_step = max(shared * sum(group_costs) + overhead_s + sends, shared * sum(group_costs) + hop) + hops
     per_step = round_s / stride
     warm = min(warmup, steps)
     video = warm * warm_step + math.ceil((steps - warm) / stride) * round_s

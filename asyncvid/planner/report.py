@@ -118,7 +118,7 @@ def load_profile(path: str) -> dict:
 
 def predict_from(profile: dict, stages: int, stride: int = 1, warmup: int = 1, steps: int = 25,
                  link: LinkModel = LINKS["loopback"], ranges: list[tuple[int, int]] | None = None,
-                 cfg: int = 1, slowdown: float = 1.0) -> Prediction:
+                 cfg: int = 1, slowdown: float = 1.0, engine_s: float | list[float] = 0.0) -> Prediction:
     """Predict from a saved profile; ``ranges``: a given split (default: the balanced one); ``cfg``
     stage groups, each on a ``cfg``-th of the profiled batch (scaled from the profile's one-branch
     forward when the profile has one, linearly otherwise). A pipeline that makes one denoiser call per
@@ -138,7 +138,7 @@ def predict_from(profile: dict, stages: int, stride: int = 1, warmup: int = 1, s
             part_costs = [c * scale for c in costs]
     guidance = (profile.get("sample_bytes", eps) + eps) // cfg if cfg > 1 else 0
     return predict(costs, profile["bytes_after_unit"], stages, stride, warmup, steps, profile["overhead_s"], link, eps,
-                   ranges, cfg, part_costs, guidance, slowdown)
+                   ranges, cfg, part_costs, guidance, slowdown, engine_s)
 
 
 def _groups(cfg: int) -> str:

@@ -296,3 +296,25 @@ def test_two_calls_per_step_pay_the_link_latency_twice():
     # a round: the slowest stage + its exposed transfer + one control latency, each latency now twice
     assert two.round_s - one.round_s == pytest.approx(slow.latency_s, rel=1e-6)
     assert two.stage_s == one.stage_s and two.cut_bytes == one.cut_bytes
+
+
+def test_plan_says_how_each_layout_speed_is_known(tmp_path, capsys):
+    sim = tmp_path / "sim.json"
+    sim.write_text(json.dumps({"simulated": True, "results": [
+        dict(step_ms=50.0, stages=2, stride=1, warmup=1, cfg=1, speedup=1.7),
+        dict(step_ms=200.0, stages=2, stride=1, warmup=1, cfg=1, speedup=1.9)]}))
+    real = tmp_path / "real.json"
+    real.write_text(json.dumps({"results": [dict(stages=2, stride=2, warmup=1, cfg=1,
+                                                  end_to_end_speedup_vs_one_thread=2.5)]}))
+    out = tmp_path / "plan.json"
+    assert main(["plan", "--profile", saved_profile(tmp_path), "--devices", "2", "--bench", str(sim), str(real),
+                 "--json", str(out)]) == 0
+    how = {(lay["stages"], lay["stride"], lay["warmup"], lay["cfg"]): lay["how_measured"]
+           for lay in json.loads(out.read_text())["layouts"]}
+    assert how[(2, 1, 1, 1)] == "simulated 1.70x"  # the report's first step cost
+    assert how[(2, 2, 1, 1)] == "measured 2.50x"
+    assert how[(2, 1, 3, 1)] == "predicted only"
+    assert "speed known from" in capsys.readouterr().out
+    (tmp_path / "bad.json").write_text(json.dumps({"results": [{"stages": 2}]}))
+    assert main(["plan", "--profile", saved_profile(tmp_path), "--devices", "2", "--bench",
+                 str(tmp_path / "bad.json")]) != 0
