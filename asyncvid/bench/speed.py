@@ -27,7 +27,7 @@ def _build(cfg: dict):
     from ..catalog.pipelines import build_pipeline
     from ..distributed.env import default_device
 
-    pipe = build_pipeline(cfg["model"], cfg["preset"])
+    pipe = build_pipeline(cfg["model"], cfg["preset"], cfg.get("layers"))
     dtype = getattr(torch, cfg.get("dtype", "float32"))
     # a cast to the dtype the weights already have would only make diffusers warn about float32 modules
     return pipe.to(device=default_device()) if dtype == torch.float32 else pipe.to(device=default_device(), dtype=dtype)
@@ -139,13 +139,14 @@ def hardware() -> dict:
 
 def run_bench(preset: str = "small", frames: int = 8, size: int | None = None, steps: int = DEFAULT_STEPS,
               warmup: int = 1, repeats: int = 2, configs: list[tuple] | None = None, log=print,
-              model: str = DEFAULT_MODEL, memory: bool = True, dtype: str = "float32", latent: int | None = None) -> dict:
+              model: str = DEFAULT_MODEL, memory: bool = True, dtype: str = "float32", latent: int | None = None,
+              layers: int | None = None) -> dict:
     """Baselines, then every (stages, stride[, warmup[, cfg]]) configuration, each with the planner's
     prediction from the one-thread profile beside the measurement."""
     from ..launch import launch_local
 
     cfg = dict(model=model, preset=preset, frames=frames, size=size, latent=latent, steps=steps, warmup=warmup,
-               repeats=repeats, dtype=dtype)
+               repeats=repeats, dtype=dtype, layers=layers)
     configs = [(tuple(c) + (warmup, 1)[len(c) - 2:])[:4] for c in (configs or [(1, 1), (1, 2), (2, 1), (2, 2)])]
     report = {"config": dict(cfg, cfg_guidance=True, batch=2), "hardware": hardware(), "results": []}
     one = launch_local(run_baseline, 1, cfg, 1, True, threads_per_rank=1)

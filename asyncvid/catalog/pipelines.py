@@ -83,9 +83,12 @@ def load_pipeline(model_dir: str, adapter_dir: str | None = None, dtype: str = "
     return pipe
 
 
-def build_pipeline(model: str, preset: str = "small"):
+def build_pipeline(model: str, preset: str = "small", layers: int | None = None):
     """``animatediff`` / ``svd``: random-weight presets built from configs; anything else: a built-in
-    model name or a local diffusers folder (fp32, CPU)."""
+    model name or a local diffusers folder (fp32, CPU). ``layers``: the random ``wan`` preset's block
+    count instead of the preset's own (Wan 2.1 1.3B has 30, 14B 40)."""
+    if layers is not None and model != "wan":
+        raise AsyncVidError("--layers sets the block count of the random `wan` presets only")
     if model in ("animatediff", "svd"):
         from .presets import build_animatediff_pipeline, build_svd_pipeline
 
@@ -95,7 +98,7 @@ def build_pipeline(model: str, preset: str = "small"):
 
         if preset == "null":
             raise AsyncVidError("--model wan: presets tiny, small and full (no null preset)")
-        return build_wan_pipeline("t2v", seed=0, preset=preset)
+        return build_wan_pipeline("t2v", seed=0, preset=preset, layers=layers)
     return load_pipeline(resolve_model(model))
 
 

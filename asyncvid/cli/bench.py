@@ -28,6 +28,7 @@ def add_bench_parser(subparsers) -> None:
     p.add_argument("--preset", choices=["null", "tiny", "small", "full"], default="small",
                    help="size of the random presets; full = the real architectures (SD 1.5 + AnimateDiff motion "
                         "modules, or SVD), 1.3-1.5 B parameters, random weights")
+    p.add_argument("--layers", type=int, help="blocks of the random `wan` presets (default: the preset's own)")
     p.add_argument("--frames", type=int, default=8, help="frames per video")
     add_size(p)
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="denoising steps per video")
@@ -136,7 +137,7 @@ def cmd_bench(args) -> int:
         return 0
     report = run_bench(args.preset, args.frames, args.size, args.steps, args.warmup, args.repeats, configs,
                        log=logs.info, model=args.model, memory=not args.no_memory, dtype=args.dtype,
-                       latent=args.latent)
+                       latent=args.latent, layers=args.layers)
     write_report(report, args.json, args.markdown)
     return 0
 
@@ -151,7 +152,7 @@ def _bench_simulated(args, configs) -> int:
         raise AsyncVidError("--simulate: at most 8 simulated devices (stages x cfg) on one machine")
     steps_ms = args.step_ms or ([None] if args.simulate not in ("uniform", "profile") else [50.0])
     cfg = dict(model=args.model, preset=args.preset, frames=args.frames, size=args.size, latent=args.latent,
-               steps=args.steps, warmup=args.warmup, repeats=args.repeats, dtype=args.dtype)
+               steps=args.steps, warmup=args.warmup, repeats=args.repeats, dtype=args.dtype, layers=args.layers)
     report = simulated.run_simulated_bench(cfg, configs, args.simulate, steps_ms, log=logs.info)
     write_report(report, args.json)
     if args.markdown:
