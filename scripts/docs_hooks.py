@@ -4,6 +4,7 @@
   ``scripts/docs_pages.py`` would change them (so ``mkdocs build --strict`` in CI catches a stale page).
 * ``BENCHMARKS.md`` at the repository root is the site's ``benchmarks.md`` (one source, not a copy),
   with the pictures it links from ``benchmarks/``.
+* The docstrings' Sphinx roles (``:func:`x```), which mkdocstrings leaves as text, show as plain code.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from mkdocs.exceptions import PluginError
 from mkdocs.structure.files import File
 
 ROOT = Path(__file__).resolve().parents[1]
+#: a Sphinx role before the code it names, as rendered: ":meth:<code>serve</code>", ":func:<code>~.x.y</code>"
+SPHINX_ROLE = re.compile(r":(?:func|meth|class|mod|data|attr|exc|obj):<code>~?\.?")
 
 
 def on_pre_build(config) -> None:
@@ -27,6 +30,10 @@ def on_pre_build(config) -> None:
     if stale:
         names = ", ".join(str(p.relative_to(ROOT)) for p in stale)
         raise PluginError(f"generated docs pages are stale: {names}; run scripts/docs_pages.py")
+
+
+def on_page_content(html: str, page, config, files) -> str:
+    return SPHINX_ROLE.sub("<code>", html)
 
 
 def on_files(files, config):

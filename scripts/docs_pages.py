@@ -16,16 +16,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def generated_pages() -> dict[Path, str]:
-    """docs page path -> the text it must have."""
+def generated_pages(root: Path = ROOT) -> dict[Path, str]:
+    """docs page path (under ``root``) -> the text it must have."""
     from asyncvid.cli.reference import cli_page
     from asyncvid.render.schema_reference import job_file_page
 
-    return {ROOT / "docs/reference/cli.md": cli_page(), ROOT / "docs/reference/job-file.md": job_file_page()}
+    return {root / "docs/reference/cli.md": cli_page(), root / "docs/reference/job-file.md": job_file_page()}
 
 
-def stale_pages() -> list[Path]:
-    return [path for path, text in generated_pages().items()
+def stale_pages(root: Path = ROOT) -> list[Path]:
+    """The generated pages under ``root`` that are missing or differ from what they must be."""
+    return [path for path, text in generated_pages(root).items()
             if not path.is_file() or path.read_text(encoding="utf-8") != text]
 
 

@@ -72,7 +72,8 @@ def type_of(prop: dict) -> str:
                   f"<= {option['maximum']}" if "maximum" in option else "",
                   f"< 2^63" if option.get("exclusiveMaximum") == 2 ** 63 else
                   (f"< {option['exclusiveMaximum']}" if "exclusiveMaximum" in option else ""),
-                  "non-empty" if option.get("minLength") == 1 else ""]
+                  ]
+        word = f"non-empty {word}" if option.get("minLength") == 1 else word
         words.append(" ".join([word] + [", ".join(b for b in bounds if b)]).strip())
     return " or ".join(words) if words else "any"
 
