@@ -12,8 +12,8 @@ import contextlib
 import os
 from typing import Iterator
 
-#: terminal width the help is formatted for (argparse reads ``COLUMNS``)
-WIDTH = 100
+#: terminal width the help is formatted for (argparse reads ``COLUMNS``); 80 fits the site's code blocks
+WIDTH = 80
 
 INTRO = """\
 # Command line reference
