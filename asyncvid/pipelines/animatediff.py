@@ -44,6 +44,10 @@ class AsyncAnimateDiffPipeline:
     @classmethod
     def from_pretrained(cls, path, stages: int = 2, stride: int = 1, warmup: int = 1, split="auto",
                         time_shift: bool = False, profile_shape=None, torch_dtype=None) -> ParallelPipeline:
+        """Load the AnimateDiff folder ``path`` (``unet/`` as a ``UNetMotionModel``, or a 2D UNet plus
+        ``motion_adapter/``) with each rank reading only its stage's weights; the driver (rank 0) also
+        loads text encoder, tokenizer, VAE and scheduler. Call it on every rank; the options are
+        :func:`parallelize`'s."""
         from diffusers import AnimateDiffPipeline, DDIMScheduler
 
         def driver(folder, unet):

@@ -29,6 +29,9 @@ class AsyncStableVideoDiffusionPipeline:
     @classmethod
     def from_pretrained(cls, path, stages: int = 2, stride: int = 1, warmup: int = 1, split="auto",
                         time_shift: bool = False, profile_shape=None, torch_dtype=None) -> ParallelPipeline:
+        """Load the Stable Video Diffusion folder ``path`` with each rank reading only its stage's
+        weights; the driver (rank 0) also loads image encoder, feature extractor, VAE and scheduler. Call
+        it on every rank; the options are :func:`parallelize`'s."""
         from diffusers import EulerDiscreteScheduler
 
         pipeline_class = svd_pipeline_class()

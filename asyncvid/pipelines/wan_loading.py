@@ -58,6 +58,9 @@ class AsyncWanPipeline:
     @classmethod
     def from_pretrained(cls, path, stages: int = 2, stride: int = 1, warmup: int = 1, split="auto",
                         time_shift: bool = False, profile_shape=None, torch_dtype=None) -> ParallelPipeline:
+        """Load the Wan folder ``path`` (text- or image-to-video, one expert) with each rank reading only
+        its blocks and the shared modules; the driver (rank 0) also loads tokenizer, text encoder, VAE and
+        scheduler (and the image encoder). Call it on every rank; the options are :func:`parallelize`'s."""
         from diffusers import FlowMatchEulerDiscreteScheduler
 
         folder = Path(path).expanduser()
