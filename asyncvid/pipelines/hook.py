@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 from diffusers.hooks import HookRegistry, ModelHook
 
 from ..engine.adapter import StageAdapter
@@ -71,6 +72,7 @@ class StagesHook(ModelHook):
         super().__init__()
         self.engine, self.adapter, self.loop, self.pipe = engine, adapter, loop, pipe
         self.state = fixed_state(adapter.model)
+        self.alone = dist.get_world_size() == 1  # one stage, one group: nothing to send anywhere
 
     def _check_module_state(self) -> None:
         """Attention processors, IP-Adapter scales and LoRA scales travel to the workers with each pass
@@ -87,9 +89,12 @@ class StagesHook(ModelHook):
         loop = self.loop
         if not loop.in_pass or (loop.calls_in_step == 0 and loop.step >= self.engine.total):
             # the first call of a pipeline call, or the loop started over (FreeInit runs it several times)
-            self._check_module_state()
             loop.step, loop.in_pass = 0, True
-            self.engine.begin(pass_timesteps(self.pipe.scheduler, call.timestep), self.adapter.module_setup())
+            if self.alone:  # no other rank to keep in step: the modules are this rank's own business
+                self.engine.begin(pass_timesteps(self.pipe.scheduler, call.timestep))
+            else:
+                self._check_module_state()
+                self.engine.begin(pass_timesteps(self.pipe.scheduler, call.timestep), self.adapter.module_setup())
         tag = loop.calls_in_step
         loop.calls_in_step += 1
         eps = self.engine.drive(loop.step, call, tag)
