@@ -132,11 +132,29 @@ def ensure_process_group(timeout_s: float | None = None) -> None:
     # A gloo group torn down by interpreter shutdown (rather than explicitly) can abort the process
     # ("terminate called without an active exception"); destroy the group we created on exit.
     atexit.register(_destroy_group)
+    if int(os.environ["WORLD_SIZE"]) > 1:
+        from .peer_errors import install_excepthook
+
+        install_excepthook()
 
 
 def _destroy_group() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+    from .peer_errors import linger
+
+    linger()  # a failed store host keeps its store up until the others have read why
+
+
+def note_peers() -> None:
+    """Gather every rank's (host, pid) once (a collective), to name a rank that dies or stops later."""
+    import socket
+
+    if _PEERS or not dist.is_initialized() or dist.get_world_size() < 2:
+        return
+    peers = [None] * dist.get_world_size()
+    dist.all_gather_object(peers, (socket.gethostname(), os.getpid()))
+    _PEERS[:] = peers
 
 
 def describe_group() -> str:
@@ -196,3 +214,22 @@ def lost_peer(exc: BaseException) -> str | None:
         return f"{', '.join(dead)} on this host died or was killed (its launcher's log names the signal)"
     where = f" at {match.group(2)}" if match.group(2) else ""
     return f"lost the connection to another rank{where}: it died or was killed"
+
+
+def process_state(rank: int) -> str:
+    """A few words on ``rank``'s process when it runs on this host: stopped, or gone; else ''."""
+    import socket
+
+    if rank >= len(_PEERS) or not _PEERS[rank] or _PEERS[rank][0] != socket.gethostname():
+        return ""
+    pid = _PEERS[rank][1]
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return f" (its process, pid {pid}, is gone)"
+    if state in ("T", "t"):
+        return f" (its process, pid {pid} on this host, is stopped: SIGSTOP/SIGTSTP or a debugger)"
+    if state == "Z":
+        return f" (its process, pid {pid}, is gone)"
+    return ""

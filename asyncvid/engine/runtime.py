@@ -29,6 +29,7 @@ from ..distributed.protocol import FIELDS, Op, StepMessage, extras_mask
 from ..distributed.topology import Topology
 from ..distributed.transport import (PendingState, StateLink, Traffic, recv_message, recv_tree, send_message,
                                      send_tree)
+from ..distributed.watchdog import WATCH, watched
 from ..errors import AsyncVidError
 from .adapter import DenoiserCall, StageAdapter
 from .conditioning import ConditioningVersion
@@ -134,11 +135,14 @@ class StageRuntime:
                 link.wait()
 
     # ------------------------------------------------------------------ driver
+    def _drain_sent(self) -> None:
+        for (work, _), rank in zip(self._sent, self.worker_ranks):  # one message per worker, in order
+            watched(work, rank, "it to take a step message")
+        self._sent.clear()
+
     def _tell_workers(self, message: StepMessage, timestep: torch.Tensor | None = None, tree=None,
                       kind: str = "conditioning", extras: dict[int, dict] | None = None) -> None:
-        for work, _ in self._sent:
-            work.wait()
-        self._sent.clear()
+        self._drain_sent()
         encoded = message.encode(self.device, timestep)  # one buffer, read by every send
         for stage, rank in enumerate(self.worker_ranks, start=1):
             send_message(encoded, rank, self.traffic, self._sent)
@@ -151,15 +155,20 @@ class StageRuntime:
         """Driver: a new denoising pass over ``timesteps`` starts (every pipeline call, every FreeInit
         pass). ``setup`` is the adapter's :meth:`~StageAdapter.module_setup`; it travels when it changed."""
         timesteps = timesteps.detach().reshape(-1)
-        self._new_pass(timesteps)
-        control = {"timesteps": timesteps}
-        if setup != self._setup_sent:
-            control["setup"], self._setup_sent = setup, setup
-        self._tell_workers(StepMessage(Op.BEGIN, total=len(timesteps)), tree=control, kind="control")
+        with WATCH.watching(True, "at the start of a pass"):
+            self._new_pass(timesteps)
+            control = {"timesteps": timesteps}
+            if setup != self._setup_sent:
+                control["setup"], self._setup_sent = setup, setup
+            self._tell_workers(StepMessage(Op.BEGIN, total=len(timesteps)), tree=control, kind="control")
 
     @torch.no_grad()  # pipelines call the denoiser without autograd; so does every stage
     def drive(self, step: int, call: DenoiserCall, tag: int = 0) -> torch.Tensor:
         """Driver: the prediction for denoiser call ``tag`` of step ``step`` of the current pass."""
+        with WATCH.step(f"step {step + 1} of {self.total}"):
+            return self._drive(step, call, tag)
+
+    def _drive(self, step: int, call: DenoiserCall, tag: int) -> torch.Tensor:
         if self.timesteps is None or not 0 <= step < self.total:
             raise AsyncVidError(f"denoiser call for step {step} outside the current pass of {self.total} steps")
         action = self.action(step)
@@ -196,36 +205,44 @@ class StageRuntime:
 
     def end_call(self) -> None:
         """Driver: the pipeline call is over (also after an interrupted loop)."""
-        self._wait_links()
-        if self.worker_ranks:
-            self._tell_workers(StepMessage(Op.END_CALL))
+        with WATCH.watching(True, "at the end of a call"):
+            self._wait_links()
+            if self.worker_ranks:
+                self._tell_workers(StepMessage(Op.END_CALL))
+                self._drain_sent()  # a driver that exits right after its call must not cut it off
 
     def release_workers(self, op: Op = Op.SHUTDOWN) -> None:
         """Driver: end the workers' :meth:`follow` loop for good (``SHUTDOWN``) or for a weight gather (``UNDO``)."""
         if self.worker_ranks:
-            self._tell_workers(StepMessage(op))
-            for work, _ in self._sent:
-                work.wait()
-            self._sent.clear()
+            with WATCH.watching(True, "releasing the workers"):
+                self._tell_workers(StepMessage(op))
+                self._drain_sent()
 
     # ------------------------------------------------------------------ workers
     @torch.no_grad()  # without it a worker would record autograd graphs and keep them alive with its states
     def follow(self) -> Op:
         """Worker: follow the driver through one pipeline call; returns ``END_CALL``, ``SHUTDOWN`` or ``UNDO``."""
         guess: _Speculation | None = None
+        idle, where = True, ""  # idle: between calls or after a pass's last step, waits are unbounded
         while True:
-            message = StepMessage.decode(recv_message(self.driver_rank, FIELDS, self.device))
+            with WATCH.watching(not idle, where):
+                message = StepMessage.decode(recv_message(self.driver_rank, FIELDS, self.device))
             if message.op == Op.BEGIN:
-                control = recv_tree(self.driver_rank, self.device)
+                with WATCH.watching(True, "at the start of a pass"):
+                    control = recv_tree(self.driver_rank, self.device)
                 if "setup" in control:
                     self.adapter.apply_module_setup(control["setup"])
                 self._new_pass(control["timesteps"])
-                guess = None
+                guess, idle, where = None, False, "before the first step"
                 continue
             if message.op != Op.STEP:
-                self._wait_links()
+                with WATCH.watching(True, "at the end of a call"):
+                    self._wait_links()
                 return message.op
-            guess = self._follow_step(message, guess)
+            with WATCH.step(f"step {message.step + 1} of {self.total}"):
+                guess = self._follow_step(message, guess)
+            # after the pass's last computing step the driver decodes, calls back ...: unbounded
+            idle, where = self.action(message.step).last_round, f"after step {message.step + 1} of {self.total}"
 
     def _follow_step(self, message: StepMessage, guess: _Speculation | None) -> _Speculation | None:
         stream = self._stream(message.call_tag)
