@@ -8,6 +8,7 @@ that stops answering inside a pass is named instead of waited for forever.
 from __future__ import annotations
 
 import pickle
+import warnings
 
 import torch
 import torch.distributed as dist
@@ -44,4 +45,6 @@ def recv_object(src: int, device, what: str):
     where = _device(device)
     size = recv(torch.empty(1, dtype=torch.int64, device=where), src, what)
     data = recv(torch.empty(int(size.item()), dtype=torch.uint8, device=where), src, what)
-    return pickle.loads(data.cpu().numpy().tobytes())
+    with warnings.catch_warnings():  # unpickling a pytree spec warns about torch's own deprecated API
+        warnings.simplefilter("ignore", FutureWarning)
+        return pickle.loads(data.cpu().numpy().tobytes())

@@ -101,18 +101,16 @@ def find(prefer: int | None = None, wait_s: float = 1.0) -> tuple[int, str] | No
 
 
 def linger(seconds: float = 3.0) -> None:
-    """At exit, a rank that published an error and hosts the store (rank 0 outside torchrun) waits
-    until the others have read it, at most ``seconds``: its store leaves with its process."""
-    if not _published or own_rank() != 0 or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+    """At exit (the group already torn down, so peers' receives fail now), a rank that published an
+    error waits until the others have read it, at most ``seconds``: the store may leave with this
+    process (rank 0 outside torchrun), and a launcher stops the others as soon as this one exits."""
+    if not _published:
         return
-    import torch.distributed as dist
-
-    store, world = _published[0], int(os.environ.get("WORLD_SIZE", "1"))
-    if dist.is_initialized():
-        world = dist.get_world_size()
+    store, me, world = _published[0], own_rank(), int(os.environ.get("WORLD_SIZE", "1"))
+    others = [r for r in range(world) if r != me]
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        if _bounded(lambda: all(store.check([SEEN.format(r)]) for r in range(1, world)), 1.0):
+        if _bounded(lambda: all(store.check([SEEN.format(r)]) for r in others), 1.0):
             return
         time.sleep(0.1)
 
