@@ -77,12 +77,15 @@ def test_slow_but_healthy_ranks_do_not_trip_the_watchdog():
     assert results[0]["limit_floor"] == 2.0
 
 
+CFG2 = dict(stages=1, cfg=2, rank_timeout=2)  # two stage groups side by side, one per guidance branch
+
+
 @pytest.mark.multiprocess
-@pytest.mark.parametrize("stopped", [1, 0])
-def test_a_rank_that_stops_answering_is_named_within_the_limit(stopped):
+@pytest.mark.parametrize("stopped,options", [(1, OPTIONS), (0, OPTIONS), (1, CFG2)], ids=["worker", "driver", "cfg"])
+def test_a_rank_that_stops_answering_is_named_within_the_limit(stopped, options):
     start = time.monotonic()
     with pytest.raises(RankFailure) as info:
-        launch_local(_fault_workers.stop_mid_call, 2, OPTIONS, stopped, timeout=240)
+        launch_local(_fault_workers.stop_mid_call, 2, options, stopped, timeout=240)
     elapsed = time.monotonic() - start
     message = str(info.value)
     other = 1 - stopped
