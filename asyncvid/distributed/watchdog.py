@@ -5,7 +5,8 @@ denoising pass* (the driver in ``begin``/``drive``/``end_call``, a worker from a
 message to its last step) a wait is bounded by :meth:`Watchdog.limit`; past it the rank raises
 :class:`~asyncvid.errors.RankHung` naming the peer and what it waited for. Outside a pass (a worker
 waiting for the next call in ``follow``/``serve``, or for ``END_CALL`` while the driver decodes the
-video) a wait is unbounded: an idle server may wait for hours.
+video) a wait has no limit (:data:`IDLE_WAIT`, not even the group's timeout): an idle server may
+wait for hours, and a peer that dies meanwhile still ends it (its connection closes).
 
 Why slow but healthy runs do not trip it:
 
@@ -18,7 +19,8 @@ Why slow but healthy runs do not trip it:
   pipeline does before its first or after its last denoiser call.
 
 The floor is ``rank_timeout`` (``parallelize(..., rank_timeout=)``, ``asyncvid render
---rank-timeout``, or ``$ASYNCVID_RANK_TIMEOUT``), 60 s by default; 0 turns the watchdog off.
+--rank-timeout``, or ``$ASYNCVID_RANK_TIMEOUT``), 60 s by default; 0 turns the watchdog off (waits
+inside a pass then fall back to the group's own timeout, ``ASYNCVID_TIMEOUT``).
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ DEFAULT_FLOOR_S = 60.0
 STEP_FACTOR = 20.0  # the limit is at least this many times the slowest step seen
 FIRST_STEP_FACTOR = 5.0  # before any step finished, the limit is this many times the floor
 ENV = "ASYNCVID_RANK_TIMEOUT"
+#: outside a pass: no limit in effect (the transport's own default would be the group timeout, 10 min)
+IDLE_WAIT = timedelta(days=30)
 
 
 def floor_from(value=None) -> float:
@@ -95,8 +99,15 @@ class Watchdog:
         self.step_done(time.perf_counter() - start)
 
 
+def _initial_floor() -> float:
+    try:
+        return floor_from(None)
+    except AsyncVidError:  # reported by parallelize / the CLI, which read it again
+        return DEFAULT_FLOOR_S
+
+
 #: the watchdog of this process (one rank per process)
-WATCH = Watchdog(floor_from(None) if os.environ.get(ENV) else DEFAULT_FLOOR_S)
+WATCH = Watchdog(_initial_floor())
 
 
 def watched(work, peer: int, what: str):
@@ -105,9 +116,11 @@ def watched(work, peer: int, what: str):
     limit = WATCH.limit()
     start = time.monotonic()
     try:
-        if limit is None:
-            return work.wait()
-        return work.wait(timeout=timedelta(seconds=limit))
+        if limit is not None:
+            return work.wait(timeout=timedelta(seconds=limit))
+        if not WATCH.active:  # idle: a server may wait for its next call for hours
+            return work.wait(timeout=IDLE_WAIT)
+        return work.wait()  # the watchdog is off: the group's own timeout (ASYNCVID_TIMEOUT)
     except AsyncVidError:
         raise
     except Exception as exc:

@@ -77,6 +77,14 @@ def test_slow_but_healthy_ranks_do_not_trip_the_watchdog():
     assert results[0]["limit_floor"] == 2.0
 
 
+@pytest.mark.multiprocess
+def test_a_worker_idle_between_calls_waits_past_every_limit(monkeypatch):
+    """Between calls no limit applies: not the watchdog's (2 s here), nor the group's own timeout,
+    which bounded every receive before (8 s here)."""
+    monkeypatch.setenv("ASYNCVID_TIMEOUT", "8")
+    assert launch_local(_fault_workers.idle_between_calls, 2, OPTIONS, 12.0, timeout=240) == 2
+
+
 CFG2 = dict(stages=1, cfg=2, rank_timeout=2)  # two stage groups side by side, one per guidance branch
 
 

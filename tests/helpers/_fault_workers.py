@@ -45,3 +45,17 @@ def stop_mid_call(options: dict, stopped_rank: int, at_call: int = 3):
         _patch_last_unit(ppipe, lambda n: n == at_call and os.kill(os.getpid(), signal.SIGSTOP))
     ppipe(**CALL, generator=torch.Generator().manual_seed(0))
     return "finished"
+
+
+def idle_between_calls(options: dict, pause: float):
+    """Two calls; between them the driver does something else for ``pause`` seconds while the
+    worker waits in ``serve`` for the next call."""
+    ppipe = asyncvid.parallelize(tiny_pipeline(), **options)
+    frames = []
+    for call in range(2):
+        if call and ppipe.is_driver:
+            time.sleep(pause)
+        out = ppipe(**CALL, generator=torch.Generator().manual_seed(0))
+        if out is not None:
+            frames.append(out.frames)
+    return len(frames) if ppipe.is_driver else None
