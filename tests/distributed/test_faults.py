@@ -68,8 +68,8 @@ OPTIONS = dict(stages=2, warmup=1, split="auto", rank_timeout=2)
 
 @pytest.mark.multiprocess
 def test_slow_but_healthy_ranks_do_not_trip_the_watchdog():
-    """Limit floor 2 s: a first step of 4 s (under 5 x the floor) on the worker, and later a unit of
-    1.5 s on each rank (longer than 20 x a step of these ~50 ms ones, shorter than the floor)."""
+    """Floor 2 s: a first step of 4 s on the worker (over the floor, under the first step's 5 x), then
+    a unit of 1.5 s on each rank mid-call (far longer than any step of this model, under the floor)."""
     jobs = [("_fault_workers.sleepy_render", (OPTIONS, {1: {1: 4.0}})),
             ("_fault_workers.sleepy_render", (OPTIONS, {0: {3: 1.5}, 1: {4: 1.5}}))]
     results = launch_local(_workers.run_many, 2, jobs, timeout=300)
