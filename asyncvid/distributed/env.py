@@ -132,18 +132,11 @@ def ensure_process_group(timeout_s: float | None = None) -> None:
     # A gloo group torn down by interpreter shutdown (rather than explicitly) can abort the process
     # ("terminate called without an active exception"); destroy the group we created on exit.
     atexit.register(_destroy_group)
-    if int(os.environ["WORLD_SIZE"]) > 1:
-        from .peer_errors import install_excepthook
-
-        install_excepthook()
 
 
 def _destroy_group() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
-    from .peer_errors import linger
-
-    linger()  # a failed store host keeps its store up until the others have read why
 
 
 def note_peers() -> None:

@@ -10,6 +10,7 @@ the store's host may itself be the rank that stopped answering.
 
 from __future__ import annotations
 
+import atexit
 import os
 import threading
 import time
@@ -58,14 +59,17 @@ def publish(exc: BaseException) -> None:
     from ..errors import RankFailure, RankHung
     from ..utils import one_line
 
-    if _published or (isinstance(exc, RankFailure) and not isinstance(exc, RankHung)):
-        return
+    from .env import lost_peer
+
+    if _published or (isinstance(exc, RankFailure) and not isinstance(exc, RankHung)) or lost_peer(exc):
+        return  # transport text ("Connection closed by peer") is not a cause either
     store = _store()
     if store is None:
         return
     value = f"{time.time():.6f}\n{one_line(exc)}"
     if _bounded(lambda: store.set(KEY.format(own_rank()), value) or True, 2.0):
         _published.append(store)
+        atexit.register(linger)  # runs before the group's own clean-up (atexit is last in, first out)
 
 
 def find(prefer: int | None = None, wait_s: float = 1.0) -> tuple[int, str] | None:
@@ -101,12 +105,18 @@ def find(prefer: int | None = None, wait_s: float = 1.0) -> tuple[int, str] | No
 
 
 def linger(seconds: float = 3.0) -> None:
-    """At exit (the group already torn down, so peers' receives fail now), a rank that published an
-    error waits until the others have read it, at most ``seconds``: the store may leave with this
-    process (rank 0 outside torchrun), and a launcher stops the others as soon as this one exits."""
+    """At exit, a rank that published an error tears the group down (so the peers' receives fail
+    now and they look up why) and waits until they have read it, at most ``seconds``: the store may
+    leave with this process (rank 0 outside torchrun), and a launcher stops the others as soon as
+    this one exits."""
+    import torch.distributed as dist
+
     if not _published:
         return
     store, me, world = _published[0], own_rank(), int(os.environ.get("WORLD_SIZE", "1"))
+    if dist.is_initialized():
+        world = dist.get_world_size()
+        dist.destroy_process_group()
     others = [r for r in range(world) if r != me]
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -123,8 +133,10 @@ def install_excepthook() -> None:
 
     from ..errors import RankFailure
 
+    import torch.distributed as dist
+
     previous = sys.excepthook
-    if getattr(previous, "asyncvid", False):
+    if getattr(previous, "asyncvid", False) or not dist.is_initialized() or dist.get_world_size() < 2:
         return
 
     def hook(kind, value, tb):

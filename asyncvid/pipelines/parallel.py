@@ -253,6 +253,7 @@ def parallelize(pipe, stages: int = 2, stride: int = 1, warmup: int = 1, split="
         raise AsyncVidError("cfg > 1 is not supported with two experts (transformer and transformer_2) yet")
     ensure_process_group()
     note_peers()
+    peer_errors.install_excepthook()
     topo = Topology.create(stages, cfg)
     device = default_device()
     adapters = [adapter_for(d) for d in denoisers]
