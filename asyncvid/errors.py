@@ -11,3 +11,7 @@ class PlanError(AsyncVidError):
 
 class RankFailure(AsyncVidError):
     """Another rank of the process group failed; carries its one-line message."""
+
+
+class RankHung(RankFailure):
+    """A peer did not answer within the watchdog's limit (``distributed/watchdog.py``)."""

@@ -7,6 +7,7 @@ as one :class:`~asyncvid.errors.RankFailure` line; rank 0's return value is retu
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import multiprocessing as mp
 import os
@@ -101,6 +102,8 @@ def launch_local(fn, nprocs: int, *args, threads_per_rank: int = 1, timeout: flo
             for p in procs:
                 if p.is_alive():
                     p.terminate()
+                    with contextlib.suppress(OSError):
+                        os.kill(p.pid, signal.SIGCONT)  # a stopped rank (the watchdog named it) takes it now
             for p in procs:
                 p.join(5)
                 if p.is_alive():

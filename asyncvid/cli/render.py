@@ -28,6 +28,11 @@ def add_render_parser(subparsers) -> None:
                    help="print the batch's wall time against its summed denoising time and write them, with "
                         "per-job timings, to <out>/render_profile.json")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no per-job success lines")
+    p.add_argument("--rank-timeout", type=float, metavar="SECONDS",
+                   help="with several devices: a rank waiting on another inside a denoising pass for longer than "
+                        "max(SECONDS, 20 x the slowest step seen) names it and every rank stops (nothing partial "
+                        "is kept; run again to resume). The first step gets 5 x SECONDS; 0 turns this off. "
+                        "Default: $ASYNCVID_RANK_TIMEOUT, else 60")
     p.set_defaults(func=cmd_render)
 
     s = subparsers.add_parser("schema", help="print the JSON Schema of a job file (for editors)",
@@ -41,6 +46,12 @@ def add_render_parser(subparsers) -> None:
 def cmd_render(args) -> int:
     from ..render.runner import render_file
 
+    if args.rank_timeout is not None:  # every rank reads it, spawned ones too
+        import os
+
+        from ..distributed.watchdog import ENV, floor_from
+
+        os.environ[ENV] = f"{floor_from(args.rank_timeout):g}"
     only = [name for value in args.only for name in value.split(",") if name] if args.only else None
     return render_file(args.file, devices=args.devices, out=args.out, only=only, shard=args.shard,
                        force=args.force, dry_run=args.dry_run, profile=args.profile, quiet=args.quiet)

@@ -139,6 +139,17 @@ def _destroy_group() -> None:
         dist.destroy_process_group()
 
 
+def note_peers() -> None:
+    """Gather every rank's (host, pid) once (a collective), to name a rank that dies or stops later."""
+    import socket
+
+    if _PEERS or not dist.is_initialized() or dist.get_world_size() < 2:
+        return
+    peers = [None] * dist.get_world_size()
+    dist.all_gather_object(peers, (socket.gethostname(), os.getpid()))
+    _PEERS[:] = peers
+
+
 def describe_group() -> str:
     """One line naming this rank and its group, for logs (and for checking that a group formed)."""
     import socket
@@ -196,3 +207,22 @@ def lost_peer(exc: BaseException) -> str | None:
         return f"{', '.join(dead)} on this host died or was killed (its launcher's log names the signal)"
     where = f" at {match.group(2)}" if match.group(2) else ""
     return f"lost the connection to another rank{where}: it died or was killed"
+
+
+def process_state(rank: int) -> str:
+    """A few words on ``rank``'s process when it runs on this host: stopped, or gone; else ''."""
+    import socket
+
+    if rank >= len(_PEERS) or not _PEERS[rank] or _PEERS[rank][0] != socket.gethostname():
+        return ""
+    pid = _PEERS[rank][1]
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return f" (its process, pid {pid}, is gone)"
+    if state in ("T", "t"):
+        return f" (its process, pid {pid} on this host, is stopped: SIGSTOP/SIGTSTP or a debugger)"
+    if state == "Z":
+        return f" (its process, pid {pid}, is gone)"
+    return ""

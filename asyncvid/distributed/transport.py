@@ -14,7 +14,6 @@ Nothing here is collective: no rank ever waits for the whole group.
 from __future__ import annotations
 
 import os
-import pickle
 import queue
 import threading
 from collections import defaultdict
@@ -22,6 +21,9 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
+
+from . import p2p
+from .watchdog import watched
 
 
 @dataclass(frozen=True)
@@ -109,12 +111,15 @@ class _Posted:
         self.works: list = []
         self.error: BaseException | None = None
 
-    def wait(self) -> None:
-        self.ready.wait()
+    def wait(self, timeout=None) -> bool:
+        """Like a ``Work``'s: ``timeout`` a ``timedelta`` (the watchdog's limit) or None."""
+        if not self.ready.wait(None if timeout is None else timeout.total_seconds()):
+            raise RuntimeError("timed out while the sender thread posted a state")
         if self.error is not None:
             raise self.error
         for work in self.works:
-            work.wait()
+            work.wait() if timeout is None else work.wait(timeout=timeout)
+        return True
 
 
 class _Sender:
@@ -187,9 +192,7 @@ class StateLink:
         self.wait()  # the previous message on this link has left: its buffer can go
         if self.layout is None:
             self.layout = layout_of(tensors)
-            payload = pickle.dumps(self.layout)
-            dist.send_object_list([self.layout], dst=self.peer, device=_object_device(self.device))
-            self.traffic.control += len(payload) + 8
+            self.traffic.control += p2p.send_object(self.layout, self.peer, self.device, "a state layout")
             self._threaded = self.tag != 0 and self.layout.nbytes() >= THREAD_MIN_BYTES and _send_on_thread(self.device)
         for dtype, n in self.layout.groups().items():
             setattr(self.traffic, self.kind, getattr(self.traffic, self.kind) + n * torch.empty((), dtype=dtype).element_size())
@@ -210,16 +213,14 @@ class StateLink:
     # --- receiving -----------------------------------------------------------------------
     def irecv(self) -> "PendingState":
         if self.layout is None:
-            box = [None]
-            dist.recv_object_list(box, src=self.peer, device=_object_device(self.device))
-            self.layout = box[0]
+            self.layout = p2p.recv_object(self.peer, self.device, "a state layout")
         buffers = [torch.empty(n, dtype=d, device=self.device) for d, n in self.layout.groups().items()]
         works = [dist.irecv(buf, src=self.peer, tag=self.tag, group=self.group) for buf in buffers]
-        return PendingState(self.layout, buffers, works)
+        return PendingState(self.layout, buffers, works, self.peer)
 
     def wait(self) -> None:
         for work in self._pending:
-            work.wait()
+            watched(work, self.peer, "it to take a stage output")
         self._pending.clear()
 
 
@@ -229,10 +230,11 @@ class PendingState:
     layout: Layout
     buffers: list[torch.Tensor]
     works: list
+    peer: int = -1
 
     def wait(self) -> list[torch.Tensor]:
         for work in self.works:
-            work.wait()
+            watched(work, self.peer, "its stage output")
         return unpack(self.buffers, self.layout)
 
 
@@ -244,9 +246,7 @@ def send_message(message: torch.Tensor, dst: int, traffic: Traffic, keep: list) 
 
 
 def recv_message(src: int, size: int, device: torch.device) -> torch.Tensor:
-    buf = torch.empty(size, dtype=torch.int64, device=device)
-    dist.recv(buf, src=src)
-    return buf
+    return p2p.recv(torch.empty(size, dtype=torch.int64, device=device), src, "a step message")
 
 
 def send_tree(tree, dst: int, device: torch.device, traffic: Traffic | None = None, kind: str = "conditioning") -> None:
@@ -259,13 +259,13 @@ def send_tree(tree, dst: int, device: torch.device, traffic: Traffic | None = No
 
     leaves, spec = tree_flatten(tree)
     meta = [("T", tuple(x.shape), x.dtype) if torch.is_tensor(x) else ("V", x) for x in leaves]
-    dist.send_object_list([(meta, spec)], dst=dst, device=_object_device(device))
+    sent = p2p.send_object((meta, spec), dst, device, "a conditioning tree")
     if traffic is not None:
-        traffic.control += len(pickle.dumps((meta, spec))) + 8
+        traffic.control += sent
     for x in leaves:
         if torch.is_tensor(x):
             tensor = x.to(device).contiguous()
-            dist.send(tensor, dst=dst)
+            p2p.send(tensor, dst, "a conditioning tensor")
             if traffic is not None:
                 setattr(traffic, kind, getattr(traffic, kind) + tensor.numel() * tensor.element_size())
 
@@ -273,19 +273,13 @@ def send_tree(tree, dst: int, device: torch.device, traffic: Traffic | None = No
 def recv_tree(src: int, device: torch.device):
     from torch.utils._pytree import tree_unflatten
 
-    box = [None]
-    dist.recv_object_list(box, src=src, device=_object_device(device))
-    meta, spec = box[0]
+    meta, spec = p2p.recv_object(src, device, "a conditioning tree")
     out = []
     for item in meta:
         if item[0] == "V":
             out.append(item[1])
             continue
         tensor = torch.empty(item[1], dtype=item[2], device=device)
-        dist.recv(tensor, src=src)
-        out.append(tensor)
+        out.append(p2p.recv(tensor, src, "a conditioning tensor"))
     return tree_unflatten(out, spec)
 
-
-def _object_device(device: torch.device):
-    return device if device.type == "cuda" else None

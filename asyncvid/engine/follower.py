@@ -19,6 +19,7 @@ import torch
 
 from ..distributed.protocol import FIELDS, Op, StepMessage
 from ..distributed.transport import PendingState, StateLink, recv_message, recv_tree
+from ..distributed.watchdog import WATCH
 from ..errors import AsyncVidError
 from .conditioning import ConditioningVersion
 from .schedule import PARALLEL, REUSE, SEQUENTIAL
@@ -53,20 +54,27 @@ class FollowerMixin:
     def follow(self) -> Op:
         """Worker: follow the driver through one pipeline call; returns ``END_CALL``, ``SHUTDOWN`` or ``UNDO``."""
         guess: _Speculation | None = None
+        idle, where = True, ""  # idle: between calls or after a pass's last step, waits are unbounded
         while True:
-            message = StepMessage.decode(recv_message(self.driver_rank, FIELDS, self.device))
+            with WATCH.watching(not idle, where):
+                message = StepMessage.decode(recv_message(self.driver_rank, FIELDS, self.device))
             self.phases.mark("wait for message")
             if message.op == Op.BEGIN:
-                control = recv_tree(self.driver_rank, self.device)
+                with WATCH.watching(True, "at the start of a pass"):
+                    control = recv_tree(self.driver_rank, self.device)
                 if "setup" in control:
                     self.adapter.apply_module_setup(control["setup"])
                 self._new_pass(control["timesteps"])
-                guess = None
+                guess, idle, where = None, False, "before the first step"
                 continue
             if message.op != Op.STEP:
-                self._wait_links()
+                with WATCH.watching(True, "at the end of a call"):
+                    self._wait_links()
                 return message.op
-            guess = self._follow_step(message, guess)
+            with WATCH.step(f"step {message.step + 1} of {self.total}"):
+                guess = self._follow_step(message, guess)
+            # after the pass's last computing step the driver decodes, calls back ...: unbounded
+            idle, where = self.action(message.step).last_round, f"after step {message.step + 1} of {self.total}"
 
     def _follow_step(self, message: StepMessage, guess: _Speculation | None) -> _Speculation | None:
         stream = self._stream(message.call_tag)

@@ -31,6 +31,7 @@ import torch
 from ..distributed.protocol import FIELDS, Op, StepMessage
 from ..distributed.topology import Topology
 from ..distributed.transport import StateLink, link_tag, recv_message, recv_tree, send_message, send_tree
+from ..distributed.watchdog import WATCH
 from ..errors import AsyncVidError
 from .adapter import DenoiserCall, StageAdapter
 from .conditioning import ConditioningVersion
@@ -80,6 +81,10 @@ class GuidanceFanout:
         self._sent.clear()
 
     def begin(self, timesteps: torch.Tensor, setup: Any = None) -> None:
+        with WATCH.watching(True, "at the start of a pass"):
+            self._begin(timesteps, setup)
+
+    def _begin(self, timesteps: torch.Tensor, setup: Any) -> None:
         self._drain()
         self.shares, setups = self.adapter.guidance_layout(setup, self.degree)
         timesteps = timesteps.detach().reshape(-1)
@@ -95,6 +100,10 @@ class GuidanceFanout:
         self.runtime.begin(timesteps, setups[0])
 
     def drive(self, step: int, call: DenoiserCall, tag: int = 0) -> torch.Tensor:
+        with WATCH.watching(True, f"step {step + 1} of {self.total}"):  # the other groups' parts too
+            return self._drive(step, call, tag)
+
+    def _drive(self, step: int, call: DenoiserCall, tag: int) -> torch.Tensor:
         if self.runtime.timesteps is not None and 0 <= step < self.total and self.runtime.action(step).kind == REUSE:
             if tag not in self.last:
                 raise AsyncVidError(f"step {step} reuses a prediction that call tag {tag} never made")
@@ -162,6 +171,10 @@ class GuidanceFanout:
         return peer.eps.irecv().wait()[0]
 
     def _release(self, op: Op) -> None:
+        with WATCH.watching(True, "at the end of a call"):
+            self._release_groups(op)
+
+    def _release_groups(self, op: Op) -> None:
         if self._early is not None:  # a second call started early that the pipeline never made
             self._early = None
             self.peers[0].eps.irecv().wait()
@@ -198,10 +211,14 @@ class GuidanceBranch:
     def follow(self) -> Op:
         """Serve one pipeline call of rank 0; returns ``END_CALL``, ``SHUTDOWN`` or ``UNDO``."""
         device = self.runtime.device
+        idle, where = True, ""  # as StageRuntime.follow: unbounded between calls and after a pass's last step
         while True:
-            message = StepMessage.decode(recv_message(0, FIELDS, device))
+            with WATCH.watching(not idle, where):
+                message = StepMessage.decode(recv_message(0, FIELDS, device))
             if message.op == Op.BEGIN:
-                control = recv_tree(0, device)
+                idle, where = False, "before the first step"
+                with WATCH.watching(True, "at the start of a pass"):
+                    control = recv_tree(0, device)
                 self.sample.reset()
                 self.eps.reset()
                 if control["setup"] is not None:
@@ -215,7 +232,10 @@ class GuidanceBranch:
                 else:
                     self.runtime.release_workers(message.op)
                 return message.op
-            sample = self.sample.irecv().wait()[0]
+            idle = self.runtime.action(message.step).last_round
+            where = f"after step {message.step + 1} of {self.runtime.total}"
+            with WATCH.watching(True, f"step {message.step + 1} of {self.runtime.total}"):
+                sample = self.sample.irecv().wait()[0]
             version, cond = self.conds.get(message.call_tag, (None, None))
             if version != message.cond_version:
                 cond = recv_tree(0, device)

@@ -24,6 +24,7 @@ import torch
 from ..distributed.protocol import Op, StepMessage, extras_mask
 from ..distributed.topology import Topology
 from ..distributed.transport import StateLink, Traffic, link_tag, send_message, send_tree
+from ..distributed.watchdog import WATCH, watched
 from ..errors import AsyncVidError
 from .adapter import DenoiserCall, StageAdapter
 from .extras import consumers, route
@@ -134,11 +135,14 @@ class StageRuntime(FollowerMixin):
                 link.wait()
 
     # ------------------------------------------------------------------ driver
+    def _drain_sent(self) -> None:
+        for (work, _), rank in zip(self._sent, self.worker_ranks):  # one message per worker, in order
+            watched(work, rank, "it to take a step message")
+        self._sent.clear()
+
     def _tell_workers(self, message: StepMessage, timestep: torch.Tensor | None = None, tree=None,
                       kind: str = "conditioning", extras: dict[int, dict] | None = None) -> None:
-        for work, _ in self._sent:
-            work.wait()
-        self._sent.clear()
+        self._drain_sent()
         self.phases.mark("wait for peer")
         encoded = message.encode(self.device, timestep)  # one buffer, read by every send
         for stage, rank in enumerate(self.worker_ranks, start=1):
@@ -153,17 +157,22 @@ class StageRuntime(FollowerMixin):
         pass). ``setup`` is the adapter's :meth:`~StageAdapter.module_setup`; it travels when it changed."""
         self.phases.start()
         timesteps = timesteps.detach().reshape(-1)
-        self._new_pass(timesteps)
-        control = {"timesteps": timesteps}
-        if setup != self._setup_sent:
-            control["setup"], self._setup_sent = setup, setup
-        self._tell_workers(StepMessage(Op.BEGIN, total=len(timesteps)), tree=control, kind="control")
+        with WATCH.watching(True, "at the start of a pass"):
+            self._new_pass(timesteps)
+            control = {"timesteps": timesteps}
+            if setup != self._setup_sent:
+                control["setup"], self._setup_sent = setup, setup
+            self._tell_workers(StepMessage(Op.BEGIN, total=len(timesteps)), tree=control, kind="control")
         self.phases.mark("begin")
 
     @torch.no_grad()  # pipelines call the denoiser without autograd; so does every stage
     def drive(self, step: int, call: DenoiserCall, tag: int = 0) -> torch.Tensor:
         """Driver: the prediction for denoiser call ``tag`` of step ``step`` of the current pass."""
         self.phases.mark("pipeline")  # since the previous call returned: the pipeline's own work
+        with WATCH.step(f"step {step + 1} of {self.total}"):
+            return self._drive(step, call, tag)
+
+    def _drive(self, step: int, call: DenoiserCall, tag: int) -> torch.Tensor:
         if self.timesteps is None or not 0 <= step < self.total:
             raise AsyncVidError(f"denoiser call for step {step} outside the current pass of {self.total} steps")
         action = self.action(step)
@@ -205,14 +214,15 @@ class StageRuntime(FollowerMixin):
 
     def end_call(self) -> None:
         """Driver: the pipeline call is over (also after an interrupted loop)."""
-        self._wait_links()
-        if self.worker_ranks:
-            self._tell_workers(StepMessage(Op.END_CALL))
+        with WATCH.watching(True, "at the end of a call"):
+            self._wait_links()
+            if self.worker_ranks:
+                self._tell_workers(StepMessage(Op.END_CALL))
+                self._drain_sent()  # a driver that exits right after its call must not cut it off
 
     def release_workers(self, op: Op = Op.SHUTDOWN) -> None:
         """Driver: end the workers' :meth:`follow` loop for good (``SHUTDOWN``) or for a weight gather (``UNDO``)."""
         if self.worker_ranks:
-            self._tell_workers(StepMessage(op))
-            for work, _ in self._sent:
-                work.wait()
-            self._sent.clear()
+            with WATCH.watching(True, "releasing the workers"):
+                self._tell_workers(StepMessage(op))
+                self._drain_sent()

@@ -12,8 +12,10 @@ also a pass the call never used), so both always agree on which runtime the next
 
 from __future__ import annotations
 
+import sys
 from dataclasses import fields
 
+from ..distributed import peer_errors
 from ..distributed.protocol import Op
 from ..distributed.transport import Traffic
 from ..engine.runtime import StageRuntime
@@ -103,7 +105,11 @@ class ExpertsParallelPipeline:
             raise AsyncVidError("this ParallelPipeline was closed")
         if not self.is_driver:
             for runtime in self.runtimes:
-                op = runtime.follow()
+                try:
+                    op = runtime.follow()
+                except BaseException as exc:  # the driver waits on this rank: tell it why it stops
+                    peer_errors.publish(exc)
+                    raise
                 if op != Op.END_CALL:
                     if op == Op.UNDO:
                         self._gather()
@@ -125,6 +131,8 @@ class ExpertsParallelPipeline:
             return self.pipe(*args, **kwargs)
         except BaseException:  # a half-done step leaves nothing to end cleanly
             failed_in_step = any(loop.in_pass for loop in self.loops) and any(r.steps_executed for r in self.runtimes)
+            if failed_in_step:
+                peer_errors.publish(sys.exc_info()[1])
             raise
         finally:
             if not failed_in_step:

@@ -12,9 +12,11 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from ..distributed.env import default_device, ensure_process_group
+from ..distributed import peer_errors
+from ..distributed.env import default_device, ensure_process_group, note_peers
 from ..distributed.protocol import Op
 from ..distributed.topology import Topology
+from ..distributed.watchdog import WATCH, floor_from
 from ..engine.guidance import GuidanceBranch, GuidanceFanout
 from ..engine.runtime import StageRuntime
 from ..engine.schedule import AsyncOptions
@@ -22,6 +24,7 @@ from ..engine.simulate import CostTable
 from ..engine.split import SplitPlan, balanced_ranges, ranges_from_names
 from ..errors import AsyncVidError
 from ..models import adapter_for
+from ..optional import optional
 from ..planner.profile import cut_bytes, unit_costs
 from . import hook
 from .driver_work import driver_seconds
@@ -83,10 +86,14 @@ def choose_split(adapter, split, stages: int, topo: Topology, device, shape: Pro
             if len(names) < stages:
                 raise AsyncVidError(f"cannot cut {len(names)} units into {stages} stages")
             box = [None]
-            if topo.is_driver:
-                extra = driver_work(shape.batch, shape.frames, h, w, device, dtype) if driver_work else (0.0, "")
-                costs = (simulate.for_batch(shape.batch) if simulate is not None else
-                         unit_costs(adapter, adapter.example_call(shape.batch, shape.frames, h, w, device, dtype)))
+            if topo.is_driver:  # optional measurements: on an error, a safe estimate (workers wait in the broadcast)
+                extra = optional("the driver's own work per step", lambda: driver_work(
+                    shape.batch, shape.frames, h, w, device, dtype), (0.0, ""), "the split counts none") \
+                    if driver_work else (0.0, "")
+                costs = simulate.for_batch(shape.batch) if simulate is not None else optional(
+                    "the units' costs", lambda: unit_costs(adapter, adapter.example_call(
+                        shape.batch, shape.frames, h, w, device, dtype)), lambda: parameter_costs(adapter),
+                    "the split balances parameter counts")
                 box = [(costs, extra)]
             if topo.world_size > 1:
                 dist.broadcast_object_list(box, src=0, device=device if device.type == "cuda" else None)
@@ -104,6 +111,13 @@ def choose_split(adapter, split, stages: int, topo: Topology, device, shape: Pro
         plan = SplitPlan(names, ranges_from_names(names, [list(s) for s in split], UNIT_ALIASES), source="explicit")
     plan.cut_bytes = [sizes[b - 1] for _, b in plan.ranges[:-1]]
     return plan
+
+
+def parameter_costs(adapter) -> list[float]:
+    """A unit's parameter count as its cost: the estimate when timing the units failed."""
+    model = adapter.model
+    return [float(max(1, sum(p.numel() for name in unit.modules for p in model.get_submodule(name).parameters())))
+            for unit in adapter.units()]
 
 
 def denoisers_of(pipe) -> list[torch.nn.Module]:
@@ -149,7 +163,11 @@ class ParallelPipeline:
         if self._closed:
             raise AsyncVidError("this ParallelPipeline was closed")
         if not self.is_driver:
-            op = self.engine.follow()
+            try:
+                op = self.engine.follow()
+            except BaseException as exc:  # the driver waits on this rank: tell it why it stops
+                peer_errors.publish(exc)
+                raise
             if op == Op.UNDO and self.topo.cfg_index == 0:  # the other CFG groups hold copies
                 gather_weights(self.adapter, self.plan, self.topo, self.runtime.device)
             if op != Op.END_CALL:
@@ -160,8 +178,10 @@ class ParallelPipeline:
         failed_in_step = False
         try:
             return self.pipe(*args, **kwargs)
-        except BaseException:  # also SIGTERM/Ctrl-C: a half-done step leaves nothing to end cleanly
+        except BaseException as exc:  # also SIGTERM/Ctrl-C: a half-done step leaves nothing to end cleanly
             failed_in_step = self.loop.in_pass and self.runtime.steps_executed > 0
+            if failed_in_step:  # the workers are left mid-call: tell them why
+                peer_errors.publish(exc)
             raise
         finally:
             if not failed_in_step:
@@ -217,7 +237,7 @@ class ParallelPipeline:
 
 
 def parallelize(pipe, stages: int = 2, stride: int = 1, warmup: int = 1, split="auto", time_shift: bool = False,
-                profile_shape=None, release: bool = True, cfg: int = 1,
+                profile_shape=None, release: bool = True, cfg: int = 1, rank_timeout: float | None = None,
                 simulate: CostTable | None = None) -> ParallelPipeline:
     """Run ``pipe``'s denoiser as ``stages`` AsyncDiff stages, one per rank of the process group.
 
@@ -229,13 +249,21 @@ def parallelize(pipe, stages: int = 2, stride: int = 1, warmup: int = 1, split="
     ``simulate`` (a :class:`~asyncvid.engine.simulate.CostTable`) runs every rank as a simulated
     device: each unit waits its table cost instead of computing (benchmarks of the engine's own
     cost); the auto split is then balanced on the table.
+
+    ``rank_timeout`` (seconds; default ``$ASYNCVID_RANK_TIMEOUT`` or 60, 0: off) bounds how long a rank
+    waits on a peer inside a call: past ``max(rank_timeout, 20 x the slowest step seen)`` every rank
+    stops with one line naming the peer (``distributed/watchdog.py``; the first step gets 5 x
+    rank_timeout). Waits between calls are not bounded.
     """
+    WATCH.configure(floor_from(rank_timeout))
     options = AsyncOptions(stride=stride, warmup=warmup, time_shift=time_shift)
     options.validate(stages)
     denoisers = denoisers_of(pipe)
     if len(denoisers) > 1 and cfg > 1:
         raise AsyncVidError("cfg > 1 is not supported with two experts (transformer and transformer_2) yet")
     ensure_process_group()
+    note_peers()
+    peer_errors.install_excepthook()
     topo = Topology.create(stages, cfg)
     device = default_device()
     adapters = [adapter_for(d) for d in denoisers]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..errors import AsyncVidError
+from ..errors import AsyncVidError, RankFailure
 from ..utils import one_line
 from .batch import RenderOptions, pending_work, profile_path, summarize
 from .tasks import Task, resolve
@@ -46,6 +46,8 @@ def render_launched(tasks: list[Task], options: RenderOptions, out: Path) -> int
     profile = profile_path(out, options) if rank == 0 else None
     try:
         results = render_all(pending, options.devices, options.quiet or rank != 0, None, profile) if pending else []
+    except RankFailure as exc:  # another rank failed or stopped answering: say which rank speaks
+        raise AsyncVidError(f"rank {rank}: the render group stopped: {exc}") from None
     except AsyncVidError:
         raise
     except Exception as exc:  # a rank died or the network broke: one line, not a traceback per rank

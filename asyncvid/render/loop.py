@@ -21,7 +21,7 @@ from collections import Counter
 from ..catalog.pipelines import load_pipeline
 from ..catalog.quiet import quiet_environment
 from ..distributed.env import lost_peer
-from ..errors import PlanError
+from ..errors import PlanError, RankFailure
 from ..utils import atomic_write, one_line
 from .inputs import job_inputs
 from .stream import EncodeJob, Encoder, decode_chunk, decode_chunks, denoise
@@ -115,8 +115,8 @@ class Driver:
         try:
             latents = denoise(pipe, cfg, image, inputs, on_step=self.reporter.step)
         except Exception as exc:
-            if fatal_pipe_errors and lost_peer(exc):
-                raise  # another rank died: the launcher names it (signal, exit status) for this job
+            if fatal_pipe_errors and (lost_peer(exc) or isinstance(exc, RankFailure)):
+                raise  # another rank died, failed or hung: the launcher names it for this job
             self.reporter.finish(task, False, one_line(exc))
             if fatal_pipe_errors:
                 raise

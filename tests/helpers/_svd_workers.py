@@ -81,3 +81,70 @@ def render_from_folder(folder: str, options: dict):
     held = [None] * ppipe.topo.world_size
     torch.distributed.all_gather_object(held, materialized_parameters(ppipe.unet))
     return {"frames": out.frames, "held": held, "ranges": ppipe.plan.ranges} if ppipe.is_driver else None
+
+
+def fixture_pipeline():
+    """diffusers' own SVD fast-test pipeline (its ``get_dummy_components``): a 32 px CLIP image encoder,
+    where Stable Video Diffusion's pipeline always resizes a PIL image to 224 px for it, so only tensor
+    images work; asyncvid's optional timing of the driver's step, which makes a PIL image, fails on it."""
+    from diffusers import AutoencoderKLTemporalDecoder, EulerDiscreteScheduler, UNetSpatioTemporalConditionModel
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    try:
+        from transformers import CLIPImageProcessorPil as ImageProcessor
+    except ImportError:
+        from transformers import CLIPImageProcessor as ImageProcessor
+
+    torch.manual_seed(0)
+    unet = UNetSpatioTemporalConditionModel(
+        block_out_channels=(32, 64), layers_per_block=2, sample_size=32, in_channels=8, out_channels=4,
+        down_block_types=("CrossAttnDownBlockSpatioTemporal", "DownBlockSpatioTemporal"),
+        up_block_types=("UpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal"), cross_attention_dim=32,
+        num_attention_heads=8, projection_class_embeddings_input_dim=96, addition_time_embed_dim=32)
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", interpolation_type="linear",
+        num_train_timesteps=1000, prediction_type="v_prediction", sigma_max=700.0, sigma_min=0.002, steps_offset=1,
+        timestep_spacing="leading", timestep_type="continuous", trained_betas=None, use_karras_sigmas=True)
+    torch.manual_seed(0)
+    vae = AutoencoderKLTemporalDecoder(block_out_channels=[32, 64], in_channels=3, out_channels=3,
+                                       down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"], latent_channels=4)
+    torch.manual_seed(0)
+    image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(
+        hidden_size=32, projection_dim=32, num_hidden_layers=5, num_attention_heads=4, image_size=32,
+        intermediate_size=37, patch_size=1))
+    pipe = svd_pipeline_class()(unet=unet, image_encoder=image_encoder, vae=vae, scheduler=scheduler,
+                                feature_extractor=ImageProcessor(crop_size=32, size=32))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+#: diffusers' dummy inputs for it (a tensor image, which skips the 224 px resize)
+FIXTURE_CALL = dict(num_frames=2, height=32, width=32, num_inference_steps=2, min_guidance_scale=1.0,
+                    max_guidance_scale=2.5, output_type="np")
+
+
+def fixture_image():
+    return torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+
+def call_fixture(pipe):
+    return pipe(image=fixture_image(), **FIXTURE_CALL, generator=torch.Generator().manual_seed(0)).frames
+
+
+def render_fixture(options: dict):
+    """Every rank: the fixture through ``parallelize``; the driver returns its frames and the warnings
+    asyncvid logged while planning."""
+    import logging
+
+    from asyncvid.logs import LOGGER
+
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())
+    LOGGER.addHandler(handler)
+    try:
+        ppipe = asyncvid.parallelize(fixture_pipeline(), **options)
+    finally:
+        LOGGER.removeHandler(handler)
+    out = ppipe(image=fixture_image(), **FIXTURE_CALL, generator=torch.Generator().manual_seed(0))
+    return {"frames": out.frames, "warnings": lines, "ranges": ppipe.plan.ranges} if ppipe.is_driver else None

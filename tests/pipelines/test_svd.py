@@ -247,3 +247,16 @@ def test_conditioning_image_conversions(tmp_path):
     (tmp_path / "notes.txt").write_text("not an image")
     with pytest.raises(AsyncVidError, match="not an image file"):
         conditioning_image(tmp_path / "notes.txt")
+
+
+@pytest.mark.multiprocess
+def test_diffusers_own_svd_fixture_through_an_auto_split(one_thread):
+    """The fixture's 32 px image encoder makes asyncvid's timing of the driver's step fail (it calls
+    the pipeline with a PIL image, resized to 224 px for CLIP); the split goes on without it, with
+    one warning, and the parallel call equals the untouched pipeline (warm-up covers both steps)."""
+    out = launch_local(W.render_fixture, 2, dict(stages=2, warmup=2, split="auto"), timeout=300)
+    assert len(out["warnings"]) == 1, out["warnings"]
+    assert out["warnings"][0].startswith("asyncvid: could not measure the driver's own work per step (")
+    assert "the split counts none" in out["warnings"][0]
+    assert len(out["ranges"]) == 2
+    assert maxdiff(out["frames"], W.call_fixture(W.fixture_pipeline())) <= 1e-5

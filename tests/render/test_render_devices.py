@@ -162,3 +162,118 @@ def test_a_rank_killed_under_torchrun_is_named(tmp_path):
     assert "GLHF" not in err
     assert read_video_info(out / "first.mp4")["frames"] == 8  # finished work kept
     assert not [p for p in out.iterdir() if ".partial" in p.name]
+
+
+def _ranks_of(pid: int) -> list[int]:
+    """The spawned ranks among a process's children (not multiprocessing's resource tracker)."""
+    ranks = []
+    for child in _children(pid):
+        try:
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"spawn_main" in cmdline:
+            ranks.append(child)
+    return sorted(ranks)
+
+
+STOP_JOBS = ("defaults: {model: tiny-random, frames: 8, width: 32, height: 32, stages: 2}\njobs:\n"
+             "  - {name: first, prompt: x, steps: 2}\n  - {name: second, prompt: y, steps: 400}\n")
+
+
+def _stop_once_first_is_done(proc, out: Path, pid_of_rank1) -> float:
+    """Wait for the first job's manifest, let the second one denoise a while, SIGSTOP rank 1; the
+    time of the stop."""
+    import os
+    import signal
+    import time
+
+    deadline = time.monotonic() + 180
+    while not (out / "first.json").exists():
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.monotonic() < deadline, "the first job never finished"
+        time.sleep(0.05)
+    time.sleep(1.0)  # the second job is being denoised
+    os.kill(pid_of_rank1(), signal.SIGSTOP)
+    return time.monotonic()
+
+
+def _nothing_partial_and_resumable(tmp_path, out: Path) -> None:
+    import yaml
+
+    assert read_video_info(out / "first.mp4")["frames"] == 8  # finished work kept
+    assert not [p for p in out.iterdir() if ".partial" in p.name]
+    import subprocess
+    import sys
+
+    listing = subprocess.run([sys.executable, "-m", "asyncvid", "render", str(tmp_path / "jobs.yaml"), "--out", str(out),
+                              "--dry-run"], capture_output=True, text=True, timeout=120)
+    done = {j["name"]: j["up_to_date"] for j in yaml.safe_load(listing.stdout)["jobs"]}
+    assert done == {"first": True, "second": False}  # a new run renders only what is missing
+
+
+def test_a_stopped_rank_is_named_by_the_watchdog(tmp_path):
+    """SIGSTOP of a rank mid-render: no exit status, no closed connection, only silence."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    (tmp_path / "jobs.yaml").write_text(STOP_JOBS)
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "asyncvid.cli.main", "render", str(tmp_path / "jobs.yaml"),
+                             "--out", str(out), "--devices", "2", "--quiet", "--rank-timeout", "3"],
+                            stderr=subprocess.PIPE, text=True, env=dict(os.environ, ASYNCVID_CACHE=str(tmp_path / "cache")))
+    try:
+        stopped = _stop_once_first_is_done(proc, out, lambda: _ranks_of(proc.pid)[-1])
+        err = proc.communicate(timeout=120)[1]
+        took = time.monotonic() - stopped
+    finally:
+        proc.kill()
+    assert proc.returncode == 1
+    lines = [line for line in err.splitlines() if "second" in line]
+    assert len(lines) == 1 and re.search(r"rank (\d) did not answer for \d+ s while rank (?!\1)\d waited for .* "
+                                         r"\(step \d+ of 400\) \(its process, pid \d+ on this host, is stopped", lines[0]), err
+    assert "GLHF" not in err and "Traceback" not in err
+    print(f"SIGSTOP to the render's exit: {took:.1f} s")
+    assert took < 60, took  # the limit: max(3 s, 20 x the slowest step seen), then the launcher's clean-up
+    _nothing_partial_and_resumable(tmp_path, out)
+
+
+def test_a_rank_stopped_under_torchrun_is_named(tmp_path):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from asyncvid.utils import free_port
+
+    (tmp_path / "jobs.yaml").write_text(STOP_JOBS)
+    out = tmp_path / "out"
+    log = open(tmp_path / "stdout.txt", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                             "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m", "asyncvid",
+                             "render", str(tmp_path / "jobs.yaml"), "--out", str(out), "--quiet", "--rank-timeout", "3"],
+                            stdout=log, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, ASYNCVID_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1"))
+
+    def rank1():
+        text = (tmp_path / "stdout.txt").read_text()
+        return int(re.search(r"rank 1/2 local \d+ host \S+ pid (\d+)", text).group(1))
+
+    try:
+        stopped = _stop_once_first_is_done(proc, out, rank1)
+        err = proc.communicate(timeout=180)[1]
+        took = time.monotonic() - stopped
+    finally:
+        proc.kill()
+        log.close()
+    assert proc.returncode != 0
+    ours = [line for line in err.splitlines() if line.startswith("asyncvid: ")]
+    assert len(ours) == 1 and re.fullmatch(
+        r"asyncvid: error: rank 0: the render group stopped: rank 1 did not answer for \d+ s while rank 0 waited for "
+        r".* \(step \d+ of 400\) \(its process, pid \d+ on this host, is stopped.*", ours[0]), err
+    assert "GLHF" not in err
+    print(f"SIGSTOP to torchrun's exit: {took:.1f} s")
+    assert took < 120, took  # the limit, then torchrun's own grace period before it SIGKILLs the stopped rank
+    _nothing_partial_and_resumable(tmp_path, out)
