@@ -90,7 +90,7 @@ class FollowerMixin:
         if action.kind == REUSE or action.t_index != message.t_index:
             raise AsyncVidError(f"step message for step {message.step} (t_index {message.t_index}) disagrees with "
                                 f"this rank's schedule ({action}): every rank must use the same options")
-        timestep = message.timestep_tensor(self.device)
+        timestep = self._timestep(message.t_index, message.timestep_dtype, message.timestep)
         before = self.traffic.activation
         pending: PendingState | None = None
         if action.kind == SEQUENTIAL:
@@ -120,6 +120,22 @@ class FollowerMixin:
             return None
         key, nxt, timestep, ctx = ahead
         return _Speculation(key, self._compute(nxt, timestep, nxt.prev_input, ctx=ctx))
+
+    def _timestep(self, t_index: int, dtype: torch.dtype, value: float | None = None) -> torch.Tensor:
+        """The timestep tensor of ``t_index`` in ``dtype``: one tensor per pass, index and dtype, so that
+        an adapter may keep what it computed from it (Wan's time embeddings); ``value`` is the
+        driver's exact value when a message carried it."""
+        key = (t_index, dtype)
+        known = self._timesteps.get(key)
+        if known is not None and (value is None or known[0] == value):
+            return known[1]
+        if value is None:
+            tensor = self.timesteps[t_index].reshape(1).to(device=self.device, dtype=dtype)
+            value = float(tensor.reshape(-1)[0])
+        else:
+            tensor = torch.tensor([value], dtype=torch.float64, device=self.device).to(dtype)
+        self._timesteps[key] = (value, tensor)
+        return tensor
 
     def _key(self, step: int, tag: int, timestep: torch.Tensor, stream: _CallStream) -> tuple:
         return (step, tag, timestep.dtype, float(timestep.reshape(-1)[0]), stream.cond_version)
@@ -151,7 +167,7 @@ class FollowerMixin:
         stream = self.streams.get(tag)
         if action.kind != PARALLEL or stream is None or stream.cond is None:
             return None
-        timestep = self.timesteps[action.t_index].reshape(1).to(device=self.device, dtype=message.timestep_dtype)
+        timestep = self._timestep(action.t_index, message.timestep_dtype)
         ctx = self._context(stream, timestep)
         self.phases.mark("context ahead")
         return self._key(step, tag, timestep, stream), stream, timestep, ctx

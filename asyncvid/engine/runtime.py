@@ -54,6 +54,7 @@ class StageRuntime(FollowerMixin):
         self.driver_rank = topo.stage_rank(0)
         self.worker_ranks = [topo.stage_rank(k) for k in range(1, topo.stages)]
         self.timesteps: torch.Tensor | None = None
+        self._timesteps: dict[tuple, tuple[float, torch.Tensor]] = {}
         self.total = 0
         self.streams: dict[int, _CallStream] = {}
         self.steps_executed = 0
@@ -91,6 +92,7 @@ class StageRuntime(FollowerMixin):
             stream.prev_input, stream.last_eps = None, None
         self.timesteps, self.total = timesteps, len(timesteps)
         self._tags_this_step = []
+        self._timesteps: dict[tuple, tuple[float, torch.Tensor]] = {}  # workers: (t_index, dtype) -> (value, tensor)
 
     def action(self, step: int) -> StepAction:
         o = self.options

@@ -22,6 +22,8 @@ their largest value, step-invariant conditioning) and is rebuilt as pattern x ti
 
 from __future__ import annotations
 
+from typing import Any
+
 from dataclasses import dataclass
 
 import torch
@@ -70,6 +72,8 @@ class WanTransformerAdapter(DiffusersAdapter):
     def __init__(self, model):
         super().__init__(model)
         self._text_cache: list[tuple] = []  # (text, its version, image, its version, weight versions, projection)
+        self._rotary: dict[tuple, Any] = {}  # latent shape -> rotary tables (they depend on the shape only)
+        self._time_cache: list[tuple] = []  # (timestep, its version, pattern, tokens, weight versions, embeddings)
     guidance_in_calls = True  # WanPipeline: the prompt's call, then the negative prompt's, per step
 
     # ----- call and context ---------------------------------------------------------------
@@ -106,19 +110,36 @@ class WanTransformerAdapter(DiffusersAdapter):
         batch, p = sample_shape[0], model.config.patch_size
         grid = (sample_shape[2] // p[0], sample_shape[3] // p[1], sample_shape[4] // p[2])
         # the rotary table depends on the latent's shape only: a shape-only (meta) stand-in is enough
-        rotary_emb = model.rope(torch.empty(sample_shape, device="meta"))
+        key = (tuple(sample_shape), str(getattr(model.rope, "freqs_cos", torch.empty(0)).device))
+        rotary_emb = self._rotary.get(key)
+        if rotary_emb is None:
+            rotary_emb = self._rotary[key] = model.rope(torch.empty(sample_shape, device="meta"))
         seq_len, pattern = cond.get("timestep_tokens"), cond.get("timestep_pattern")
+        text = cond["encoder_hidden_states"]
+        temb, timestep_proj = self._time_embeddings(timestep, pattern, batch, seq_len, text.dtype)
+        ehs = self._projected(text, cond.get("encoder_hidden_states_image"))
+        return WanContext(temb, timestep_proj, ehs, rotary_emb, grid)
+
+    def _time_embeddings(self, timestep, pattern, batch: int, seq_len: int | None, dtype):
+        """The time embeddings of ``timestep``, kept for the last few timestep tensors seen (held, with
+        their write counters, and the embedder's weights' counters): a Wan step's two calls (prompt,
+        negative prompt) pass the same timestep, and a worker gets one tensor per step index."""
+        weights = tuple(p._version for p in self.model.condition_embedder.parameters())
+        for old, version, old_pattern, tokens, old_batch, old_dtype, old_weights, out in self._time_cache:
+            if (old is timestep and version == timestep._version and old_pattern is pattern and tokens == seq_len
+                    and old_batch == batch and old_dtype == dtype and old_weights == weights):
+                return out
         if pattern is not None:
             t = (pattern * timestep.to(pattern.dtype)).flatten()
         else:
             t = timestep.expand(batch * (seq_len or 1))
-        text = cond["encoder_hidden_states"]
-        temb, timestep_proj = self._time_embedding(t, text, seq_len)
-        timestep_proj = timestep_proj.unflatten(2 if seq_len else 1, (6, -1))
-        ehs = self._projected(text, cond.get("encoder_hidden_states_image"))
-        return WanContext(temb, timestep_proj, ehs, rotary_emb, grid)
+        temb, timestep_proj = self._time_embedding(t, dtype, seq_len)
+        out = temb, timestep_proj.unflatten(2 if seq_len else 1, (6, -1))
+        entry = (timestep, timestep._version, pattern, seq_len, batch, dtype, weights, out)
+        self._time_cache = [entry] + self._time_cache[:3]
+        return out
 
-    def _time_embedding(self, t: torch.Tensor, text: torch.Tensor, seq_len: int | None):
+    def _time_embedding(self, t: torch.Tensor, text_dtype, seq_len: int | None):
         """The time half of ``condition_embedder.forward``, step for step (the text half is cached)."""
         embedder = self.model.condition_embedder
         t = embedder.timesteps_proj(t)
@@ -127,7 +148,7 @@ class WanTransformerAdapter(DiffusersAdapter):
         dtype = next(iter(embedder.time_embedder.parameters())).dtype
         if t.dtype != dtype and dtype != torch.int8:
             t = t.to(dtype)
-        temb = embedder.time_embedder(t).type_as(text)
+        temb = embedder.time_embedder(t).to(text_dtype)
         return temb, embedder.time_proj(embedder.act_fn(temb))
 
     def _projected(self, text: torch.Tensor, image: torch.Tensor | None) -> torch.Tensor:
