@@ -65,3 +65,16 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def read_json(path, what: str = ""):
+    """A JSON file's content; a missing or malformed file is one clear error naming it."""
+    import json
+
+    name = f"{what} {path}".strip()
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise AsyncVidError(f"{name}: not found") from None
+    except ValueError as exc:
+        raise AsyncVidError(f"{name}: not JSON ({exc})") from None

@@ -209,12 +209,6 @@ def cmd_plan(args) -> int:
 
 
 def _read_json(path: str) -> dict:
-    import json
+    from ..utils import read_json
 
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise AsyncVidError(f"{path}: not found") from None
-    except ValueError as exc:
-        raise AsyncVidError(f"{path}: not JSON ({exc})") from None
+    return read_json(path)

@@ -17,12 +17,12 @@ Waiting processes do not contend for cores, so eight simulated devices fit on a 
 from __future__ import annotations
 
 import ctypes
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..errors import AsyncVidError
+from ..utils import read_json
 from .units import Carried, Unit
 
 _SPIN_S = 60e-6  # the last stretch of a wait is spun: sleep() wakes 20-100 us late
@@ -62,12 +62,7 @@ class CostTable:
         """A JSON file ``{"units": [names], "seconds": [...], "batch": B}`` (or ``{"seconds": {name: s}}``),
         checked against the model's units: a table measured once on a real GPU, or derived from
         FLOPs and bytes for a named one, replays here."""
-        try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise AsyncVidError(f"cost table {path}: not found") from None
-        except ValueError as exc:
-            raise AsyncVidError(f"cost table {path}: not JSON ({exc})") from None
+        data = read_json(path, "cost table")
         seconds = data.get("seconds") if isinstance(data, dict) else None
         if isinstance(seconds, dict):
             names, seconds = list(seconds), list(seconds.values())

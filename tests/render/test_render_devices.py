@@ -89,7 +89,6 @@ def test_a_killed_rank_is_named_with_its_signal(tmp_path):
     import signal
     import subprocess
     import sys
-    import time
 
     (tmp_path / "jobs.yaml").write_text(
         "defaults: {frames: 8, width: 32, height: 32, stages: 2}\njobs:\n"
@@ -99,15 +98,12 @@ def test_a_killed_rank_is_named_with_its_signal(tmp_path):
                              "--out", str(out), "--devices", "2", "--quiet"], stderr=subprocess.PIPE, text=True,
                             env=dict(os.environ, ASYNCVID_CACHE=str(tmp_path / "cache")))
     try:
-        deadline = time.monotonic() + 180
-        while not (out / "first.json").exists():
-            assert proc.poll() is None, proc.stderr.read()
-            assert time.monotonic() < deadline, "the first job never finished"
-            time.sleep(0.05)
-        time.sleep(1.0)  # the second job is being denoised
-        ranks = _children(proc.pid)
-        assert len(ranks) >= 2, ranks
-        os.kill(max(ranks), signal.SIGKILL)
+        def last_rank():
+            ranks = _children(proc.pid)
+            assert len(ranks) >= 2, ranks
+            return max(ranks)
+
+        _stop_once_first_is_done(proc, out, last_rank, signal.SIGKILL)
         err = proc.communicate(timeout=60)[1]
     finally:
         proc.kill()
@@ -181,20 +177,21 @@ STOP_JOBS = ("defaults: {model: tiny-random, frames: 8, width: 32, height: 32, s
              "  - {name: first, prompt: x, steps: 2}\n  - {name: second, prompt: y, steps: 400}\n")
 
 
-def _stop_once_first_is_done(proc, out: Path, pid_of_rank1) -> float:
-    """Wait for the first job's manifest, let the second one denoise a while, SIGSTOP rank 1; the
-    time of the stop."""
+def _stop_once_first_is_done(proc, out: Path, pid_of_rank1, sig=None) -> float:
+    """Wait for the first job's manifest, let the second one denoise a while, send rank 1 ``sig``
+    (SIGSTOP by default); the time of the signal."""
     import os
     import signal
     import time
 
+    sig = signal.SIGSTOP if sig is None else sig
     deadline = time.monotonic() + 180
     while not (out / "first.json").exists():
         assert proc.poll() is None, proc.stderr.read()
         assert time.monotonic() < deadline, "the first job never finished"
         time.sleep(0.05)
     time.sleep(1.0)  # the second job is being denoised
-    os.kill(pid_of_rank1(), signal.SIGSTOP)
+    os.kill(pid_of_rank1(), sig)
     return time.monotonic()
 
 
