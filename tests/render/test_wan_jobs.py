@@ -67,6 +67,11 @@ def test_wan_jobs_render_over_two_devices(tmp_path, one_thread):
         assert read_video_info(out / name)["frames"] == 9
         videos[name] = np.stack([np.asarray(Image.open(p)) for p in sorted((out / name).glob("frame_*.png"))])
     expected = _untouched(json.loads((out / "stages.json").read_text())["config"])
-    # warm-up over every step, or CFG groups: the untouched pipeline's frames exactly (8-bit)
-    assert np.array_equal(videos["stages"], expected) and np.array_equal(videos["groups"], expected)
-    assert not np.array_equal(videos["async"], expected)  # asynchronous stages: another (close) video
+    # warm-up over every step, or CFG groups: the untouched pipeline's frames. The Wan adapter equals
+    # the model's forward to float rounding (<= 1e-5, tests/pipelines/test_wan_parallel.py), so a value
+    # that falls on an 8-bit rounding edge may land one level off: at most 1, in a handful of pixels
+    for name in ("stages", "groups"):
+        off = np.abs(videos[name].astype(int) - expected.astype(int))
+        assert off.max() <= 1 and (off > 0).mean() < 1e-3, (name, off.max(), (off > 0).mean())
+    async_off = np.abs(videos["async"].astype(int) - expected.astype(int))
+    assert async_off.max() > 1 and (async_off > 0).mean() > 0.01  # asynchronous stages: another (close) video
