@@ -13,7 +13,8 @@ Per device cost of a denoising step (``--step-ms``, both guidance branches) and 
   own per-step work on stage 0, no messages), so ``efficiency / split_bound`` is the engine's part;
 * the planner's prediction from the same table, with the pipeline's per-step work measured (the
   simulated untouched step minus its table cost) and the link measured between two local ranks;
-* every rank's time per round by phase (``engine/phases.py``).
+* every rank's time per round by phase (``engine/phases.py``); with ``ASYNCVID_PHASE_TRACE=1`` also
+  every phase boundary of every rank with its time (``events`` in the JSON), to draw a round.
 """
 
 from __future__ import annotations

@@ -123,7 +123,7 @@ class FollowerMixin:
 
     def _timestep(self, t_index: int, dtype: torch.dtype, value: float | None = None) -> torch.Tensor:
         """The timestep tensor of ``t_index`` in ``dtype``: one tensor per pass, index and dtype, so that
-        an adapter may keep what it computed from it (Wan's time embeddings); ``value`` is the
+        an adapter may keep what it computed from it (a transformer's time embeddings); ``value`` is the
         driver's exact value when a message carried it."""
         key = (t_index, dtype)
         known = self._timesteps.get(key)
