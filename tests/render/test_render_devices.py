@@ -122,7 +122,6 @@ def test_a_rank_killed_under_torchrun_is_named(tmp_path):
     import signal
     import subprocess
     import sys
-    import time
 
     from asyncvid.utils import free_port
 
@@ -136,15 +135,12 @@ def test_a_rank_killed_under_torchrun_is_named(tmp_path):
                              "render", str(tmp_path / "jobs.yaml"), "--out", str(out), "--quiet"],
                             stdout=log, stderr=subprocess.PIPE, text=True,
                             env=dict(os.environ, ASYNCVID_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1"))
+    def rank1() -> int:
+        return int(re.search(r"rank 1/2 local \d+ host \S+ pid (\d+)", (tmp_path / "stdout.txt").read_text()).group(1))
+
     try:
-        deadline = time.monotonic() + 180
-        while not (out / "first.json").exists():
-            assert proc.poll() is None, proc.stderr.read()
-            assert time.monotonic() < deadline, "the first job never finished"
-            time.sleep(0.05)
-        time.sleep(1.0)  # the second job is being denoised
-        pid = int(re.search(r"rank 1/2 local \d+ host \S+ pid (\d+)", (tmp_path / "stdout.txt").read_text()).group(1))
-        os.kill(pid, signal.SIGKILL)
+        _stop_once_first_is_done(proc, out, rank1, signal.SIGKILL)
+        pid = rank1()
         err = proc.communicate(timeout=60)[1]
     finally:
         proc.kill()
