@@ -110,7 +110,7 @@ def parallel_rank(cfg: dict, tables: list[dict], stages: int, stride: int, warmu
         latent = latent_side(pipe, cfg)
         ppipe = parallelize(pipe, stages=stages, stride=stride, warmup=warmup, split="auto", cfg=groups,
                             profile_shape=profile_shape(pipe, cfg["frames"], latent, groups),
-                            simulate=CostTable.from_dict(table))
+                            simulate=CostTable.from_dict(table), forecast=cfg.get("forecast", "none"))
         runtime = ppipe.runtime
         if os.environ.get("ASYNCVID_PHASE_TRACE"):
             runtime.phases.events = []
@@ -196,13 +196,18 @@ def run_simulated_bench(cfg: dict, configs: list[tuple], spec: str, steps_ms: li
               "baseline": [{k: v for k, v in row.items() if k != "table"} for row in base["tables"]],
               "tables": [row["table"] for row in base["tables"]], "results": []}
     tables = [row["table"] for row in base["tables"]]
-    with progress(len(configs), "layouts") as advance:
-        for stages, stride, warmup, groups in configs:
-            ran = launch_local(parallel_rank, stages * groups, cfg, tables, stages, stride, warmup, groups)
+    forecasts = cfg.get("forecasts", ("none",))
+    layouts = [(c, f) for c in configs for f in (forecasts if c[0] > 1 else ("none",))]
+    with progress(len(layouts), "layouts") as advance:
+        for (stages, stride, warmup, groups), forecast in layouts:
+            ran = launch_local(parallel_rank, stages * groups, dict(cfg, forecast=forecast), tables, stages, stride,
+                               warmup, groups)
             for row, one in zip(base["tables"], ran):
                 res = _result(base, row, one, (stages, stride, warmup, groups), cfg, link)
+                res["forecast"] = forecast
                 report["results"].append(res)
-                log(f"[simulated] {res['step_ms']:.0f} ms/step N={stages} S={stride} w={warmup} cfg={groups}: "
+                log(f"[simulated] {res['step_ms']:.0f} ms/step N={stages} S={stride} w={warmup} cfg={groups} "
+                    f"forecast={forecast}: "
                     f"{res['speedup']:.2f}x of ideal {res['ideal']:.2f}x = {100 * res['efficiency']:.1f} % "
                     f"(split bound {100 * res['split_bound']:.1f} %), planner {100 * res['planner_error']:+.1f} %, "
                     f"engine {max(res['engine_ms_per_round']):.3f} ms/round")
@@ -221,7 +226,8 @@ def markdown(report: dict) -> str:
                     f"{100 * b['reference']['call_s'] / b['one_stage']['call_s']:.2f} % | | | | |")
     for r in report["results"]:
         workers = r["engine_ms_per_round"][1:] or [0.0]
-        rows.append(f"| {r['step_ms']:.0f} | N={r['stages']} S={r['stride']} w={r['warmup']} cfg={r['cfg']} | "
+        forecast = "" if r.get("forecast", "none") == "none" else f" forecast {r['forecast']}"
+        rows.append(f"| {r['step_ms']:.0f} | N={r['stages']} S={r['stride']} w={r['warmup']} cfg={r['cfg']}{forecast} | "
                     f"{r['ranks']} | {r['speedup']:.2f}x | {r['ideal']:.2f}x | {100 * r['efficiency']:.1f} % | "
                     f"{100 * r['split_bound']:.1f} % | {100 * r['engine_share']:.1f} % | "
                     f"{100 * r['planner_error']:+.1f} % | {r['engine_ms_per_round'][0]:.3f}, {max(workers):.3f} |")

@@ -80,7 +80,8 @@ def run_parallel_rank(cfg: dict, stages: int, stride: int, warmup: int = 1, grou
     pipe = _build(cfg)
     latent = latent_side(pipe, cfg)
     ppipe = parallelize(pipe, stages=stages, stride=stride, warmup=warmup, split="auto", cfg=groups,
-                        profile_shape=profile_shape(pipe, cfg["frames"], latent, groups))
+                        profile_shape=profile_shape(pipe, cfg["frames"], latent, groups),
+                        forecast=cfg.get("forecast", "none"))
     if ppipe.is_driver:
         result = _measure(ppipe, cfg, warmup=warmup, repeats=cfg["repeats"])
         ppipe.close()
@@ -92,14 +93,15 @@ def run_parallel_rank(cfg: dict, stages: int, stride: int, warmup: int = 1, grou
     t = ppipe.traffic
     rows = [None] * dist.get_world_size()
     dist.all_gather_object(rows, (peak, t.activation, t.activation + t.control + t.conditioning + t.guidance,
-                                   t.guidance))
+                                   t.guidance, ppipe.runtime.forecast_bytes()))
     if not ppipe.is_driver:
         return None
     steps = (1 + cfg["repeats"]) * cfg["steps"]  # every call of the run: set-up call + timed calls
     result.update(peak_rss_mib=[r[0] for r in rows], plan=ppipe.plan.to_dict(),
                   bytes_sent_per_rank=[r[2] for r in rows],
                   activation_bytes_per_step=sum(r[1] for r in rows) / steps,
-                  guidance_bytes_per_step=sum(r[3] for r in rows) / steps)
+                  guidance_bytes_per_step=sum(r[3] for r in rows) / steps,
+                  forecast_mib_per_rank=[r[4] / 2**20 for r in rows])
     return result
 
 
@@ -140,9 +142,9 @@ def hardware() -> dict:
 def run_bench(preset: str = "small", frames: int = 8, size: int | None = None, steps: int = DEFAULT_STEPS,
               warmup: int = 1, repeats: int = 2, configs: list[tuple] | None = None, log=print,
               model: str = DEFAULT_MODEL, memory: bool = True, dtype: str = "float32", latent: int | None = None,
-              layers: int | None = None) -> dict:
-    """Baselines, then every (stages, stride[, warmup[, cfg]]) configuration, each with the planner's
-    prediction from the one-thread profile beside the measurement."""
+              layers: int | None = None, forecasts: tuple[str, ...] = ("none",)) -> dict:
+    """Baselines, then every (stages, stride[, warmup[, cfg]]) configuration (once per forecast, side
+    by side), each with the planner's prediction from the one-thread profile beside the measurement."""
     from ..launch import launch_local
 
     cfg = dict(model=model, preset=preset, frames=frames, size=size, latent=latent, steps=steps, warmup=warmup,
@@ -171,10 +173,12 @@ def run_bench(preset: str = "small", frames: int = 8, size: int | None = None, s
     # This machine's speed drifts by 10-25 % from minute to minute: every configuration is compared
     # with the one-thread baseline measured right before and right after it (their mean).
     report["baselines"]["one_thread_runs"] = [dict(per_step_s=one["per_step_s"], denoise_s=one["denoise_s"])]
-    with progress(len(configs), "configurations") as advance:
+    with progress(len(configs) * len(forecasts), "configurations") as advance:
         for stages, stride, wu, groups in configs:
-            _run_config(report, cfg, (stages, stride, wu, groups), profile, link, slowdown, allc, cores, log)
-            advance()
+            for forecast in forecasts if stages > 1 else ("none",):
+                _run_config(report, dict(cfg, forecast=forecast), (stages, stride, wu, groups), profile, link,
+                            slowdown, allc, cores, log)
+                advance()
     return report
 
 
@@ -194,7 +198,8 @@ def _run_config(report: dict, cfg: dict, config: tuple, profile: dict, link, slo
     ref = {k: (before[k] + after[k]) / 2 for k in ("per_step_s", "denoise_s")}
     ranges = [tuple(r) for r in res["plan"]["ranges"]]
     pred = predict_from(profile, stages, stride, wu, steps, link, ranges, cfg=groups, slowdown=slowdown)
-    res.update(stages=stages, stride=stride, warmup=wu, cfg=groups, shares_cores=stages * groups > cores,
+    res.update(stages=stages, stride=stride, warmup=wu, cfg=groups, forecast=cfg.get("forecast", "none"),
+               shares_cores=stages * groups > cores,
                one_thread_reference=ref,
                speedup_vs_one_thread=ref["per_step_s"] / res["per_step_s"],
                speedup_vs_all_cores=allc["per_step_s"] / res["per_step_s"],
@@ -202,7 +207,8 @@ def _run_config(report: dict, cfg: dict, config: tuple, profile: dict, link, slo
                predicted=dict(per_step_s=pred.per_step_s, speedup_per_step=pred.speedup_per_step,
                               speedup_per_video=pred.speedup_per_video, stage_s=pred.stage_s, cfg=pred.cfg))
     report["results"].append(res)
-    log(f"stages={stages} stride={stride} warmup={wu} cfg={groups}: {res['per_step_s'] * 1000:.1f} ms/step "
+    log(f"stages={stages} stride={stride} warmup={wu} cfg={groups} forecast={res['forecast']}: "
+        f"{res['per_step_s'] * 1000:.1f} ms/step "
         f"(1 thread around it: {ref['per_step_s'] * 1000:.1f}), "
         f"{res['speedup_vs_one_thread']:.2f}x vs 1 thread (predicted {pred.speedup_per_step:.2f}x), "
         f"{res['speedup_vs_all_cores']:.2f}x vs {cores} threads")
@@ -236,6 +242,8 @@ def markdown(report: dict) -> str:
         p = r["predicted"]
         note = " (cores shared)" if r.get("shares_cores") else ""
         groups = f" cfg={r['cfg']}" if r.get("cfg", 1) > 1 else ""
+        if r.get("forecast", "none") != "none":
+            groups += f" forecast {r['forecast']}"
         rows.append(
             f"| N={r['stages']} S={r['stride']}{groups} warm-up {r['warmup']}{note} | {r['per_step_s'] * 1e3:.1f} | "
             f"{r['denoise_s']:.2f} | {r['speedup_vs_one_thread']:.2f}x ({p['speedup_per_step']:.2f}x) | "

@@ -38,6 +38,7 @@ def add_bench_parser(subparsers) -> None:
     p.add_argument("--configs", nargs="+", metavar="NxS[wW][cC]", default=["1x1", "1x2", "2x1", "2x2"],
                    help="configurations: stages x stride, optionally w + warm-up and c + CFG groups (N x C ranks), "
                         "e.g. 2x1 2x2w3 4x1 1x1c2 2x1c2")
+    add_forecast(p, "each multi-stage configuration once per forecast, side by side")
     p.add_argument("--sweep", action="store_true", help=f"run the standard sweep: {' '.join(SWEEP)}")
     p.add_argument("--no-memory", action="store_true", help="skip the memory section (full pipeline vs stage-only ranks)")
     p.add_argument("--memory-only", action="store_true",
@@ -96,6 +97,21 @@ def add_bench_parser(subparsers) -> None:
     q.set_defaults(func=cmd_plan)
 
 
+def add_forecast(parser, what: str) -> None:
+    parser.add_argument("--forecast", nargs="+", metavar="NAME", default=["none"], type=forecast_name,
+                        help=f"stale-input forecasts (none, linear, quadratic, damped[:GAIN]; docs/forecast.md): {what} "
+                             "(default: none)")
+
+
+def forecast_name(text: str) -> str:
+    from ..engine.forecast import Forecast
+
+    try:
+        return Forecast.parse(text).name
+    except AsyncVidError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def add_size(parser) -> None:
     parser.add_argument("--size", type=int, metavar="PIXELS",
                         help="frame height = width in pixels (default: the model's own size, as its pipeline renders)")
@@ -137,7 +153,7 @@ def cmd_bench(args) -> int:
         return 0
     report = run_bench(args.preset, args.frames, args.size, args.steps, args.warmup, args.repeats, configs,
                        log=logs.info, model=args.model, memory=not args.no_memory, dtype=args.dtype,
-                       latent=args.latent, layers=args.layers)
+                       latent=args.latent, layers=args.layers, forecasts=tuple(args.forecast))
     write_report(report, args.json, args.markdown)
     return 0
 
@@ -152,7 +168,8 @@ def _bench_simulated(args, configs) -> int:
         raise AsyncVidError("--simulate: at most 8 simulated devices (stages x cfg) on one machine")
     steps_ms = args.step_ms or ([None] if args.simulate not in ("uniform", "profile") else [50.0])
     cfg = dict(model=args.model, preset=args.preset, frames=args.frames, size=args.size, latent=args.latent,
-               steps=args.steps, warmup=args.warmup, repeats=args.repeats, dtype=args.dtype, layers=args.layers)
+               steps=args.steps, warmup=args.warmup, repeats=args.repeats, dtype=args.dtype, layers=args.layers,
+               forecasts=tuple(args.forecast))
     report = simulated.run_simulated_bench(cfg, configs, args.simulate, steps_ms, log=logs.info)
     write_report(report, args.json)
     if args.markdown:

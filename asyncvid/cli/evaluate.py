@@ -6,6 +6,7 @@ from __future__ import annotations
 from .. import logs
 from ..catalog.builtin import DEFAULT_MODEL, DEFAULT_STEPS
 from ..utils import atomic_write
+from .bench import add_forecast
 from .options import add_device_and_dtype, apply_device
 
 
@@ -33,6 +34,7 @@ def add_eval_parser(subparsers) -> None:
                         "PSNR, SSIM, ST-LPIPS, temporal error (+ CLIP score, + adherence on the shapes world)")
     f.add_argument("--configs", nargs="+", metavar="NxS[wW]", default=FIDELITY_CONFIGS,
                    help=f"configurations (default: {' '.join(FIDELITY_CONFIGS)})")
+    add_forecast(f, "each configuration rendered once per forecast, on the same ranks")
     f.add_argument("--prompts", type=int, default=12, help="held-out shapes prompts to render (default 12)")
     f.add_argument("--prompt", action="append", help="prompt(s) for a model outside the shapes world")
     f.add_argument("--frames", type=int, help="frames per video (default 8; 9 for a Wan model, which renders 4k+1)")
@@ -159,7 +161,7 @@ def cmd_fidelity(args) -> int:
     frames = args.frames or (9 if pipeline == "WanPipeline" else 8)
     report = run_fidelity(args.model, configs, prompts, list(range(args.seeds)), args.steps, args.guidance,
                           frames, size, bench, args.clip, not args.no_lpips, shapes,
-                          log=logs.info, dtype=args.dtype)
+                          log=logs.info, dtype=args.dtype, forecasts=tuple(dict.fromkeys(args.forecast)))
     text = json.dumps(finite(report), indent=2)
     if args.json:
         atomic_write(args.json, text)

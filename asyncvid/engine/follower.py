@@ -22,6 +22,7 @@ from ..distributed.transport import PendingState, StateLink, recv_message, recv_
 from ..distributed.watchdog import WATCH
 from ..errors import AsyncVidError
 from .conditioning import ConditioningVersion
+from .forecast import History
 from .schedule import PARALLEL, REUSE, SEQUENTIAL
 from .units import Carried
 
@@ -35,8 +36,9 @@ class _CallStream:
     cond_version: int = 0
     cond: Any = None
     sample_shape: torch.Size | None = None
-    prev_input: Carried | None = None
+    prev_input: Carried | None = None  # the newest state received from the stage before (workers)
     last_eps: torch.Tensor | None = None
+    history: History | None = None  # received states by timestep, for the forecast (``engine/forecast.py``)
 
 
 @dataclass
@@ -82,6 +84,7 @@ class FollowerMixin:
             payload = recv_tree(self.driver_rank, self.device)
             stream.cond, stream.sample_shape = payload["cond"], torch.Size(payload["shape"])
             stream.cond_version = message.cond_version
+            stream.history.restart()  # states made under the old conditioning do not extrapolate to the new
         extras = recv_tree(self.driver_rank, self.device) if message.routes_extras_to(self.stage) else None
         self.calls_with_extras += extras is not None
         self._note_tag(message)
@@ -94,7 +97,7 @@ class FollowerMixin:
         before = self.traffic.activation
         pending: PendingState | None = None
         if action.kind == SEQUENTIAL:
-            stream.prev_input = Carried.from_tensors(stream.links["recv_prev"].irecv().wait())
+            self._received(stream, action.t_index, stream.links["recv_prev"].irecv().wait())
             self.phases.mark("wait for input")
             out = self._compute(stream, timestep, stream.prev_input, extras)
         else:
@@ -106,20 +109,33 @@ class FollowerMixin:
                 self.speculation["used"] += 1
             else:
                 self.speculation["dropped"] += guess is not None
-                out = self._compute(stream, timestep, stream.prev_input, extras)
+                out = self._compute(stream, timestep, self._stale_input(stream, action.t_index), extras)
             if not action.last_round:
                 pending = stream.links["recv_prev"].irecv()
         self._send_on(stream, action, out)
         self.phases.mark("send")
         ahead = self._next_work(message) if self.options.speculate and not extras else None
         if pending is not None:
-            stream.prev_input = Carried.from_tensors(pending.wait())
+            self._received(stream, action.t_index, pending.wait())
             self.phases.mark("wait for input")
         self._count_step(before)
         if ahead is None or ahead[1].prev_input is None:
             return None
-        key, nxt, timestep, ctx = ahead
-        return _Speculation(key, self._compute(nxt, timestep, nxt.prev_input, ctx=ctx))
+        key, nxt, timestep, ctx, t_index = ahead
+        return _Speculation(key, self._compute(nxt, timestep, self._stale_input(nxt, t_index), ctx=ctx))
+
+    def _received(self, stream: _CallStream, t_index: int, tensors: list[torch.Tensor]) -> None:
+        """The stage before's output of the round at ``t_index`` is in: the next round's stale input."""
+        stream.prev_input = Carried.from_tensors(tensors)
+        stream.history.add(float(self.timesteps[t_index]), stream.prev_input)
+
+    def _stale_input(self, stream: _CallStream, t_index: int) -> Carried:
+        """The input of a parallel round at ``t_index``: the newest received state, or its forecast."""
+        if stream.history.forecast.order == 0:
+            return stream.prev_input
+        state = stream.history.predict(float(self.timesteps[t_index]))
+        self.phases.mark("forecast")
+        return state
 
     def _timestep(self, t_index: int, dtype: torch.dtype, value: float | None = None) -> torch.Tensor:
         """The timestep tensor of ``t_index`` in ``dtype``: one tensor per pass, index and dtype, so that
@@ -170,4 +186,4 @@ class FollowerMixin:
         timestep = self._timestep(action.t_index, message.timestep_dtype)
         ctx = self._context(stream, timestep)
         self.phases.mark("context ahead")
-        return self._key(step, tag, timestep, stream), stream, timestep, ctx
+        return self._key(step, tag, timestep, stream), stream, timestep, ctx, action.t_index

@@ -33,6 +33,7 @@ from .schedule import REUSE, SEQUENTIAL, AsyncOptions, StepAction, step_action
 from .simulate import CostTable, SimulatedDevice
 from .split import SplitPlan
 from .follower import FollowerMixin, _CallStream
+from .forecast import History
 from .units import Carried, run_units
 
 
@@ -82,7 +83,7 @@ class StageRuntime(FollowerMixin):
                 links["send_eps"] = StateLink(self.driver_rank, self.device, self.traffic, tag=back, group=backward)
             if n > 1 and k == 0:
                 links["recv_eps"] = StateLink(rank(n - 1), self.device, self.traffic, tag=back, group=backward)
-            stream = self.streams[tag] = _CallStream(links)
+            stream = self.streams[tag] = _CallStream(links, history=History(self.options.forecast))
         return stream
 
     def _new_pass(self, timesteps: torch.Tensor) -> None:
@@ -90,6 +91,7 @@ class StageRuntime(FollowerMixin):
             for link in stream.links.values():
                 link.reset()
             stream.prev_input, stream.last_eps = None, None
+            stream.history.clear()
         self.timesteps, self.total = timesteps, len(timesteps)
         self._tags_this_step = []
         self._timesteps: dict[tuple, tuple[float, torch.Tensor]] = {}  # workers: (t_index, dtype) -> (value, tensor)
@@ -125,6 +127,12 @@ class StageRuntime(FollowerMixin):
             stream.links["send_next"].isend(out.tensors())
         if "send_eps" in stream.links:
             stream.links["send_eps"].isend([self.adapter.prediction(out)])
+
+    def forecast_bytes(self) -> int:
+        """Bytes this rank holds for the forecast beyond the newest received states (which every
+        stage keeps anyway): the price of ``forecast`` in memory."""
+        return sum(t.numel() * t.element_size() for stream in self.streams.values()
+                   for _, state in stream.history.points[1:] for t in state.tensors())
 
     def _count_step(self, before: int) -> None:
         self.steps_executed += 1

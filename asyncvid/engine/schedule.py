@@ -13,9 +13,10 @@ stride 2), as in the reference implementation.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..errors import AsyncVidError
+from .forecast import Forecast
 
 SEQUENTIAL, PARALLEL, REUSE = "sequential", "parallel", "reuse"
 
@@ -26,6 +27,7 @@ class AsyncOptions:
     warmup: int = 1
     time_shift: bool = False
     speculate: bool = True  # workers compute their next call before its message arrives
+    forecast: Forecast = field(default_factory=Forecast)  # stale inputs extrapolated (``engine/forecast.py``)
 
     def validate(self, stages: int) -> None:
         if self.stride not in (1, 2):

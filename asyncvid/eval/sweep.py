@@ -40,38 +40,47 @@ def _render_seed(runner, pipe, prompts: list[str], seed: int, call: dict) -> lis
 
 
 def render_rank(model: str, prompts: list[str], seeds: list[int], call: dict, config: tuple[int, int, int] | None,
-                out_path: str, dtype: str = "float32") -> None:
+                out_path: str, dtype: str = "float32", forecasts: tuple[str, ...] = ("none",)) -> None:
     """Runs on every rank: render ``prompts`` for each seed (:func:`_render_seed`) and, on the
-    driver, save the clips (seed-major) to ``out_path``. ``config`` None = the untouched pipeline."""
+    driver, save the clips (seed-major) to ``out_path``. ``config`` None = the untouched pipeline.
+    With several ``forecasts`` the same ranks render the configuration once per forecast, in order,
+    into ``out_path`` with ``-0``, ``-1``, ... before its extension."""
     import torch
 
     from ..catalog.pipelines import build_pipeline, profile_shape, vae_scale
     from ..distributed.env import default_device
 
-    pipe = build_pipeline(model).to(device=default_device(), dtype=getattr(torch, dtype))
-    pipe.set_progress_bar_config(disable=True)
-    runner, driver = pipe, True
-    if config is not None:
-        from ..pipelines.parallel import parallelize
+    for i, forecast in enumerate(forecasts if config is not None else ("none",)):
+        pipe = build_pipeline(model).to(device=default_device(), dtype=getattr(torch, dtype))
+        pipe.set_progress_bar_config(disable=True)
+        runner, driver = pipe, True
+        if config is not None:
+            from ..pipelines.parallel import parallelize
 
-        stages, stride, warmup = config
-        latent = call["height"] // vae_scale(pipe)
-        runner = parallelize(pipe, stages=stages, stride=stride, warmup=warmup, split="auto",
-                             profile_shape=profile_shape(pipe, call["num_frames"], latent))
-        driver = runner.is_driver
-        if not driver:
-            runner.serve()
-            return
-    clips, seconds = [], 0.0
-    with torch.no_grad():
-        for seed in seeds:
-            start = time.perf_counter()
-            clips += _render_seed(runner, pipe, prompts, seed, call)
-            seconds += time.perf_counter() - start
-    if config is not None:
-        runner.close()
-    with atomic_path(out_path) as tmp, open(tmp, "wb") as f:  # a file object: savez would add ".npz" to a name
-        np.savez(f, clips=np.stack(clips), seconds=seconds)
+            stages, stride, warmup = config
+            latent = call["height"] // vae_scale(pipe)
+            runner = parallelize(pipe, stages=stages, stride=stride, warmup=warmup, split="auto", forecast=forecast,
+                                 profile_shape=profile_shape(pipe, call["num_frames"], latent))
+            driver = runner.is_driver
+            if not driver:
+                runner.serve()
+                continue
+        clips, seconds = [], 0.0
+        with torch.no_grad():
+            for seed in seeds:
+                start = time.perf_counter()
+                clips += _render_seed(runner, pipe, prompts, seed, call)
+                seconds += time.perf_counter() - start
+        if config is not None:
+            runner.close()
+        path = out_path if config is None else forecast_path(out_path, i)
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: savez would add ".npz" to a name
+            np.savez(f, clips=np.stack(clips), seconds=seconds)
+
+
+def forecast_path(path: str, index: int) -> str:
+    stem, ext = os.path.splitext(path)
+    return f"{stem}-{index}{ext}"
 
 
 def score(ref: np.ndarray, clips: np.ndarray, prompts: list[str], perceptual, clip_dir: str | None,
@@ -126,9 +135,16 @@ def markdown(report: dict) -> str:
         speed = "n/a" if r["speedup"] is None else f"{r['speedup']:.2f}x ({r['speed_source']})"
         psnr = "exact" if m["psnr_db"] == math.inf else f"{m['psnr_db']:.2f}"
         lp = "n/a" if m["lpips"] is None else f"{m['lpips']:.4f}"
-        rows.append(f"| N={r['stages']} S={r['stride']} warm-up {r['warmup']} | {speed} | {psnr} | {m['ssim']:.4f} | "
+        rows.append(f"| {config_label(r)} | {speed} | {psnr} | {m['ssim']:.4f} | "
                     f"{lp} | {m['temporal_error']:.4f} | {_adh(m.get('adherence'))} |")
     return "\n".join(rows) + "\n"
+
+
+def config_label(row: dict) -> str:
+    """``N=2 S=1 warm-up 1`` (and ``, forecast linear`` when the row has one)."""
+    label = f"N={row['stages']} S={row['stride']} warm-up {row['warmup']}"
+    forecast = row.get("forecast", "none")
+    return label if forecast == "none" else f"{label}, forecast {forecast}"
 
 
 def _adh(adh) -> str:
@@ -139,9 +155,11 @@ def _adh(adh) -> str:
 
 def run_fidelity(model: str, configs: list[tuple[int, int, int]], prompts: list[str], seeds: list[int], steps: int,
                  guidance: float, frames: int, size: int, bench: dict | None = None, clip_dir: str | None = None,
-                 lpips: bool = True, shapes_world: bool = False, log=print, dtype: str = "float32") -> dict:
-    """The sequential reference, then every configuration on its own local ranks; scored and paired
-    with its speed. Returns the report (JSON-safe except for ``inf``, see :func:`fidelity.finite`)."""
+                 lpips: bool = True, shapes_world: bool = False, log=print, dtype: str = "float32",
+                 forecasts: tuple[str, ...] = ("none",)) -> dict:
+    """The sequential reference, then every configuration on its own local ranks (once per forecast,
+    on the same ranks); scored and paired with its speed. Returns the report (JSON-safe except for
+    ``inf``, see :func:`fidelity.finite`)."""
     import tempfile
 
     from ..launch import launch_local
@@ -152,7 +170,8 @@ def run_fidelity(model: str, configs: list[tuple[int, int, int]], prompts: list[
     call = dict(num_frames=frames, height=size, width=size, num_inference_steps=steps, guidance_scale=guidance)
     clip_prompts = [p for _ in seeds for p in prompts]  # seed-major, like the saved clips
     profile = (bench or {}).get("profile")
-    report = {"model": model, "prompts": prompts, "seeds": seeds, "call": call, "dtype": dtype, "configs": []}
+    report = {"model": model, "prompts": prompts, "seeds": seeds, "call": call, "dtype": dtype,
+              "forecasts": list(forecasts), "configs": []}
     with tempfile.TemporaryDirectory(prefix="asyncvid-fidelity-") as tmp:
         ref_path = os.path.join(tmp, "sequential.npz")
         launch_local(render_rank, 1, model, prompts, seeds, call, None, ref_path, dtype, threads_per_rank=cores)
@@ -171,21 +190,27 @@ def run_fidelity(model: str, configs: list[tuple[int, int, int]], prompts: list[
             profile = profile_pipeline(pipe, frames, size // vae_scale(pipe))
             torch.set_num_threads(threads)
 
-        def score_config(config: tuple[int, int, int]) -> dict:
-            """Render one configuration from the same seeds on its own local ranks, score it against ``ref``."""
+        def score_config(config: tuple[int, int, int], advance) -> list[dict]:
+            """Render one configuration (every forecast) from the same seeds on its own local ranks, score
+            each against ``ref``."""
             path = os.path.join(tmp, "run.npz")
-            launch_local(render_rank, config[0], model, prompts, seeds, call, config, path, dtype)
-            metrics = score(ref, np.load(path)["clips"], clip_prompts, perceptual, clip_dir, shapes_world)
+            launch_local(render_rank, config[0], model, prompts, seeds, call, config, path, dtype, tuple(forecasts))
             speedup, source = speed_for(config, bench, profile, steps, cores)
-            log(f"N={config[0]} S={config[1]} warm-up {config[2]}: PSNR {metrics['psnr_db']:.2f} dB, SSIM "
-                f"{metrics['ssim']:.4f}, speedup {speedup if speedup is None else round(speedup, 2)} ({source})")
-            return dict(stages=config[0], stride=config[1], warmup=config[2], speedup=speedup, speed_source=source,
-                        shares_cores=config[0] > cores, metrics=metrics)
-
-        with progress(len(configs), "configurations") as advance:
-            for config in configs:
-                report["configs"].append(score_config(config))
+            rows = []
+            for i, forecast in enumerate(forecasts):
+                metrics = score(ref, np.load(forecast_path(path, i))["clips"], clip_prompts, perceptual, clip_dir,
+                                shapes_world)
+                row = dict(stages=config[0], stride=config[1], warmup=config[2], forecast=forecast, speedup=speedup,
+                           speed_source=source, shares_cores=config[0] > cores, metrics=metrics)
+                log(f"{config_label(row)}: PSNR {metrics['psnr_db']:.2f} dB, SSIM {metrics['ssim']:.4f}, speedup "
+                    f"{speedup if speedup is None else round(speedup, 2)} ({source})")
+                rows.append(row)
                 advance()
+            return rows
+
+        with progress(len(configs) * len(forecasts), "configurations") as advance:
+            for config in configs:
+                report["configs"] += score_config(config, advance)
     return report
 
 
@@ -195,5 +220,6 @@ def plot_points(report: dict) -> list[dict]:
     for r in report["configs"]:
         if r["speedup"] is not None:
             points.append(dict(x=r["speedup"], y=r["metrics"]["psnr_db"], hollow=r["speed_source"] != "measured",
-                               label=f"N{r['stages']} S{r['stride']} w{r['warmup']}"))
+                               label=f"N{r['stages']} S{r['stride']} w{r['warmup']}"
+                                     + ("" if r.get("forecast", "none") == "none" else f" {r['forecast']}")))
     return points

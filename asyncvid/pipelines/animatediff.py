@@ -43,7 +43,8 @@ class AsyncAnimateDiffPipeline:
 
     @classmethod
     def from_pretrained(cls, path, stages: int = 2, stride: int = 1, warmup: int = 1, split="auto",
-                        time_shift: bool = False, profile_shape=None, torch_dtype=None) -> ParallelPipeline:
+                        time_shift: bool = False, profile_shape=None, torch_dtype=None,
+                        forecast="none") -> ParallelPipeline:
         """Load the AnimateDiff folder ``path`` (``unet/`` as a ``UNetMotionModel``, or a 2D UNet plus
         ``motion_adapter/``) with each rank reading only its stage's weights; the driver (rank 0) also
         loads text encoder, tokenizer, VAE and scheduler. Call it on every rank; the options are
@@ -58,4 +59,4 @@ class AsyncAnimateDiffPipeline:
                                        scheduler=DDIMScheduler())
 
         return load_stage_only(path, _meta_motion_unet, driver, worker, stages, stride, warmup, split, time_shift,
-                               profile_shape, torch_dtype)
+                               profile_shape, torch_dtype, forecast)

@@ -19,6 +19,7 @@ from ..distributed.topology import Topology
 from ..distributed.watchdog import WATCH, floor_from
 from ..engine.guidance import GuidanceBranch, GuidanceFanout
 from ..engine.runtime import StageRuntime
+from ..engine.forecast import Forecast
 from ..engine.schedule import AsyncOptions
 from ..engine.simulate import CostTable
 from ..engine.split import SplitPlan, balanced_ranges, ranges_from_names
@@ -238,7 +239,7 @@ class ParallelPipeline:
 
 def parallelize(pipe, stages: int = 2, stride: int = 1, warmup: int = 1, split="auto", time_shift: bool = False,
                 profile_shape=None, release: bool = True, cfg: int = 1, rank_timeout: float | None = None,
-                simulate: CostTable | None = None) -> ParallelPipeline:
+                simulate: CostTable | None = None, forecast="none") -> ParallelPipeline:
     """Run ``pipe``'s denoiser as ``stages`` AsyncDiff stages, one per rank of the process group.
 
     Every rank calls this with the same arguments (the group is created from the torchrun /
@@ -250,13 +251,17 @@ def parallelize(pipe, stages: int = 2, stride: int = 1, warmup: int = 1, split="
     device: each unit waits its table cost instead of computing (benchmarks of the engine's own
     cost); the auto split is then balanced on the table.
 
+    ``forecast`` (``"none"``, ``"linear"``, ``"quadratic"``, ``"damped[:GAIN]"``): a stage's stale input
+    is extrapolated along the timesteps from the states it received before, instead of used as is
+    (``engine/forecast.py``; no extra traffic). ``"none"`` is AsyncDiff's recurrence.
+
     ``rank_timeout`` (seconds; default ``$ASYNCVID_RANK_TIMEOUT`` or 60, 0: off) bounds how long a rank
     waits on a peer inside a call: past ``max(rank_timeout, 20 x the slowest step seen)`` every rank
     stops with one line naming the peer (``distributed/watchdog.py``; the first step gets 5 x
     rank_timeout). Waits between calls are not bounded.
     """
     WATCH.configure(floor_from(rank_timeout))
-    options = AsyncOptions(stride=stride, warmup=warmup, time_shift=time_shift)
+    options = AsyncOptions(stride=stride, warmup=warmup, time_shift=time_shift, forecast=Forecast.parse(forecast))
     options.validate(stages)
     denoisers = denoisers_of(pipe)
     if len(denoisers) > 1 and cfg > 1:

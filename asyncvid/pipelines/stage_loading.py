@@ -18,6 +18,7 @@ import torch
 
 from ..distributed.env import default_device, ensure_process_group
 from ..distributed.topology import Topology
+from ..engine.forecast import Forecast
 from ..engine.schedule import AsyncOptions
 from ..errors import AsyncVidError
 from ..models import adapter_for
@@ -35,10 +36,10 @@ def model_config(folder: Path, sub: str) -> dict:
 
 def load_stage_only(path, meta_denoiser: Callable[[Path], tuple], driver_pipeline: Callable, worker_pipeline: Callable,
                     stages: int, stride: int, warmup: int, split, time_shift: bool, profile_shape,
-                    torch_dtype) -> ParallelPipeline:
+                    torch_dtype, forecast="none") -> ParallelPipeline:
     """``meta_denoiser(folder) -> (meta model, weight files)``; ``driver_pipeline(folder, model)`` and
     ``worker_pipeline(model)`` build the pipeline around the partly loaded model."""
-    options = AsyncOptions(stride=stride, warmup=warmup, time_shift=time_shift)
+    options = AsyncOptions(stride=stride, warmup=warmup, time_shift=time_shift, forecast=Forecast.parse(forecast))
     options.validate(stages)
     folder = Path(path).expanduser()
     if not folder.is_dir():

@@ -28,7 +28,8 @@ class AsyncStableVideoDiffusionPipeline:
 
     @classmethod
     def from_pretrained(cls, path, stages: int = 2, stride: int = 1, warmup: int = 1, split="auto",
-                        time_shift: bool = False, profile_shape=None, torch_dtype=None) -> ParallelPipeline:
+                        time_shift: bool = False, profile_shape=None, torch_dtype=None,
+                        forecast="none") -> ParallelPipeline:
         """Load the Stable Video Diffusion folder ``path`` with each rank reading only its stage's
         weights; the driver (rank 0) also loads image encoder, feature extractor, VAE and scheduler. Call
         it on every rank; the options are :func:`parallelize`'s."""
@@ -44,4 +45,4 @@ class AsyncStableVideoDiffusionPipeline:
                                   feature_extractor=None)
 
         return load_stage_only(path, _meta_spatiotemporal_unet, driver, worker, stages, stride, warmup, split,
-                               time_shift, profile_shape, torch_dtype)
+                               time_shift, profile_shape, torch_dtype, forecast)

@@ -57,7 +57,8 @@ class AsyncWanPipeline:
 
     @classmethod
     def from_pretrained(cls, path, stages: int = 2, stride: int = 1, warmup: int = 1, split="auto",
-                        time_shift: bool = False, profile_shape=None, torch_dtype=None) -> ParallelPipeline:
+                        time_shift: bool = False, profile_shape=None, torch_dtype=None,
+                        forecast="none") -> ParallelPipeline:
         """Load the Wan folder ``path`` (text- or image-to-video, one expert) with each rank reading only
         its blocks and the shared modules; the driver (rank 0) also loads tokenizer, text encoder, VAE and
         scheduler (and the image encoder). Call it on every rank; the options are :func:`parallelize`'s."""
@@ -77,4 +78,4 @@ class AsyncWanPipeline:
             return pipeline_class(**parts)
 
         return load_stage_only(path, _meta_transformer, driver, worker, stages, stride, warmup, split, time_shift,
-                               profile_shape, torch_dtype)
+                               profile_shape, torch_dtype, forecast)

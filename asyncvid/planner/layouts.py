@@ -1,10 +1,12 @@
-"""Every way to use D devices, ranked: replicas x CFG groups x stages x stride x warm-up.
+"""Every way to use D devices, ranked: replicas x CFG groups x stages x stride x warm-up (x forecast).
 
 A layout gives each video G = stages x cfg devices and runs D // G replicas side by side. Its
 per-video speedup (latency) comes from :func:`~.report.predict_from`; its throughput (videos per
 unit of time, relative to one device) is replicas x that speedup. Its fidelity comes from an
 ``asyncvid eval fidelity`` report when one is given: CFG groups and replicas are exact, so a
-layout costs the fidelity of its stages x stride x warm-up alone (one stage: exact).
+layout costs the fidelity of its stages x stride x warm-up alone (one stage: exact). A stale-input
+forecast costs no speed (``engine/forecast.py``), so each multi-stage layout takes the forecast the
+report measured best for it (``none`` when it measured none).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ class Layout:
     prediction: Prediction
     psnr_db: float | None = None  # vs the sequential pipeline; inf = exact; None = not measured
     measured: tuple[str, float] | None = None  # (how: "simulated" / "measured", per-video speedup) from a bench
+    forecast: str = "none"  # the stale-input forecast (``parallelize(..., forecast=)``)
 
     def how_measured(self) -> str:
         """How this layout's speed is known: simulated devices, measured on this machine, or predicted only."""
@@ -53,21 +56,30 @@ class Layout:
         parts = [f"{self.replicas} replica(s)", f"cfg {self.cfg}", f"{self.stages} stage(s)"]
         if self.stages > 1:
             parts += [f"stride {self.stride}", f"warm-up {self.warmup}"]
+            if self.forecast != "none":
+                parts.append(f"forecast {self.forecast}")
         return " x ".join(parts[:3]) + (f", {', '.join(parts[3:])}" if parts[3:] else "")
 
     def to_dict(self) -> dict:
         return dict(replicas=self.replicas, cfg=self.cfg, stages=self.stages, stride=self.stride, warmup=self.warmup,
+                    forecast=self.forecast,
                     devices=self.devices, latency_speedup=self.latency_speedup,
                     throughput_speedup=self.throughput_speedup, psnr_db=self.psnr_db,
                     video_s=self.prediction.video_s, how_measured=self.how_measured())
 
 
-def fidelity_table(report: dict | None) -> dict[tuple[int, int, int], float]:
-    """(stages, stride, warm-up) -> mean PSNR in dB, from an ``asyncvid eval fidelity`` report."""
+def fidelity_table(report: dict | None) -> dict[tuple[int, int, int], tuple[str, float]]:
+    """(stages, stride, warm-up) -> (forecast, mean PSNR in dB) of the best forecast measured for it,
+    from an ``asyncvid eval fidelity`` report (reports before forecasts: ``none``)."""
     if report is None:
         return {}
     try:
-        return {(r["stages"], r["stride"], r["warmup"]): float(r["metrics"]["psnr_db"]) for r in report["configs"]}
+        best: dict[tuple[int, int, int], tuple[str, float]] = {}
+        for r in report["configs"]:
+            key, row = (r["stages"], r["stride"], r["warmup"]), (r.get("forecast", "none"), float(r["metrics"]["psnr_db"]))
+            if key not in best or row[1] > best[key][1]:
+                best[key] = row
+        return best
     except (KeyError, TypeError) as exc:
         raise AsyncVidError(f"not an asyncvid eval fidelity report (missing {exc})") from None
 
@@ -108,9 +120,9 @@ def enumerate_layouts(profile: dict, devices: int, steps: int, link: LinkModel, 
             options = [(1, 1)] if stages == 1 else [(s, w) for s in strides for w in warmups if w < steps]
             for stride, warmup in options:
                 pred = predict_from(profile, stages, stride, warmup, steps, link, cfg=cfg)
-                psnr = math.inf if stages == 1 else table.get((stages, stride, warmup))
+                forecast, psnr = ("none", math.inf) if stages == 1 else table.get((stages, stride, warmup), ("none", None))
                 speed = (measured or {}).get((stages, stride, warmup, cfg))
-                out.append(Layout(devices // group, cfg, stages, stride, warmup, pred, psnr, speed))
+                out.append(Layout(devices // group, cfg, stages, stride, warmup, pred, psnr, speed, forecast))
     return out
 
 

@@ -46,6 +46,8 @@ FIELD_HELP = {
     "cfg": "CFG groups (1-3): the guidance branches on separate device groups (exact, so not in the manifest hash); "
            "needs guidance > 1",
     "stride": "1, or 2 for stage skipping", "warmup": "sequential steps before the asynchronous ones",
+    "forecast": "none, linear, quadratic or damped[:GAIN]: each stage extrapolates its stale input along the "
+                "timesteps instead of reusing it (docs/forecast.md)",
     "split": "auto, or per stage a list of module names", "format": "mp4, webm, gif, av1 or png (a frames folder)",
     "dtype": "precision of every component; half precision is for GPUs (on CPUs it is much slower)",
 }

@@ -207,7 +207,8 @@ def _groups(tasks: list[Task]) -> dict[tuple, list[Task]]:
     groups: dict[tuple, list[Task]] = {}
     for t in tasks:
         c = t.config
-        key = (t.model_key, c["stages"], c.get("cfg", 1), c["stride"], c["warmup"], json.dumps(c["split"]))
+        key = (t.model_key, c["stages"], c.get("cfg", 1), c["stride"], c["warmup"], c.get("forecast", "none"),
+               json.dumps(c["split"]))
         groups.setdefault(key, []).append(t)
     return groups
 
@@ -230,7 +231,7 @@ def _render_parallel(tasks: list[Task], devices: int, driver: Driver | None, cla
         c = group[0].config
         try:
             ppipe = asyncvid.parallelize(pipe, stages=c["stages"], stride=c["stride"], warmup=c["warmup"], split=c["split"],
-                                         cfg=c.get("cfg", 1))
+                                         cfg=c.get("cfg", 1), forecast=c.get("forecast", "none"))
         except PlanError as exc:
             if not isinstance(c["split"], list):
                 raise  # an auto split may fail mid-collective on some ranks only: stop the group

@@ -68,6 +68,15 @@ def _stride(value: int) -> int:
     return value
 
 
+def _forecast(value: str) -> str:
+    from ..engine.forecast import Forecast
+
+    try:
+        return Forecast.parse(value).name
+    except Exception as exc:  # noqa: BLE001 - AsyncVidError's line becomes the field's message
+        raise ValueError(str(exc)) from None
+
+
 Size = Annotated[int, Field(ge=8), AfterValidator(_multiple_of_8)]
 Stride = Annotated[int, AfterValidator(_stride)]  # not Literal[1, 2]: that would accept `true`
 Split = Annotated[Any, AfterValidator(_split)]
@@ -109,6 +118,7 @@ class Job(BaseModel):
     cfg: int = Field(1, ge=1, le=3)
     stride: Stride = 1
     warmup: int = Field(1, ge=0)
+    forecast: Annotated[str, AfterValidator(_forecast)] = "none"
     split: Split = "auto"
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
 

@@ -54,6 +54,8 @@ NOT_HASHED = ("cfg",)
 def config_hash(config: dict) -> str:
     """sha256 of the config as canonical JSON (sorted keys, no whitespace), without :data:`NOT_HASHED`."""
     hashed = {k: v for k, v in config.items() if k not in NOT_HASHED}
+    if hashed.get("forecast") == "none":  # the default: manifests written before the option stay valid
+        del hashed["forecast"]
     text = json.dumps(hashed, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 

@@ -250,13 +250,38 @@ def test_plan_min_psnr_keeps_only_measured_layouts_above_it(tmp_path, capsys):
     assert "--min-psnr needs --fidelity" in capsys.readouterr().err
 
 
+def test_each_layout_takes_the_forecast_measured_best_for_it(tmp_path, capsys):
+    """A forecast costs no speed, so the planner gives each layout its best measured forecast; the
+    PSNR it shows and --min-psnr filters on is that forecast's."""
+    path = tmp_path / "fidelity.json"
+    rows = [dict(stages=2, stride=1, warmup=1, forecast="none", metrics=dict(psnr_db=30.0)),
+            dict(stages=2, stride=1, warmup=1, forecast="linear", metrics=dict(psnr_db=33.0)),
+            dict(stages=2, stride=2, warmup=1, forecast="none", metrics=dict(psnr_db=25.0)),
+            dict(stages=2, stride=2, warmup=1, forecast="quadratic", metrics=dict(psnr_db=24.0)),
+            dict(stages=4, stride=1, warmup=1, metrics=dict(psnr_db=20.0))]  # a report before forecasts
+    path.write_text(json.dumps({"configs": rows}))
+    out = tmp_path / "plan.json"
+    assert main(["plan", "--profile", saved_profile(tmp_path), "--devices", "4", "--fidelity", str(path),
+                 "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    layouts = {(lay["stages"], lay["stride"], lay["warmup"], lay["cfg"]): lay for lay in json.loads(out.read_text())["layouts"]}
+    assert (layouts[(2, 1, 1, 1)]["forecast"], layouts[(2, 1, 1, 1)]["psnr_db"]) == ("linear", 33.0)
+    assert (layouts[(2, 2, 1, 1)]["forecast"], layouts[(2, 2, 1, 1)]["psnr_db"]) == ("none", 25.0)  # worse: not taken
+    assert (layouts[(4, 1, 1, 1)]["forecast"], layouts[(4, 1, 1, 1)]["psnr_db"]) == ("none", 20.0)
+    assert "forecast linear" in text
+    assert main(["plan", "--profile", saved_profile(tmp_path), "--devices", "4", "--fidelity", str(path),
+                 "--min-psnr", "32", "--json", str(out)]) == 0
+    kept = json.loads(out.read_text())["layouts"]
+    assert {(lay["stages"], lay["forecast"]) for lay in kept if lay["stages"] > 1} == {(2, "linear")}
+
+
 def test_unmeasured_layouts_rank_after_measured_ones():
     from asyncvid.planner.layouts import enumerate_layouts, rank_layouts
 
     prof = {"units": [f"u{i}" for i in range(len(COSTS))], "costs_s": COSTS, "bytes_after_unit": BYTES,
             "overhead_s": 0.5, "eps_bytes": 50, "shape": {"batch": 2}}
     fast = LinkModel("ideal", 1e30, 0.0)
-    only_two = {(2, 1, 1): 30.0}  # one multi-stage configuration measured
+    only_two = {(2, 1, 1): ("none", 30.0)}  # one multi-stage configuration measured
     ranked = rank_layouts(enumerate_layouts(prof, 4, 10, fast, only_two), "latency")
     measured = [lay.psnr_db is not None for lay in ranked]
     assert measured == sorted(measured, reverse=True)  # every measured (or exact) layout first

@@ -65,6 +65,7 @@ BAD_JOBS = {
     "stages": GOOD.replace("fps: 8", "fps: 8\n    stages: 0"),
     "stride": GOOD.replace("fps: 8", "fps: 8\n    stride: 3"),
     "warmup": GOOD.replace("fps: 8", "fps: 8\n    warmup: -1"),
+    "forecast": GOOD.replace("fps: 8", "fps: 8\n    forecast: cubic"),
     "format": GOOD.replace("format: gif", "format: mkv"),
     "crf": GOOD.replace("fps: 8", "fps: 8\n    crf: 60"),
     "split": GOOD.replace("fps: 8", "fps: 8\n    split: [[a], b]"),
@@ -256,6 +257,20 @@ def test_stages_default_to_one_per_device_left_by_cfg(tmp_path):
     # the resolved stages are part of a video's identity: one device and two make different videos
     one, two = tasks_for(jf, tmp_path, devices=1)[0], tasks_for(jf, tmp_path, devices=2)[0]
     assert one.config_hash != two.config_hash
+
+
+def test_forecast_is_part_of_a_video_identity_and_none_keeps_old_hashes(tmp_path):
+    from asyncvid.render.tasks import config_hash, tasks_for
+
+    jf = load_job_file(write(tmp_path, "jobs:\n  - {name: a, prompt: x, stages: 2}\n"
+                                       "  - {name: b, prompt: x, stages: 2, forecast: Linear}\n"
+                                       "  - {name: c, prompt: x, stages: 2, forecast: none}\n"))
+    a, b, c = tasks_for(jf, tmp_path)
+    assert (a.config["forecast"], b.config["forecast"]) == ("none", "linear")
+    assert config_hash(dict(b.config, name="a")) != a.config_hash
+    assert config_hash(dict(c.config, name="a")) == a.config_hash  # "none" written out: the same video
+    before = {k: v for k, v in a.config.items() if k != "forecast"}  # a manifest written before the option
+    assert config_hash(before) == a.config_hash
 
 
 THREE_MISTAKES = """\
