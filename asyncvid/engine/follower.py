@@ -97,7 +97,7 @@ class FollowerMixin:
         before = self.traffic.activation
         pending: PendingState | None = None
         if action.kind == SEQUENTIAL:
-            self._received(stream, action.t_index, stream.links["recv_prev"].irecv().wait())
+            self._received(stream, message.step, stream.links["recv_prev"].irecv().wait())
             self.phases.mark("wait for input")
             out = self._compute(stream, timestep, stream.prev_input, extras)
         else:
@@ -109,31 +109,34 @@ class FollowerMixin:
                 self.speculation["used"] += 1
             else:
                 self.speculation["dropped"] += guess is not None
-                out = self._compute(stream, timestep, self._stale_input(stream, action.t_index), extras)
+                out = self._compute(stream, timestep, self._stale_input(stream, message.step), extras)
             if not action.last_round:
                 pending = stream.links["recv_prev"].irecv()
         self._send_on(stream, action, out)
         self.phases.mark("send")
         ahead = self._next_work(message) if self.options.speculate and not extras else None
         if pending is not None:
-            self._received(stream, action.t_index, pending.wait())
+            self._received(stream, message.step, pending.wait())
             self.phases.mark("wait for input")
         self._count_step(before)
         if ahead is None or ahead[1].prev_input is None:
             return None
-        key, nxt, timestep, ctx, t_index = ahead
-        return _Speculation(key, self._compute(nxt, timestep, self._stale_input(nxt, t_index), ctx=ctx))
+        key, nxt, timestep, ctx, step = ahead
+        return _Speculation(key, self._compute(nxt, timestep, self._stale_input(nxt, step), ctx=ctx))
 
-    def _received(self, stream: _CallStream, t_index: int, tensors: list[torch.Tensor]) -> None:
-        """The stage before's output of the round at ``t_index`` is in: the next round's stale input."""
+    def _received(self, stream: _CallStream, step: int, tensors: list[torch.Tensor]) -> None:
+        """The stage before's output of the round at ``step`` is in: the next round's stale input. It is
+        kept under the timestep of that round's *step* (the sample it was computed from), not the
+        timestep the round was conditioned on (stride 2 and ``time_shift`` move that one): warm-up and
+        parallel rounds then lie on one time axis."""
         stream.prev_input = Carried.from_tensors(tensors)
-        stream.history.add(float(self.timesteps[t_index]), stream.prev_input)
+        stream.history.add(float(self.timesteps[step]), stream.prev_input)
 
-    def _stale_input(self, stream: _CallStream, t_index: int) -> Carried:
-        """The input of a parallel round at ``t_index``: the newest received state, or its forecast."""
+    def _stale_input(self, stream: _CallStream, step: int) -> Carried:
+        """The input of a parallel round at ``step``: the newest received state, or its forecast."""
         if stream.history.forecast.order == 0:
             return stream.prev_input
-        state = stream.history.predict(float(self.timesteps[t_index]))
+        state = stream.history.predict(float(self.timesteps[step]))
         self.phases.mark("forecast")
         return state
 
@@ -186,4 +189,4 @@ class FollowerMixin:
         timestep = self._timestep(action.t_index, message.timestep_dtype)
         ctx = self._context(stream, timestep)
         self.phases.mark("context ahead")
-        return self._key(step, tag, timestep, stream), stream, timestep, ctx, action.t_index
+        return self._key(step, tag, timestep, stream), stream, timestep, ctx, step

@@ -13,7 +13,7 @@ gives another video.
 
 ``forecast=(order, gain)``: instead of the stale state as is, stage k extrapolates the states it was
 given (its warm-up inputs and every earlier round's stage k-1 output, each at the timestep of the
-round that made it) to the current round's timestep: Newton's divided differences through the newest
+step of the round that made it, whatever timestep that round was conditioned on) to the current step's: Newton's divided differences through the newest
 ``order + 1`` of them (fewer while fewer exist, and only through distinct timesteps), the first-order
 term scaled by ``gain`` when ``order`` is 1.
 """
@@ -86,9 +86,9 @@ class TaggedAsyncReference:
             t = t_of(i)
             outs = [self._stage(0, call, t, self.adapter.input_state(call.sample))]
             for k in range(1, n):
-                outs.append(self._stage(k, call, t, self._forecast(given[k], float(ts[i]))))
+                outs.append(self._stage(k, call, t, self._forecast(given[k], float(ts[g]))))
             for k in range(1, n):
-                given[k].insert(0, (float(ts[i]), outs[k - 1]))
+                given[k].insert(0, (float(ts[g]), outs[k - 1]))
         self.outputs[c] = outs
         self.eps[c] = self.adapter.prediction(outs[-1])
         return self.adapter.wrap_output(self.eps[c], call.return_dict)
