@@ -137,7 +137,32 @@ def markdown(report: dict) -> str:
         lp = "n/a" if m["lpips"] is None else f"{m['lpips']:.4f}"
         rows.append(f"| {config_label(r)} | {speed} | {psnr} | {m['ssim']:.4f} | "
                     f"{lp} | {m['temporal_error']:.4f} | {_adh(m.get('adherence'))} |")
+    if len(report.get("forecasts", ["none"])) > 1:
+        rows += ["", forecast_pivot(report)]
     return "\n".join(rows) + "\n"
+
+
+def forecast_pivot(report: dict) -> str:
+    """PSNR per configuration (rows) and forecast (columns), each with its change against ``none``."""
+    forecasts = report["forecasts"]
+    table: dict[tuple, dict[str, float]] = {}
+    for r in report["configs"]:
+        table.setdefault((r["stages"], r["stride"], r["warmup"]), {})[r.get("forecast", "none")] = r["metrics"]["psnr_db"]
+    rows = ["| configuration | " + " | ".join(f"PSNR dB, forecast {f}" for f in forecasts) + " |",
+            "|---|" + "---|" * len(forecasts)]
+    for (n, stride, w), psnr in table.items():
+        base = psnr.get("none")
+        cells = []
+        for f in forecasts:
+            value = psnr.get(f)
+            if value is None:
+                cells.append("n/a")
+            elif f == "none" or base is None or not math.isfinite(value) or not math.isfinite(base):
+                cells.append("exact" if value == math.inf else f"{value:.2f}")
+            else:
+                cells.append(f"{value:.2f} ({value - base:+.2f})")
+        rows.append(f"| N={n} S={stride} warm-up {w} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
 
 
 def config_label(row: dict) -> str:
@@ -194,10 +219,11 @@ def run_fidelity(model: str, configs: list[tuple[int, int, int]], prompts: list[
             """Render one configuration (every forecast) from the same seeds on its own local ranks, score
             each against ``ref``."""
             path = os.path.join(tmp, "run.npz")
-            launch_local(render_rank, config[0], model, prompts, seeds, call, config, path, dtype, tuple(forecasts))
+            own = tuple(forecasts) if config[0] > 1 else ("none",)  # one stage is never stale
+            launch_local(render_rank, config[0], model, prompts, seeds, call, config, path, dtype, own)
             speedup, source = speed_for(config, bench, profile, steps, cores)
             rows = []
-            for i, forecast in enumerate(forecasts):
+            for i, forecast in enumerate(own):
                 metrics = score(ref, np.load(forecast_path(path, i))["clips"], clip_prompts, perceptual, clip_dir,
                                 shapes_world)
                 row = dict(stages=config[0], stride=config[1], warmup=config[2], forecast=forecast, speedup=speedup,
@@ -208,7 +234,8 @@ def run_fidelity(model: str, configs: list[tuple[int, int, int]], prompts: list[
                 advance()
             return rows
 
-        with progress(len(configs) * len(forecasts), "configurations") as advance:
+        renders = sum(len(forecasts) if c[0] > 1 else 1 for c in configs)
+        with progress(renders, "configurations") as advance:
             for config in configs:
                 report["configs"] += score_config(config, advance)
     return report

@@ -17,9 +17,14 @@ def test_fidelity_sweep_reports_exact_and_asynchronous_configs(tmp_path):
     out, md, png = tmp_path / "fid.json", tmp_path / "fid.md", tmp_path / "pareto.png"
     assert main(["eval", "fidelity", "--model", "tiny-random", "--prompt", "a red circle", "--prompt", "a cat",
                  "--seeds", "1", "--steps", "3", "--frames", "8", "--size", "32", "--configs", "1x1w1", "2x1w1",
-                 "--json", str(out), "--markdown", str(md), "--plot", str(png)]) == 0
+                 "--forecast", "none", "linear", "--json", str(out), "--markdown", str(md), "--plot", str(png)]) == 0
     report = json.loads(out.read_text())
-    one, two = report["configs"]
+    one, two, forecast = report["configs"]  # one stage is never stale: rendered once, without a forecast
+    assert [r["forecast"] for r in report["configs"]] == ["none", "none", "linear"]
+    # the forecast (on the same ranks, the same seeds) changes the asynchronous video, not its speed
+    assert forecast["metrics"]["psnr_db"] != two["metrics"]["psnr_db"] and forecast["speedup"] == two["speedup"]
+    assert "| N=2 S=1 warm-up 1, forecast linear |" in md.read_text()
+    assert "PSNR dB, forecast linear" in md.read_text()  # the pivot: one column per forecast
     assert (one["stages"], two["stages"]) == (1, 2)
     # one stage through the engine is the sequential pipeline, bit for bit
     assert one["metrics"]["psnr_db"] == "inf" and one["metrics"]["identical_clips"] == 2
