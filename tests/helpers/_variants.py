@@ -8,7 +8,7 @@ import torch
 import asyncvid
 from asyncvid.catalog.variants import build_variant, variant_call
 from asyncvid.pipelines.placement import materialized_parameters
-from reference import AsyncReference
+from reference import AsyncReference, memo
 
 STEPS = 3
 IMAGE_EMBED_DIM = 16
@@ -92,10 +92,12 @@ def frames_of(pipe, kind, setup=None, changes=(None,), dtype=None, overrides=Non
     return out
 
 
+@memo
 def sequential(kind, setup=None, lora_dir=None, changes=(None,), dtype=None, overrides=None):
     return frames_of(prepared(kind, setup, lora_dir, dtype), kind, setup, changes, dtype, overrides)
 
 
+@memo
 def reference(kind, ranges, warmup, setup=None, lora_dir=None, changes=(None,), dtype=None, overrides=None):
     pipe = prepared(kind, setup, lora_dir, dtype)
     AsyncReference(pipe, ranges, warmup).install()

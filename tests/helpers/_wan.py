@@ -8,6 +8,7 @@ import torch
 import asyncvid
 from asyncvid.catalog.wan import build_wan_pipeline, wan_call
 from asyncvid.pipelines.placement import materialized_parameters
+from reference import memo
 from reference_tags import TaggedAsyncReference
 
 STEPS = 3
@@ -25,11 +26,13 @@ def _frames(pipe, call):
     return pipe(**call, generator=torch.Generator().manual_seed(0)).frames
 
 
+@memo
 def sequential(kind: str):
     pipe, call = prepared(kind)
     return _frames(pipe, call)
 
 
+@memo
 def reference(kind: str, ranges, warmup: int, one_stream: bool = False, **options):
     """Frames of the reference recurrence, and the (step, call position) of every denoiser call;
     ``options``: stride, time_shift."""

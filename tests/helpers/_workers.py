@@ -129,6 +129,9 @@ class ScalePromptEmbeds:
     def __call__(self, pipe, i, t, kwargs):
         return {"prompt_embeds": kwargs["prompt_embeds"] * 0.7 + 0.05}
 
+    def __repr__(self):  # stateless: equal by what it does (reference.memo keys on it)
+        return "ScalePromptEmbeds()"
+
 
 def run_many(jobs: list[tuple[str, tuple]]):
     """Several jobs in one group of ranks, one after the other: ``[(function name, args), ...]``, a name

@@ -8,6 +8,7 @@ its input comes from. Installed as the UNet's forward of an ordinary diffusers p
 
 from __future__ import annotations
 
+import functools
 
 from asyncvid.models import adapter_for
 
@@ -57,3 +58,22 @@ class AsyncReference:
     def install(self):
         self.pipe.unet.forward = self.forward
         return self
+
+
+def memo(fn):
+    """Same arguments, same frames: the tests of a module share each reference computation (a
+    pipeline built and run in this process) instead of repeating it. Deterministic on one thread, so
+    a cached result is the one a new computation gives; callers only read it. Arguments known only by
+    their address (an image, a callback) are not cached: a new object can take a freed one's address."""
+    results = {}
+
+    @functools.wraps(fn)
+    def cached(*args, **kwargs):
+        key = repr((args, sorted(kwargs.items())))
+        if " at 0x" in key:
+            return fn(*args, **kwargs)
+        if key not in results:
+            results[key] = fn(*args, **kwargs)
+        return results[key]
+
+    return cached

@@ -9,18 +9,20 @@ import torch
 import _workers
 from asyncvid.launch import launch_local
 from asyncvid.catalog.presets import build_animatediff_pipeline
-from reference import AsyncReference
+from reference import AsyncReference, memo
 
 
 pytestmark = pytest.mark.multiprocess
 
 
+@memo
 def sequential_frames(call=None, dtype=None):
     pipe = _workers.tiny_pipeline(dtype)
     kwargs = dict(_workers.CALL, **(call or {}))
     return pipe(**kwargs, generator=torch.Generator().manual_seed(0)).frames
 
 
+@memo
 def reference_frames(ranges, warmup, stride=1, time_shift=False, call=None, dtype=None):
     pipe = _workers.tiny_pipeline(dtype)
     AsyncReference(pipe, ranges, warmup, stride, time_shift).install()

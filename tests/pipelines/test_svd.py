@@ -19,7 +19,7 @@ from asyncvid.models import adapter_for
 from asyncvid.models.svd import SpatioTemporalUNetAdapter
 from asyncvid.catalog.presets import build_svd_pipeline
 from asyncvid.pipelines.svd import conditioning_image
-from reference import AsyncReference
+from reference import AsyncReference, memo
 
 SPLIT2 = [["conv_in", "down_blocks", "mid_block", "up_blocks.0"], ["up_blocks.1", "conv_out"]]
 UNITS = ["conv_in", "down_blocks.0.resnets.0", "down_blocks.0.attentions.0", "down_blocks.0.downsamplers.0",
@@ -32,10 +32,12 @@ def maxdiff(a, b):
     return float(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)).max())
 
 
+@memo
 def sequential_frames(call=None, image=None, folder=None):
     return W.call_pipeline(W.load_pipeline(folder), image, call).frames
 
 
+@memo
 def reference_frames(ranges, warmup=1, stride=1, call=None, image=None):
     pipe = W.load_pipeline()
     AsyncReference(pipe, ranges, warmup, stride).install()
@@ -70,7 +72,8 @@ def _jobs(folder):
             "stride2-2": ("_svd_workers.render", (dict(stages=2, warmup=1, stride=2, split=SPLIT2),
                                                   dict(num_inference_steps=5))),
             "images": ("_svd_workers.render_images", (dict(stages=2, warmup=1, split=SPLIT2), IMAGES)),
-            "from-folder": ("_svd_workers.render_from_folder", (folder, dict(stages=2, warmup=1, split=SPLIT2)))},
+            "from-folder": ("_svd_workers.render_from_folder", (folder, dict(stages=2, warmup=1, split=SPLIT2))),
+            "fixture": ("_svd_workers.render_fixture", (dict(stages=2, warmup=2, split="auto"),))},
         3: {"warmup-all": ("_svd_workers.render", (dict(stages=3, warmup=4, split="auto"), None, folder)),
             "auto3": ("_svd_workers.render", (dict(stages=3, warmup=1, split="auto"),)),
             "stride2-3": ("_svd_workers.render", (dict(stages=3, warmup=1, stride=2, split="auto"),
@@ -250,11 +253,11 @@ def test_conditioning_image_conversions(tmp_path):
 
 
 @pytest.mark.multiprocess
-def test_diffusers_own_svd_fixture_through_an_auto_split(one_thread):
+def test_diffusers_own_svd_fixture_through_an_auto_split(runs, one_thread):
     """The fixture's 32 px image encoder makes asyncvid's timing of the driver's step fail (it calls
     the pipeline with a PIL image, resized to 224 px for CLIP); the split goes on without it, with
     one warning, and the parallel call equals the untouched pipeline (warm-up covers both steps)."""
-    out = launch_local(W.render_fixture, 2, dict(stages=2, warmup=2, split="auto"), timeout=300)
+    out = runs["fixture"]
     assert len(out["warnings"]) == 1, out["warnings"]
     assert out["warnings"][0].startswith("asyncvid: could not measure the driver's own work per step (")
     assert "the split counts none" in out["warnings"][0]

@@ -200,21 +200,18 @@ def _stop_once_first_is_done(proc, out: Path, pid_of_rank1, sig=None) -> float:
     return time.monotonic()
 
 
-def _nothing_partial_and_resumable(tmp_path, out: Path) -> None:
+def _nothing_partial_and_resumable(tmp_path, out: Path, capsys) -> None:
     import yaml
 
     assert read_video_info(out / "first.mp4")["frames"] == 8  # finished work kept
     assert not [p for p in out.iterdir() if ".partial" in p.name]
-    import subprocess
-    import sys
-
-    listing = subprocess.run([sys.executable, "-m", "asyncvid", "render", str(tmp_path / "jobs.yaml"), "--out", str(out),
-                              "--dry-run"], capture_output=True, text=True, timeout=120)
-    done = {j["name"]: j["up_to_date"] for j in yaml.safe_load(listing.stdout)["jobs"]}
+    capsys.readouterr()
+    main(["render", str(tmp_path / "jobs.yaml"), "--out", str(out), "--dry-run"])  # in this process: no new imports
+    done = {j["name"]: j["up_to_date"] for j in yaml.safe_load(capsys.readouterr().out)["jobs"]}
     assert done == {"first": True, "second": False}  # a new run renders only what is missing
 
 
-def test_a_stopped_rank_is_named_by_the_watchdog(tmp_path):
+def test_a_stopped_rank_is_named_by_the_watchdog(tmp_path, capsys):
     """SIGSTOP of a rank mid-render: no exit status, no closed connection, only silence."""
     import os
     import subprocess
@@ -239,10 +236,10 @@ def test_a_stopped_rank_is_named_by_the_watchdog(tmp_path):
     assert "GLHF" not in err and "Traceback" not in err
     print(f"SIGSTOP to the render's exit: {took:.1f} s")
     assert took < 60, took  # the limit: max(3 s, 20 x the slowest step seen), then the launcher's clean-up
-    _nothing_partial_and_resumable(tmp_path, out)
+    _nothing_partial_and_resumable(tmp_path, out, capsys)
 
 
-def test_a_rank_stopped_under_torchrun_is_named(tmp_path):
+def test_a_rank_stopped_under_torchrun_is_named(tmp_path, capsys):
     import os
     import signal
     import subprocess
@@ -284,4 +281,4 @@ def test_a_rank_stopped_under_torchrun_is_named(tmp_path):
     assert "GLHF" not in err
     print(f"SIGSTOP to rank 0's exit under torchrun: {took:.1f} s")
     assert took < 60, took  # the limit (3 s x 5 before a first step: under 20 s), with room for a loaded machine
-    _nothing_partial_and_resumable(tmp_path, out)
+    _nothing_partial_and_resumable(tmp_path, out, capsys)
