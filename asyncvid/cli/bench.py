@@ -10,7 +10,7 @@ from .. import logs
 from ..catalog.builtin import DEFAULT_MODEL, DEFAULT_STEPS
 from ..errors import AsyncVidError
 from ..utils import atomic_write
-from .options import add_device_and_dtype, apply_device
+from .options import add_device_and_dtype, add_forecast, apply_device
 
 SWEEP = ["1x1", "1x2", "2x1", "2x2", "2x1w3", "2x2w3", "3x1", "3x2", "4x1", "4x2"]
 
@@ -95,21 +95,6 @@ def add_bench_parser(subparsers) -> None:
     add_device_and_dtype(q, "precision to profile in")
     q.add_argument("--json", metavar="FILE", help="also write the plan and prediction as JSON")
     q.set_defaults(func=cmd_plan)
-
-
-def add_forecast(parser, what: str) -> None:
-    parser.add_argument("--forecast", nargs="+", metavar="NAME", default=["none"], type=forecast_name,
-                        help=f"stale-input forecasts (none, linear, quadratic, damped[:GAIN]; docs/forecast.md): {what} "
-                             "(default: none)")
-
-
-def forecast_name(text: str) -> str:
-    from ..engine.forecast import Forecast
-
-    try:
-        return Forecast.parse(text).name
-    except AsyncVidError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_size(parser) -> None:

@@ -6,8 +6,7 @@ from __future__ import annotations
 from .. import logs
 from ..catalog.builtin import DEFAULT_MODEL, DEFAULT_STEPS
 from ..utils import atomic_write
-from .bench import add_forecast
-from .options import add_device_and_dtype, apply_device
+from .options import add_device_and_dtype, add_forecast, apply_device
 
 
 def add_eval_parser(subparsers) -> None:

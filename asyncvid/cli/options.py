@@ -1,7 +1,8 @@
-"""Options shared by ``bench``, ``plan`` and ``eval``: the device to run on and the precision."""
+"""Options shared by ``bench``, ``plan`` and ``eval``: the device to run on, the precision, the forecast."""
 
 from __future__ import annotations
 
+import argparse
 import os
 
 DTYPES = ["float32", "float16", "bfloat16"]
@@ -21,3 +22,19 @@ def apply_device(args) -> None:
     from ..distributed.env import default_device
 
     default_device()  # a missing GPU is one line now, not in every rank later
+
+
+def add_forecast(parser, what: str) -> None:
+    parser.add_argument("--forecast", nargs="+", metavar="NAME", default=["none"], type=forecast_name,
+                        help=f"stale-input forecasts (none, linear, quadratic, damped[:GAIN]; docs/forecast.md): {what} "
+                             "(default: none)")
+
+
+def forecast_name(text: str) -> str:
+    from ..engine.forecast import Forecast
+    from ..errors import AsyncVidError
+
+    try:
+        return Forecast.parse(text).name
+    except AsyncVidError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None

@@ -47,8 +47,6 @@ class _Speculation:
     out: Carried
 
 
-
-
 class FollowerMixin:
     """:class:`~asyncvid.engine.runtime.StageRuntime`'s methods for the ranks that are not a driver."""
 

@@ -73,7 +73,7 @@ def _forecast(value: str) -> str:
 
     try:
         return Forecast.parse(value).name
-    except Exception as exc:  # noqa: BLE001 - AsyncVidError's line becomes the field's message
+    except AsyncVidError as exc:  # its line becomes the field's message
         raise ValueError(str(exc)) from None
 
 
