@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..engine.adapter import StageAdapter
+from ..errors import AsyncVidError
 
 _ADAPTERS: list[type[StageAdapter]] = []
 
@@ -20,7 +21,8 @@ def adapter_for(model) -> StageAdapter:
         if cls.matches(model):
             return cls(model)
     known = ", ".join(c.model_class.__name__ for c in _ADAPTERS)
-    raise TypeError(f"asyncvid has no adapter for {type(model).__name__} (supported: {known})")
+    raise AsyncVidError(f"asyncvid has no adapter for {type(model).__name__} (it knows {known}); "
+                        "a family of your own can be added with asyncvid.models.register_adapter")
 
 
 def _load_builtin() -> None:

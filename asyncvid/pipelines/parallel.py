@@ -28,6 +28,7 @@ from ..models import adapter_for
 from ..optional import optional
 from ..planner.profile import cut_bytes, unit_costs
 from . import hook
+from .compat import compile_stage, prepare_denoisers
 from .driver_work import driver_seconds
 from .experts import assemble_experts
 from .placement import gather_weights, release_weights
@@ -239,7 +240,7 @@ class ParallelPipeline:
 
 def parallelize(pipe, stages: int = 2, stride: int = 1, warmup: int = 1, split="auto", time_shift: bool = False,
                 profile_shape=None, release: bool = True, cfg: int = 1, rank_timeout: float | None = None,
-                simulate: CostTable | None = None, forecast="none") -> ParallelPipeline:
+                simulate: CostTable | None = None, forecast="none", compile=None) -> ParallelPipeline:
     """Run ``pipe``'s denoiser as ``stages`` AsyncDiff stages, one per rank of the process group.
 
     Every rank calls this with the same arguments (the group is created from the torchrun /
@@ -261,6 +262,7 @@ def parallelize(pipe, stages: int = 2, stride: int = 1, warmup: int = 1, split="
     rank_timeout). Waits between calls are not bounded.
     """
     WATCH.configure(floor_from(rank_timeout))
+    compile = prepare_denoisers(pipe, compile)  # on every rank, before any collective call
     options = AsyncOptions(stride=stride, warmup=warmup, time_shift=time_shift, forecast=Forecast.parse(forecast))
     options.validate(stages)
     denoisers = denoisers_of(pipe)
@@ -279,8 +281,12 @@ def parallelize(pipe, stages: int = 2, stride: int = 1, warmup: int = 1, split="
     if len(adapters) > 1:  # both experts on the same split, one runtime each
         if simulate is not None:
             raise AsyncVidError("simulated devices are not supported with two experts (transformer and transformer_2)")
-        return assemble_experts(pipe, adapters, plan, topo, device, options, release)
-    return assemble(pipe, adapter, plan, topo, device, options, release, simulate)
+        ppipe = assemble_experts(pipe, adapters, plan, topo, device, options, release)
+    else:
+        ppipe = assemble(pipe, adapter, plan, topo, device, options, release, simulate)
+    for each in adapters:
+        compile_stage(each, plan, topo.stage, compile)
+    return ppipe
 
 
 def assemble(pipe, adapter, plan, topo, device, options: AsyncOptions, release: bool = True,

@@ -1,0 +1,94 @@
+"""What else a user stacked on the pipeline's denoiser, met before any work (``docs/compatibility.md``).
+
+``parallelize`` calls :func:`prepare_denoisers` on every rank before its first collective call: a
+torch.compile'd denoiser is unwrapped (its stage is compiled again per rank, see :func:`compile_stage`),
+and what does not combine with stages is refused in one line naming the feature and what to do.
+Every rank holds the same pipeline, so every rank refuses alike and none is left waiting.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..errors import AsyncVidError
+
+#: diffusers' hook names (``diffusers/hooks/*.py``) -> the feature a user turned on
+CACHE_HOOKS = {
+    "fbc_leader_block_hook": "FirstBlockCache", "fbc_block_hook": "FirstBlockCache",
+    "taylorseer_cache": "TaylorSeerCache", "mag_cache_leader_block_hook": "MagCache",
+    "mag_cache_block_hook": "MagCache", "pyramid_attention_broadcast": "PyramidAttentionBroadcast",
+    "faster_cache_denoiser": "FasterCache", "faster_cache_block": "FasterCache",
+    "sea_cache_root": "SeaCache", "sea_cache_leader_block": "SeaCache", "sea_cache_block": "SeaCache",
+    "text_kv_cache_transformer": "TextKVCache", "text_kv_cache_block": "TextKVCache",
+}
+OFFLOAD_HOOKS = {"group_offloading": "group offloading (enable_group_offload)",
+                 "lazy_prefetch_group_offloading": "group offloading (enable_group_offload)"}
+
+
+def _compiled(module) -> bool:
+    return isinstance(module, torch._dynamo.eval_frame.OptimizedModule)
+
+
+def prepare_denoisers(pipe, compile_options) -> Any:
+    """Unwrap torch.compile'd denoisers (``pipe.unet = torch.compile(pipe.unet)``), refuse what does not
+    combine with stages; returns the options each rank compiles its stage with (None: no compile)."""
+    for attr in ("unet", "transformer", "transformer_2"):
+        module = getattr(pipe, attr, None)
+        if module is not None and _compiled(module):
+            # The whole-model graph cannot be cut across ranks; each rank compiles its own blocks instead.
+            setattr(pipe, attr, module._orig_mod)
+            if compile_options is None:
+                compile_options = {}
+        if module is not None:
+            refuse_unsupported(getattr(pipe, attr), attr)
+    if getattr(pipe, "_all_hooks", None):
+        raise AsyncVidError("model CPU offloading (enable_model_cpu_offload / enable_sequential_cpu_offload) does not "
+                            "combine with asyncvid: each rank already holds only its stage; call parallelize on "
+                            "a pipeline without it")
+    return compile_options
+
+
+def refuse_unsupported(model: torch.nn.Module, attr: str) -> None:
+    """One line for the first feature on ``model`` that asyncvid's stages cannot run (see the module doc)."""
+    name = f"pipe.{attr} ({type(model).__name__})"
+    config = getattr(model, "_cache_config", None)
+    cache = type(config).__name__ if config is not None else None
+    for path, module in model.named_modules():
+        registry = getattr(module, "_diffusers_hook", None)
+        hooks = getattr(registry, "hooks", {}) if registry is not None else {}
+        cache = cache or next((CACHE_HOOKS[h] for h in hooks if h in CACHE_HOOKS), None)
+        if cache is not None:
+            raise AsyncVidError(
+                f"{cache} on {name} does not combine with asyncvid's stages yet (each rank holds only some "
+                f"blocks, and the cache decides for all of them): call pipe.{attr}.disable_cache() (or remove "
+                "the hook) before parallelize; docs/compatibility.md lists what works")
+        for hook in hooks:
+            if hook in OFFLOAD_HOOKS:
+                raise AsyncVidError(f"{OFFLOAD_HOOKS[hook]} on {name} does not combine with asyncvid: each rank "
+                                    "already holds only its stage's weights; call parallelize without it")
+        if getattr(module, "_hf_hook", None) is not None:
+            raise AsyncVidError(f"accelerate hooks (CPU offloading or a device_map) on {name}{' at ' + path if path else ''} "
+                                "do not combine with asyncvid: load the model without them; each rank holds only its stage")
+    if getattr(model, "hf_quantizer", None) is not None or getattr(model, "is_quantized", False):
+        raise AsyncVidError(f"quantized weights on {name} are not supported by asyncvid yet: load the model "
+                            "unquantized (each rank holds only its stage's weights)")
+
+
+def compile_stage(adapter, plan, stage: int, options) -> list[str]:
+    """torch.compile each module of this rank's units in place (``nn.Module.compile``), with ``options``
+    (True or a dict of torch.compile's keyword arguments); returns the compiled module names. The
+    shared modules (time and text embeddings) stay eager: they run once per call."""
+    if options is None or options is False:
+        return []
+    kwargs = {} if options is True else dict(options)
+    a, b = plan.ranges[stage]
+    names = []
+    for unit in adapter.units()[a:b]:
+        for name in unit.modules:
+            module = adapter.model.get_submodule(name)
+            if getattr(module, "_compiled_call_impl", None) is None:  # compile_repeated_blocks already did it
+                module.compile(**kwargs)
+            names.append(name)
+    return names

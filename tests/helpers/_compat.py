@@ -1,0 +1,66 @@
+"""Composition with what users stack on a pipeline (``docs/compatibility.md``): functions run in spawned
+ranks (importable by name) and their one-process counterparts."""
+
+from __future__ import annotations
+
+import torch
+
+import asyncvid
+from _workers import CALL, tiny_pipeline
+from asyncvid.catalog.wan import build_wan_pipeline, wan_call
+
+BACKEND = "aot_eager"  # dynamo's tracing and guards without inductor's C++ build: seconds, not minutes
+
+
+def graphs() -> int:
+    """Graphs dynamo compiled in this process so far (a recompilation adds one)."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
+def _compiled(kind: str, how: str):
+    torch._dynamo.reset()
+    if kind == "wan":
+        pipe = build_wan_pipeline("t2v", seed=0)
+        call = wan_call("t2v", pipe, steps=3)
+        attr = "transformer"
+    else:
+        pipe, call, attr = tiny_pipeline(), dict(CALL, num_inference_steps=3), "unet"
+    if how == "whole":
+        setattr(pipe, attr, torch.compile(getattr(pipe, attr), backend=BACKEND))
+    elif how == "repeated":
+        getattr(pipe, attr).compile_repeated_blocks(backend=BACKEND)
+    return pipe, call
+
+
+def sequential(kind: str, how: str):
+    """Frames of the untouched pipeline, compiled as ``how`` (whole / repeated / none), two calls."""
+    pipe, call = _compiled(kind, how)
+    out = [pipe(**call, generator=torch.Generator().manual_seed(0)).frames for _ in range(2)]
+    return out
+
+
+def staged(kind: str, how: str, options: dict):
+    """Every rank: the same compiled pipeline through parallelize; rank 0 returns both calls' frames and,
+    per rank, the graphs dynamo built during the first and the second call."""
+    pipe, call = _compiled(kind, how)
+    ppipe = asyncvid.parallelize(pipe, **options)
+    frames, counts = [], [graphs()]
+    for _ in range(2):
+        out = ppipe(**call, generator=torch.Generator().manual_seed(0))
+        counts.append(graphs())
+        if out is not None:
+            frames.append(out.frames)
+    everyone = [None] * ppipe.topo.world_size
+    torch.distributed.all_gather_object(everyone, counts)
+    return {"frames": frames, "graphs": everyone} if ppipe.is_driver else None
+
+
+def with_cache(config_name: str):
+    """Every rank: a Wan pipeline with one of diffusers' caches on, through parallelize."""
+    import diffusers
+
+    pipe = build_wan_pipeline("t2v", seed=0)
+    pipe.transformer.enable_cache(getattr(diffusers, config_name)())
+    asyncvid.parallelize(pipe, stages=2, warmup=8)

@@ -1,0 +1,113 @@
+"""What users stack on a pipeline, through parallelize (``docs/compatibility.md``): torch.compile in its
+three forms, exact and without recompilation; diffusers' caches and offloading refused in one line
+before any work, on every rank."""
+
+from __future__ import annotations
+
+import diffusers
+import numpy as np
+import pytest
+import torch
+
+import _compat as C
+from asyncvid import launch_local
+from asyncvid.catalog.wan import build_wan_pipeline
+from asyncvid.errors import AsyncVidError, RankFailure
+from asyncvid.pipelines.parallel import parallelize
+from reference import memo
+
+EXACT = dict(stages=2, warmup=3)  # warm-up >= the 3 steps: every step sequential, so equal to one process
+COMPILE = {"backend": C.BACKEND}
+JOBS = {
+    "unet whole": ("_compat.staged", ("animatediff", "whole", EXACT)),
+    "unet option": ("_compat.staged", ("animatediff", "none", dict(EXACT, compile=COMPILE))),
+    "unet async": ("_compat.staged", ("animatediff", "none", dict(stages=2, warmup=1, compile=COMPILE))),
+    "unet async eager": ("_compat.staged", ("animatediff", "none", dict(stages=2, warmup=1))),
+    "wan repeated": ("_compat.staged", ("wan", "repeated", EXACT)),
+}
+
+
+multiprocess = pytest.mark.multiprocess
+
+
+@pytest.fixture(scope="module")
+def runs():
+    import _workers
+
+    return dict(zip(JOBS, launch_local(_workers.run_many, 2, list(JOBS.values()), timeout=900)))
+
+
+@memo
+def sequential(kind: str, how: str):
+    torch.set_num_threads(1)
+    return C.sequential(kind, how)
+
+
+@multiprocess
+@pytest.mark.parametrize("name, kind, how", [("unet whole", "animatediff", "whole"),
+                                             ("unet option", "animatediff", "whole"),
+                                             ("wan repeated", "wan", "repeated")])
+def test_compiled_stages_equal_the_compiled_pipeline(runs, name, kind, how):
+    expected = sequential(kind, how)
+    for got, want in zip(runs[name]["frames"], expected):
+        assert float(np.abs(np.asarray(got) - np.asarray(want)).max()) <= 1e-4
+
+
+@multiprocess
+@pytest.mark.parametrize("name", [name for name in JOBS if "eager" not in name])
+def test_every_rank_compiles_once_and_never_again(runs, name):
+    for rank, (before, first, second) in enumerate(runs[name]["graphs"]):
+        assert first > before, f"rank {rank} compiled nothing"
+        assert second == first, f"rank {rank} recompiled in its second call ({first} -> {second} graphs)"
+
+
+@multiprocess
+def test_eager_stages_compile_nothing(runs):
+    assert all(before == first == second for before, first, second in runs["unet async eager"]["graphs"])
+
+
+@multiprocess
+def test_compiled_asynchronous_stages_equal_eager_ones(runs):
+    """compile= changes how each rank computes, not what: the asynchronous recurrence is the same."""
+    for got, want in zip(runs["unet async"]["frames"], runs["unet async eager"]["frames"]):
+        assert float(np.abs(np.asarray(got) - np.asarray(want)).max()) <= 1e-4
+    assert float(np.abs(np.asarray(runs["unet async"]["frames"][0]) - np.asarray(sequential("animatediff", "whole")[0])).max()) > 1e-3
+
+
+CACHES = ["FirstBlockCacheConfig", "TaylorSeerCacheConfig", "MagCacheConfig", "PyramidAttentionBroadcastConfig",
+          "FasterCacheConfig"]
+
+
+def _cache_config(name: str):
+    if name == "MagCacheConfig":
+        return diffusers.MagCacheConfig(num_inference_steps=3, mag_ratios=[1.0] * 3)
+    if name == "PyramidAttentionBroadcastConfig":
+        return diffusers.PyramidAttentionBroadcastConfig(current_timestep_callback=lambda: 500)
+    if name == "FasterCacheConfig":
+        return diffusers.FasterCacheConfig(current_timestep_callback=lambda: 500)
+    return getattr(diffusers, name)()
+
+
+@pytest.mark.parametrize("name", CACHES)
+def test_a_cache_is_refused_in_one_line_before_any_work(name):
+    pipe = build_wan_pipeline("t2v", seed=0)
+    pipe.transformer.enable_cache(_cache_config(name))
+    with pytest.raises(AsyncVidError, match=rf"^{name} on pipe.transformer \(WanTransformer3DModel\) does not combine") as err:
+        parallelize(pipe, stages=2)  # raises before the process group is even created
+    assert "\n" not in str(err.value) and "disable_cache()" in str(err.value)
+
+
+def test_group_offloading_is_refused_in_one_line():
+    pipe = build_wan_pipeline("t2v", seed=0)
+    cpu = torch.device("cpu")
+    pipe.transformer.enable_group_offload(onload_device=cpu, offload_device=cpu, offload_type="block_level",
+                                          num_blocks_per_group=1)
+    with pytest.raises(AsyncVidError, match=r"^group offloading \(enable_group_offload\) on pipe.transformer"):
+        parallelize(pipe, stages=2)
+
+
+@multiprocess
+def test_a_cache_on_two_ranks_stops_both_with_one_line():
+    with pytest.raises(RankFailure, match=r"FirstBlockCacheConfig on pipe.transformer") as err:
+        launch_local(C.with_cache, 2, "FirstBlockCacheConfig", timeout=120)
+    assert "\n" not in str(err.value) and "GLHF" not in str(err.value)
