@@ -28,9 +28,12 @@ def _build(cfg: dict):
     from ..distributed.env import default_device
 
     pipe = build_pipeline(cfg["model"], cfg["preset"], cfg.get("layers"))
+    from .stack import apply_stack
+
     dtype = getattr(torch, cfg.get("dtype", "float32"))
     # a cast to the dtype the weights already have would only make diffusers warn about float32 modules
-    return pipe.to(device=default_device()) if dtype == torch.float32 else pipe.to(device=default_device(), dtype=dtype)
+    pipe = pipe.to(device=default_device()) if dtype == torch.float32 else pipe.to(device=default_device(), dtype=dtype)
+    return apply_stack(pipe, cfg.get("stack", "none"))
 
 
 def _timed_call(pipe, cfg: dict) -> list[float]:
@@ -142,9 +145,12 @@ def hardware() -> dict:
 def run_bench(preset: str = "small", frames: int = 8, size: int | None = None, steps: int = DEFAULT_STEPS,
               warmup: int = 1, repeats: int = 2, configs: list[tuple] | None = None, log=print,
               model: str = DEFAULT_MODEL, memory: bool = True, dtype: str = "float32", latent: int | None = None,
-              layers: int | None = None, forecasts: tuple[str, ...] = ("none",)) -> dict:
-    """Baselines, then every (stages, stride[, warmup[, cfg]]) configuration (once per forecast, side
-    by side), each with the planner's prediction from the one-thread profile beside the measurement."""
+              layers: int | None = None, forecasts: tuple[str, ...] = ("none",),
+              stacks: tuple[str, ...] = ("none",)) -> dict:
+    """Baselines, then every (stages, stride[, warmup[, cfg]]) configuration (once per forecast and per
+    stack, side by side), each with the planner's prediction from the one-thread profile beside the
+    measurement. A stack other than ``none`` (``bench/stack.py``) also gets its own one-thread baseline:
+    the feature alone."""
     from ..launch import launch_local
 
     cfg = dict(model=model, preset=preset, frames=frames, size=size, latent=latent, steps=steps, warmup=warmup,
@@ -167,18 +173,24 @@ def run_bench(preset: str = "small", frames: int = 8, size: int | None = None, s
     cores = os.cpu_count() or 1
     allc = launch_local(run_baseline, 1, cfg, cores, threads_per_rank=cores)
     log(f"baseline 1 process x {cores} threads: {allc['per_step_s'] * 1000:.1f} ms/step")
-    report["baselines"] = {"one_thread": one, "all_cores": allc}
+    report["baselines"] = {"one_thread": one, "all_cores": allc, "stacked": {}}
+    for stack in stacks:
+        if stack != "none":
+            alone = report["baselines"]["stacked"][stack] = launch_local(run_baseline, 1, dict(cfg, stack=stack), 1)
+            log(f"baseline 1 process x 1 thread with {stack}: {alone['per_step_s'] * 1000:.1f} ms/step "
+                f"({one['per_step_s'] / alone['per_step_s']:.2f}x)")
     if memory:
         report["memory"] = run_memory(cfg, sorted({c[0] for c in configs if c[0] > 1}) or [2], log=log)
     # This machine's speed drifts by 10-25 % from minute to minute: every configuration is compared
     # with the one-thread baseline measured right before and right after it (their mean).
     report["baselines"]["one_thread_runs"] = [dict(per_step_s=one["per_step_s"], denoise_s=one["denoise_s"])]
-    with progress(len(configs) * len(forecasts), "configurations") as advance:
+    with progress(len(configs) * len(forecasts) * len(stacks), "configurations") as advance:
         for stages, stride, wu, groups in configs:
             for forecast in forecasts if stages > 1 else ("none",):
-                _run_config(report, dict(cfg, forecast=forecast), (stages, stride, wu, groups), profile, link,
-                            slowdown, allc, cores, log)
-                advance()
+                for stack in stacks:
+                    _run_config(report, dict(cfg, forecast=forecast, stack=stack), (stages, stride, wu, groups),
+                                profile, link, slowdown, allc, cores, log)
+                    advance()
     return report
 
 
@@ -199,6 +211,7 @@ def _run_config(report: dict, cfg: dict, config: tuple, profile: dict, link, slo
     ranges = [tuple(r) for r in res["plan"]["ranges"]]
     pred = predict_from(profile, stages, stride, wu, steps, link, ranges, cfg=groups, slowdown=slowdown)
     res.update(stages=stages, stride=stride, warmup=wu, cfg=groups, forecast=cfg.get("forecast", "none"),
+               stack=cfg.get("stack", "none"),
                shares_cores=stages * groups > cores,
                one_thread_reference=ref,
                speedup_vs_one_thread=ref["per_step_s"] / res["per_step_s"],
@@ -207,7 +220,7 @@ def _run_config(report: dict, cfg: dict, config: tuple, profile: dict, link, slo
                predicted=dict(per_step_s=pred.per_step_s, speedup_per_step=pred.speedup_per_step,
                               speedup_per_video=pred.speedup_per_video, stage_s=pred.stage_s, cfg=pred.cfg))
     report["results"].append(res)
-    log(f"stages={stages} stride={stride} warmup={wu} cfg={groups} forecast={res['forecast']}: "
+    log(f"stages={stages} stride={stride} warmup={wu} cfg={groups} forecast={res['forecast']} stack={res['stack']}: "
         f"{res['per_step_s'] * 1000:.1f} ms/step "
         f"(1 thread around it: {ref['per_step_s'] * 1000:.1f}), "
         f"{res['speedup_vs_one_thread']:.2f}x vs 1 thread (predicted {pred.speedup_per_step:.2f}x), "
@@ -238,12 +251,19 @@ def markdown(report: dict) -> str:
             f"| untouched pipeline, {cores} threads | {allc['per_step_s'] * 1e3:.1f} | {allc['denoise_s']:.2f} | "
             f"{one['per_step_s'] / allc['per_step_s']:.2f}x | 1.00x | {one['denoise_s'] / allc['denoise_s']:.2f}x | | "
             f"{', '.join(f'{m:.0f}' for m in allc['peak_rss_mib'])} |"]
+    for stack, alone in report["baselines"].get("stacked", {}).items():
+        rows.append(f"| untouched pipeline + {stack}, 1 thread | {alone['per_step_s'] * 1e3:.1f} | "
+                    f"{alone['denoise_s']:.2f} | {one['per_step_s'] / alone['per_step_s']:.2f}x | | "
+                    f"{one['denoise_s'] / alone['denoise_s']:.2f}x | | "
+                    f"{', '.join(f'{m:.0f}' for m in alone['peak_rss_mib'])} |")
     for r in report["results"]:
         p = r["predicted"]
         note = " (cores shared)" if r.get("shares_cores") else ""
         groups = f" cfg={r['cfg']}" if r.get("cfg", 1) > 1 else ""
         if r.get("forecast", "none") != "none":
             groups += f" forecast {r['forecast']}"
+        if r.get("stack", "none") != "none":
+            groups += f" + {r['stack']}"
         rows.append(
             f"| N={r['stages']} S={r['stride']}{groups} warm-up {r['warmup']}{note} | {r['per_step_s'] * 1e3:.1f} | "
             f"{r['denoise_s']:.2f} | {r['speedup_vs_one_thread']:.2f}x ({p['speedup_per_step']:.2f}x) | "

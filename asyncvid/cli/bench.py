@@ -39,6 +39,10 @@ def add_bench_parser(subparsers) -> None:
                    help="configurations: stages x stride, optionally w + warm-up and c + CFG groups (N x C ranks), "
                         "e.g. 2x1 2x2w3 4x1 1x1c2 2x1c2")
     add_forecast(p, "each multi-stage configuration once per forecast, side by side")
+    p.add_argument("--stack", nargs="+", default=["none"], metavar="FEATURE",
+                   help="accelerations stacked on the pipeline, each side by side (none, fbc[:THRESHOLD]: diffusers' "
+                        "FirstBlockCache, compile: torch.compile of the denoiser); each also gets a one-thread "
+                        "baseline of its own (the feature alone)")
     p.add_argument("--sweep", action="store_true", help=f"run the standard sweep: {' '.join(SWEEP)}")
     p.add_argument("--no-memory", action="store_true", help="skip the memory section (full pipeline vs stage-only ranks)")
     p.add_argument("--memory-only", action="store_true",
@@ -114,8 +118,11 @@ def parse_config(text: str) -> tuple[int, int, int | None, int]:
 
 def cmd_bench(args) -> int:
     from ..bench.speed import run_bench, write_report
+    from ..bench.stack import parse_stack
 
     apply_device(args)
+    for stack in args.stack:
+        parse_stack(stack)  # one line for a bad name, before anything starts
     if args.render:
         from ..bench.render import run_render_bench
 
@@ -138,7 +145,8 @@ def cmd_bench(args) -> int:
         return 0
     report = run_bench(args.preset, args.frames, args.size, args.steps, args.warmup, args.repeats, configs,
                        log=logs.info, model=args.model, memory=not args.no_memory, dtype=args.dtype,
-                       latent=args.latent, layers=args.layers, forecasts=tuple(args.forecast))
+                       latent=args.latent, layers=args.layers, forecasts=tuple(args.forecast),
+                       stacks=tuple(args.stack))
     write_report(report, args.json, args.markdown)
     return 0
 
@@ -149,6 +157,8 @@ def _bench_simulated(args, configs) -> int:
 
     if args.render or args.memory_only:
         raise AsyncVidError("--simulate measures speed only: not with --render or --memory-only")
+    if args.stack != ["none"]:
+        raise AsyncVidError("--stack is measured on real compute only: not with --simulate")
     if any(n * c > 8 for n, _, _, c in configs):
         raise AsyncVidError("--simulate: at most 8 simulated devices (stages x cfg) on one machine")
     steps_ms = args.step_ms or ([None] if args.simulate not in ("uniform", "profile") else [50.0])

@@ -12,6 +12,7 @@ call computed again, so the outcome never depends on the guess.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +22,7 @@ from ..distributed.protocol import FIELDS, Op, StepMessage
 from ..distributed.transport import PendingState, StateLink, recv_message, recv_tree
 from ..distributed.watchdog import WATCH
 from ..errors import AsyncVidError
+from .block_cache import CacheState
 from .conditioning import ConditioningVersion
 from .forecast import History
 from .schedule import PARALLEL, REUSE, SEQUENTIAL
@@ -39,12 +41,20 @@ class _CallStream:
     prev_input: Carried | None = None  # the newest state received from the stage before (workers)
     last_eps: torch.Tensor | None = None
     history: History | None = None  # received states by timestep, for the forecast (``engine/forecast.py``)
+    cache: CacheState = field(default_factory=CacheState)  # the block cache of this call tag on this rank
+    prev_skip: bool | None = None  # the block cache's decision that came with ``prev_input``
 
 
 @dataclass
 class _Speculation:
     key: tuple
     out: Carried
+    stream: _CallStream | None = None
+    cache_before: CacheState | None = None  # the block cache as it was: a dropped guess must not have changed it
+
+    def drop(self) -> None:
+        if self.stream is not None and self.cache_before is not None:
+            self.stream.cache = self.cache_before
 
 
 class FollowerMixin:
@@ -95,6 +105,8 @@ class FollowerMixin:
         before = self.traffic.activation
         pending: PendingState | None = None
         if action.kind == SEQUENTIAL:
+            if guess is not None:
+                guess.drop()
             self._received(stream, message.step, stream.links["recv_prev"].irecv().wait())
             self.phases.mark("wait for input")
             out = self._compute(stream, timestep, stream.prev_input, extras)
@@ -107,6 +119,8 @@ class FollowerMixin:
                 self.speculation["used"] += 1
             else:
                 self.speculation["dropped"] += guess is not None
+                if guess is not None:
+                    guess.drop()
                 out = self._compute(stream, timestep, self._stale_input(stream, message.step), extras)
             if not action.last_round:
                 pending = stream.links["recv_prev"].irecv()
@@ -120,13 +134,16 @@ class FollowerMixin:
         if ahead is None or ahead[1].prev_input is None:
             return None
         key, nxt, timestep, ctx, step = ahead
-        return _Speculation(key, self._compute(nxt, timestep, self._stale_input(nxt, step), ctx=ctx))
+        before = copy.copy(nxt.cache)  # its tensors are replaced, never written in place
+        return _Speculation(key, self._compute(nxt, timestep, self._stale_input(nxt, step), ctx=ctx), nxt, before)
 
     def _received(self, stream: _CallStream, step: int, tensors: list[torch.Tensor]) -> None:
         """The stage before's output of the round at ``step`` is in: the next round's stale input. It is
         kept under the timestep of that round's *step* (the sample it was computed from), not the
         timestep the round was conditioned on (stride 2 and ``time_shift`` move that one): warm-up and
         parallel rounds then lie on one time axis."""
+        if self.options.cache is not None:  # the block cache's decision travels as one byte after the state
+            tensors, stream.prev_skip = tensors[:-1], bool(tensors[-1].item())
         stream.prev_input = Carried.from_tensors(tensors)
         stream.history.add(float(self.timesteps[step]), stream.prev_input)
 

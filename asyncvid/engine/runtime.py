@@ -34,6 +34,7 @@ from .simulate import CostTable, SimulatedDevice
 from .split import SplitPlan
 from .follower import FollowerMixin, _CallStream
 from .forecast import History
+from .block_cache import CacheState, run_cached
 from .units import Carried, run_units
 
 
@@ -42,7 +43,10 @@ class StageRuntime(FollowerMixin):
                  options: AsyncOptions, simulate: CostTable | None = None):
         self.adapter, self.split, self.topo, self.device, self.options = adapter, split, topo, device, options
         a, b = split.ranges[topo.stage]
+        self.first_unit = a
         all_units = adapter.units()
+        if options.cache is not None:
+            options.cache.validate(len(all_units))
         self.units = all_units[a:b]
         # simulated devices (``engine/simulate.py``): this stage's units wait their table costs instead
         self.simulated = SimulatedDevice(simulate) if simulate is not None else None
@@ -90,7 +94,8 @@ class StageRuntime(FollowerMixin):
         for stream in self.streams.values():
             for link in stream.links.values():
                 link.reset()
-            stream.prev_input, stream.last_eps = None, None
+            stream.prev_input, stream.last_eps, stream.prev_skip = None, None, None
+            stream.cache = CacheState()
             stream.history.clear()
         self.timesteps, self.total = timesteps, len(timesteps)
         self._tags_this_step = []
@@ -111,12 +116,26 @@ class StageRuntime(FollowerMixin):
             self.simulated.batch = stream.sample_shape[0]
         self.phases.mark("context")
         if self.local_setup is None:
-            out = run_units(self.units, ctx, state)
+            out = self._run(stream, ctx, state)
         else:
             with self.adapter.module_setup_applied(self.local_setup):
-                out = run_units(self.units, ctx, state)
+                out = self._run(stream, ctx, state)
         self.phases.mark("compute")
         return out
+
+    def _run(self, stream: _CallStream, ctx, state: Carried) -> Carried:
+        cache = self.options.cache
+        if cache is None:
+            return run_units(self.units, ctx, state)
+        return run_cached(cache, self.units, self.first_unit, ctx, state, stream.cache,
+                          None if self.stage == 0 else stream.prev_skip)
+
+    def cache_counts(self) -> dict:
+        """Block cache: this rank's skipped and computed spans over every call tag of the last pass, and
+        per call tag the decision it applied in each round."""
+        return {"skipped": sum(s.cache.skipped for s in self.streams.values()),
+                "computed": sum(s.cache.computed for s in self.streams.values()),
+                "decisions": {tag: s.cache.decisions for tag, s in sorted(self.streams.items())}}
 
     def _send_on(self, stream: _CallStream, action: StepAction, out: Carried) -> None:
         for name in ("send_next", "send_eps"):
@@ -124,7 +143,10 @@ class StageRuntime(FollowerMixin):
                 stream.links[name].wait()  # the previous state on this link has left (its receiver took it)
         self.phases.mark("wait for peer")
         if "send_next" in stream.links and (action.kind == SEQUENTIAL or not action.last_round):
-            stream.links["send_next"].isend(out.tensors())
+            tensors = out.tensors()
+            if self.options.cache is not None:
+                tensors.append(torch.tensor([int(bool(out.skipped))], dtype=torch.uint8, device=out.h.device))
+            stream.links["send_next"].isend(tensors)
         if "send_eps" in stream.links:
             stream.links["send_eps"].isend([self.adapter.prediction(out)])
 

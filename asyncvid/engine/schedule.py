@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..errors import AsyncVidError
+from .block_cache import BlockCache
 from .forecast import Forecast
 
 SEQUENTIAL, PARALLEL, REUSE = "sequential", "parallel", "reuse"
@@ -28,6 +29,7 @@ class AsyncOptions:
     time_shift: bool = False
     speculate: bool = True  # workers compute their next call before its message arrives
     forecast: Forecast = field(default_factory=Forecast)  # stale inputs extrapolated (``engine/forecast.py``)
+    cache: BlockCache | None = None  # skip the blocks of a step together (``engine/block_cache.py``)
 
     def validate(self, stages: int) -> None:
         if self.stride not in (1, 2):

@@ -21,6 +21,7 @@ class Carried:
 
     h: torch.Tensor
     skips: tuple[torch.Tensor, ...] = ()
+    skipped: bool | None = None  # the block cache's decision for this state (``engine/block_cache.py``)
 
     def tensors(self) -> list[torch.Tensor]:
         return [self.h, *self.skips]

@@ -8,10 +8,13 @@ Every rank holds the same pipeline, so every rank refuses alike and none is left
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from ..engine.block_cache import BlockCache
 from ..errors import AsyncVidError
 
 #: diffusers' hook names (``diffusers/hooks/*.py``) -> the feature a user turned on
@@ -31,23 +34,61 @@ def _compiled(module) -> bool:
     return isinstance(module, torch._dynamo.eval_frame.OptimizedModule)
 
 
-def prepare_denoisers(pipe, compile_options) -> Any:
-    """Unwrap torch.compile'd denoisers (``pipe.unet = torch.compile(pipe.unet)``), refuse what does not
-    combine with stages; returns the options each rank compiles its stage with (None: no compile)."""
+BLOCK_UNIT = re.compile(r"^(blocks|transformer_blocks|single_transformer_blocks)\.\d+$")
+
+
+@dataclass
+class Stacked:
+    """What :func:`prepare_denoisers` found: compile options, and diffusers cache configs taken over."""
+
+    compile: Any = None  # None: no compile; True or torch.compile's keyword arguments
+    caches: dict[str, Any] = field(default_factory=dict)  # pipeline attribute -> FirstBlockCacheConfig
+
+    def block_cache(self, adapter, attr: str) -> BlockCache | None:
+        """The engine's block cache for a denoiser whose FirstBlockCache asyncvid took over."""
+        config = self.caches.get(attr)
+        if config is None:
+            return None
+        blocks = [i for i, unit in enumerate(adapter.units()) if BLOCK_UNIT.match(unit.name)]
+        if len(blocks) < 2:
+            raise AsyncVidError(f"FirstBlockCacheConfig on pipe.{attr} ({type(adapter.model).__name__}): asyncvid "
+                                "finds no transformer blocks to cache")
+        return BlockCache(float(config.threshold), blocks[0], blocks[-1] + 1)
+
+    def restore(self, pipe) -> None:
+        """Give the caches back to diffusers (``ParallelPipeline.undo``)."""
+        for attr, config in self.caches.items():
+            getattr(pipe, attr).enable_cache(config)
+
+
+def prepare_denoisers(pipe, compile_options) -> Stacked:
+    """Unwrap torch.compile'd denoisers (``pipe.unet = torch.compile(pipe.unet)``), take over a
+    FirstBlockCache (the engine runs it across the stages: ``engine/block_cache.py``), refuse what does
+    not combine with stages."""
+    found = Stacked(compile_options)
     for attr in ("unet", "transformer", "transformer_2"):
         module = getattr(pipe, attr, None)
         if module is not None and _compiled(module):
             # The whole-model graph cannot be cut across ranks; each rank compiles its own blocks instead.
             setattr(pipe, attr, module._orig_mod)
-            if compile_options is None:
-                compile_options = {}
-        if module is not None:
-            refuse_unsupported(getattr(pipe, attr), attr)
+            if found.compile is None:
+                found.compile = {}
+        module = getattr(pipe, attr, None)
+        if module is None:
+            continue
+        config = getattr(module, "_cache_config", None)
+        if type(config).__name__ == "FirstBlockCacheConfig":
+            if getattr(pipe, "transformer_2", None) is not None:
+                raise AsyncVidError("FirstBlockCacheConfig with two experts (transformer and transformer_2) is not "
+                                    "supported by asyncvid yet: disable_cache() on both before parallelize")
+            module.disable_cache()  # its hooks leave the blocks; the engine decides for every stage
+            found.caches[attr] = config
+        refuse_unsupported(module, attr)
     if getattr(pipe, "_all_hooks", None):
         raise AsyncVidError("model CPU offloading (enable_model_cpu_offload / enable_sequential_cpu_offload) does not "
                             "combine with asyncvid: each rank already holds only its stage; call parallelize on "
                             "a pipeline without it")
-    return compile_options
+    return found
 
 
 def refuse_unsupported(model: torch.nn.Module, attr: str) -> None:

@@ -7,7 +7,7 @@ the same call serves the driver's denoising loop and returns ``None``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.distributed as dist
@@ -141,6 +141,7 @@ class ParallelPipeline:
         self.pipe, self.adapter, self.runtime, self.topo, self.plan = pipe, adapter, runtime, topo, plan
         self.loop = hook.LoopPosition()
         self._closed = False
+        self.stacked = None  # what parallelize took over from the pipeline (``compat.Stacked``)
         # what this rank's calls go through: its stage runtime, or the guidance layer over the CFG groups
         self.engine = runtime
         if topo.cfg_degree > 1 and topo.is_driver:
@@ -226,6 +227,7 @@ class ParallelPipeline:
         self.engine.release_workers(Op.UNDO)
         gather_weights(self.adapter, self.plan, self.topo, self.runtime.device)
         hook.remove(self.adapter.model)
+        self.stacked.restore(self.pipe)
         self._closed = True
         return self.pipe
 
@@ -262,7 +264,7 @@ def parallelize(pipe, stages: int = 2, stride: int = 1, warmup: int = 1, split="
     rank_timeout). Waits between calls are not bounded.
     """
     WATCH.configure(floor_from(rank_timeout))
-    compile = prepare_denoisers(pipe, compile)  # on every rank, before any collective call
+    stacked = prepare_denoisers(pipe, compile)  # on every rank, before any collective call
     options = AsyncOptions(stride=stride, warmup=warmup, time_shift=time_shift, forecast=Forecast.parse(forecast))
     options.validate(stages)
     denoisers = denoisers_of(pipe)
@@ -278,6 +280,13 @@ def parallelize(pipe, stages: int = 2, stride: int = 1, warmup: int = 1, split="
     shape = ProfileShape.parse(profile_shape, cfg)
     plan = choose_split(adapter, split, stages, topo, device, shape, denoisers[0].dtype,
                         driver_work=lambda *shape: driver_seconds(pipe, adapter, *shape), simulate=simulate)
+    cache = stacked.block_cache(adapter, "unet" if getattr(pipe, "unet", None) is not None else "transformer")
+    if cache is not None:
+        a, b = plan.ranges[0]
+        if not a <= cache.first < b:
+            raise AsyncVidError("FirstBlockCache needs the first block on the driver's stage: give stage 0 at least "
+                                f"{plan.unit_names[cache.first]}")
+        options = replace(options, cache=cache)
     if len(adapters) > 1:  # both experts on the same split, one runtime each
         if simulate is not None:
             raise AsyncVidError("simulated devices are not supported with two experts (transformer and transformer_2)")
@@ -285,7 +294,8 @@ def parallelize(pipe, stages: int = 2, stride: int = 1, warmup: int = 1, split="
     else:
         ppipe = assemble(pipe, adapter, plan, topo, device, options, release, simulate)
     for each in adapters:
-        compile_stage(each, plan, topo.stage, compile)
+        compile_stage(each, plan, topo.stage, stacked.compile)
+    ppipe.stacked = stacked
     return ppipe
 
 

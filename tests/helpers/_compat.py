@@ -64,3 +64,42 @@ def with_cache(config_name: str):
     pipe = build_wan_pipeline("t2v", seed=0)
     pipe.transformer.enable_cache(getattr(diffusers, config_name)())
     asyncvid.parallelize(pipe, stages=2, warmup=8)
+
+
+CACHE_STEPS = 6
+THRESHOLD = 0.2  # the tiny random Wan skips 8 of its 12 calls' blocks at this threshold
+
+
+def fbc_pipeline(threshold: float):
+    from diffusers import FirstBlockCacheConfig
+
+    pipe = build_wan_pipeline("t2v", seed=0)
+    call = wan_call("t2v", pipe, steps=CACHE_STEPS)
+    if threshold is not None:
+        pipe.transformer.enable_cache(FirstBlockCacheConfig(threshold=threshold))
+    return pipe, call
+
+
+def fbc_sequential(threshold: float | None):
+    """Frames of the untouched Wan pipeline with diffusers' FirstBlockCache (None: without), and how
+    many of its denoiser calls ran every block."""
+    pipe, call = fbc_pipeline(threshold)
+    ran = []
+    if threshold is not None:
+        pipe.transformer.blocks[-1].ffn.register_forward_hook(lambda *a: ran.append(1))  # not run when skipped
+    frames = pipe(**call, generator=torch.Generator().manual_seed(0)).frames
+    return frames, len(ran)
+
+
+def fbc_staged(threshold: float, options: dict):
+    """Every rank: the same cached pipeline through parallelize; rank 0 returns frames, every rank's
+    cache counts (skipped, computed) and whether undo gave the cache back to diffusers."""
+    pipe, call = fbc_pipeline(threshold)
+    ppipe = asyncvid.parallelize(pipe, **options)
+    out = ppipe(**call, generator=torch.Generator().manual_seed(0))
+    counts = ppipe.runtime.cache_counts()
+    everyone = [None] * ppipe.topo.world_size
+    torch.distributed.all_gather_object(everyone, counts)
+    undone = ppipe.undo()
+    restored = undone.transformer.is_cache_enabled if undone is not None else None
+    return {"frames": out.frames, "counts": everyone, "restored": restored} if out is not None else None

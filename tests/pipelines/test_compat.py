@@ -1,6 +1,7 @@
 """What users stack on a pipeline, through parallelize (``docs/compatibility.md``): torch.compile in its
-three forms, exact and without recompilation; diffusers' caches and offloading refused in one line
-before any work, on every rank."""
+three forms, exact and without recompilation; diffusers' FirstBlockCache run across the stages (exact
+with sequential steps, decisions travelling with the state otherwise); the other caches and
+offloading refused in one line before any work, on every rank."""
 
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ JOBS = {
     "unet async": ("_compat.staged", ("animatediff", "none", dict(stages=2, warmup=1, compile=COMPILE))),
     "unet async eager": ("_compat.staged", ("animatediff", "none", dict(stages=2, warmup=1))),
     "wan repeated": ("_compat.staged", ("wan", "repeated", EXACT)),
+    "fbc exact": ("_compat.fbc_staged", (C.THRESHOLD, dict(stages=2, warmup=C.CACHE_STEPS))),
+    "fbc async": ("_compat.fbc_staged", (C.THRESHOLD, dict(stages=2, warmup=1))),
 }
 
 
@@ -54,7 +57,7 @@ def test_compiled_stages_equal_the_compiled_pipeline(runs, name, kind, how):
 
 
 @multiprocess
-@pytest.mark.parametrize("name", [name for name in JOBS if "eager" not in name])
+@pytest.mark.parametrize("name", ["unet whole", "unet option", "unet async", "wan repeated"])
 def test_every_rank_compiles_once_and_never_again(runs, name):
     for rank, (before, first, second) in enumerate(runs[name]["graphs"]):
         assert first > before, f"rank {rank} compiled nothing"
@@ -74,7 +77,7 @@ def test_compiled_asynchronous_stages_equal_eager_ones(runs):
     assert float(np.abs(np.asarray(runs["unet async"]["frames"][0]) - np.asarray(sequential("animatediff", "whole")[0])).max()) > 1e-3
 
 
-CACHES = ["FirstBlockCacheConfig", "TaylorSeerCacheConfig", "MagCacheConfig", "PyramidAttentionBroadcastConfig",
+CACHES = ["TaylorSeerCacheConfig", "MagCacheConfig", "PyramidAttentionBroadcastConfig",
           "FasterCacheConfig"]
 
 
@@ -108,6 +111,38 @@ def test_group_offloading_is_refused_in_one_line():
 
 @multiprocess
 def test_a_cache_on_two_ranks_stops_both_with_one_line():
-    with pytest.raises(RankFailure, match=r"FirstBlockCacheConfig on pipe.transformer") as err:
-        launch_local(C.with_cache, 2, "FirstBlockCacheConfig", timeout=120)
+    with pytest.raises(RankFailure, match=r"TaylorSeerCacheConfig on pipe.transformer") as err:
+        launch_local(C.with_cache, 2, "TaylorSeerCacheConfig", timeout=120)
     assert "\n" not in str(err.value) and "GLHF" not in str(err.value)
+
+
+@memo
+def fbc_sequential(threshold):
+    torch.set_num_threads(1)
+    return C.fbc_sequential(threshold)
+
+
+@multiprocess
+def test_first_block_cache_with_sequential_stages_equals_the_cache_alone(runs):
+    cached, full_calls = fbc_sequential(C.THRESHOLD)
+    plain, _ = fbc_sequential(None)
+    assert float(np.abs(cached - plain).max()) > 1e-4  # the cache skipped something
+    run = runs["fbc exact"]
+    assert float(np.abs(run["frames"] - cached).max()) <= 1e-4
+    calls = 2 * C.CACHE_STEPS  # Wan: the prompt's call and the negative prompt's, per step
+    for counts in run["counts"]:  # every stage skips exactly where diffusers' cache skipped the blocks
+        assert (counts["skipped"], counts["computed"]) == (calls - full_calls, full_calls)
+    assert run["restored"] is True  # undo gives the cache back to diffusers
+
+
+@multiprocess
+def test_first_block_cache_decisions_travel_with_the_state(runs):
+    """Asynchronous: stage 1 applies, in each round, the decision taken for the data it received: the
+    warm-up round's own, then the driver's of the round before."""
+    driver, worker = runs["fbc async"]["counts"]
+    assert set(driver["decisions"]) == {0, 1}
+    for tag, decided in driver["decisions"].items():
+        assert len(decided) == C.CACHE_STEPS and any(decided) and not decided[0]
+        assert worker["decisions"][tag] == (decided[0], *decided[:-1])
+    assert worker["skipped"] == sum(sum(d[:-1]) for d in driver["decisions"].values())
+    assert float(np.abs(runs["fbc async"]["frames"] - fbc_sequential(C.THRESHOLD)[0]).max()) > 1e-4
