@@ -19,13 +19,14 @@ _before = dict(os.environ)
 quiet_environment()
 _ours = {key for key, value in os.environ.items() if _before.get(key) != value}
 
-import torch  # noqa: E402,F401
-import torch.distributed  # noqa: E402,F401
-
 try:
-    import diffusers  # noqa: F401
-    import transformers  # noqa: F401
-except ImportError:  # pragma: no cover - asyncvid needs them; a rank reports it, not the server
+    import diffusers
+    import torch.distributed  # noqa: F401
+    import transformers
+
+    # Both import lazily: naming a class imports its modules, most of a pipeline's (~1 s a rank).
+    _classes = (diffusers.AnimateDiffPipeline, transformers.CLIPTextModel)
+except Exception:  # noqa: BLE001 - the server must start anyway: a rank then imports, and reports, itself
     pass
 
 ADDED = {key: value for key, value in os.environ.items() if _before.get(key) != value and key not in _ours}
