@@ -44,3 +44,16 @@ def test_spawn_can_be_asked_for(monkeypatch):
     monkeypatch.setenv("ASYNCVID_START_METHOD", "fork")
     with pytest.raises(AsyncVidError, match="ASYNCVID_START_METHOD must be forkserver or spawn, got 'fork'"):
         launch_local(environment, 1, [])
+
+
+@pytest.mark.parametrize("state", [dict(launches=1, stuck=False), dict(launches=0, stuck=True)], ids=["in-use", "stuck"])
+def test_a_server_that_cannot_be_restarted_leaves_the_launch_to_spawn(monkeypatch, state):
+    """The import-time environment changed, but another launch's ranks still run from the server
+    (restarting it would cut them off), or stopping it once hung: this launch spawns instead."""
+    from asyncvid import _start
+
+    monkeypatch.delenv("ASYNCVID_START_METHOD", raising=False)
+    monkeypatch.setattr(_start, "_server", dict(state, env={"HF_HUB_OFFLINE": "not this"}))
+    with _start.start_context() as ctx:
+        assert ctx.get_start_method() == "spawn"
+    assert _start._server["launches"] == state["launches"]
