@@ -1,15 +1,15 @@
 """Start N local ranks without torchrun: ``launch_local(fn, nprocs, *args)``.
 
-Each rank is a fresh process (spawn) with the torch.distributed environment set, one thread on CPU,
-that calls ``fn(*args)``. If any rank fails, the others are stopped and the first failure comes back
-as one :class:`~asyncvid.errors.RankFailure` line; rank 0's return value is returned otherwise.
+Each rank is a new process with the torch.distributed environment set, one thread on CPU, that calls
+``fn(*args)``. If any rank fails, the others are stopped and the first failure comes back as one
+:class:`~asyncvid.errors.RankFailure` line; rank 0's return value is returned otherwise. Ranks are
+forked from a server with torch and diffusers imported, or spawned (:mod:`asyncvid._start`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import faulthandler
-import multiprocessing as mp
 import os
 import pickle
 import signal
@@ -20,11 +20,14 @@ import time
 import traceback
 from pathlib import Path
 
+from ._start import Environment, start_context
 from .errors import AsyncVidError, RankFailure
 from .utils import atomic_write, free_port, one_line
 
 
-def _rank_main(rank: int, world: int, port: int, workdir: str, threads: int, fn, args, first_local: int = 0) -> None:
+def _rank_main(_env: None, rank: int, world: int, port: int, workdir: str, threads: int, fn, args,
+               first_local: int = 0) -> None:
+    """``_env``: None once unpickled (:class:`~asyncvid._start.Environment` applied itself then)."""
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(first_local + rank), LOCAL_WORLD_SIZE=str(world),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS=str(threads))
     out = Path(workdir)
@@ -75,11 +78,16 @@ def launch_local(fn, nprocs: int, *args, threads_per_rank: int = 1, timeout: flo
     quiet_tracker = "ignore::UserWarning:multiprocessing.resource_tracker"
     if quiet_tracker not in sys.warnoptions:
         sys.warnoptions.append(quiet_tracker)
-    ctx = mp.get_context("spawn")
+    with start_context() as ctx:
+        return _run(ctx, fn, nprocs, args, threads_per_rank, timeout, first_local_rank)
+
+
+def _run(ctx, fn, nprocs: int, args, threads_per_rank: int, timeout: float | None, first_local_rank: int):
     port = free_port()
+    env = Environment()  # unpickled first in each rank: the environment is in place before fn's imports
     with tempfile.TemporaryDirectory(prefix="asyncvid-launch-") as workdir:
-        procs = [ctx.Process(target=_rank_main, args=(r, nprocs, port, workdir, threads_per_rank, fn, args, first_local_rank),
-                             daemon=False)
+        procs = [ctx.Process(target=_rank_main, daemon=False,
+                             args=(env, r, nprocs, port, workdir, threads_per_rank, fn, args, first_local_rank))
                  for r in range(nprocs)]
         for p in procs:
             p.start()

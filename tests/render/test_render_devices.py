@@ -99,7 +99,7 @@ def test_a_killed_rank_is_named_with_its_signal(tmp_path):
                             env=dict(os.environ, ASYNCVID_CACHE=str(tmp_path / "cache")))
     try:
         def last_rank():
-            ranks = _children(proc.pid)
+            ranks = _ranks_of(proc.pid)
             assert len(ranks) >= 2, ranks
             return max(ranks)
 
@@ -156,16 +156,23 @@ def test_a_rank_killed_under_torchrun_is_named(tmp_path):
     assert not [p for p in out.iterdir() if ".partial" in p.name]
 
 
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
 def _ranks_of(pid: int) -> list[int]:
-    """The spawned ranks among a process's children (not multiprocessing's resource tracker)."""
+    """The ranks launch_local started under a process: the children of its forkserver (or, under
+    ASYNCVID_START_METHOD=spawn, its spawned children), not multiprocessing's resource tracker."""
     ranks = []
     for child in _children(pid):
-        try:
-            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
-        except OSError:
-            continue
+        cmdline = _cmdline(child)
         if b"spawn_main" in cmdline:
             ranks.append(child)
+        elif b"multiprocessing.forkserver" in cmdline:
+            ranks += _children(child)
     return sorted(ranks)
 
 
