@@ -95,8 +95,9 @@ def run_parallel_rank(cfg: dict, stages: int, stride: int, warmup: int = 1, grou
         peak = phase_peak_mib()
     t = ppipe.traffic
     rows = [None] * dist.get_world_size()
+    cache = ppipe.runtime.cache_counts()
     dist.all_gather_object(rows, (peak, t.activation, t.activation + t.control + t.conditioning + t.guidance,
-                                   t.guidance, ppipe.runtime.forecast_bytes()))
+                                   t.guidance, ppipe.runtime.forecast_bytes(), (cache["skipped"], cache["computed"])))
     if not ppipe.is_driver:
         return None
     steps = (1 + cfg["repeats"]) * cfg["steps"]  # every call of the run: set-up call + timed calls
@@ -104,7 +105,8 @@ def run_parallel_rank(cfg: dict, stages: int, stride: int, warmup: int = 1, grou
                   bytes_sent_per_rank=[r[2] for r in rows],
                   activation_bytes_per_step=sum(r[1] for r in rows) / steps,
                   guidance_bytes_per_step=sum(r[3] for r in rows) / steps,
-                  forecast_mib_per_rank=[r[4] / 2**20 for r in rows])
+                  forecast_mib_per_rank=[r[4] / 2**20 for r in rows],
+                  block_cache_last_call_per_rank=[dict(skipped=r[5][0], computed=r[5][1]) for r in rows])
     return result
 
 
@@ -205,7 +207,7 @@ def _run_config(report: dict, cfg: dict, config: tuple, profile: dict, link, slo
     runs = report["baselines"]["one_thread_runs"]
     before = runs[-1]
     res = launch_local(run_parallel_rank, stages * groups, cfg, stages, stride, wu, groups)
-    after = launch_local(run_baseline, 1, cfg, 1, threads_per_rank=1)
+    after = launch_local(run_baseline, 1, dict(cfg, stack="none"), 1, threads_per_rank=1)  # untouched, always
     runs.append(dict(per_step_s=after["per_step_s"], denoise_s=after["denoise_s"]))
     ref = {k: (before[k] + after[k]) / 2 for k in ("per_step_s", "denoise_s")}
     ranges = [tuple(r) for r in res["plan"]["ranges"]]

@@ -34,6 +34,9 @@ def add_eval_parser(subparsers) -> None:
     f.add_argument("--configs", nargs="+", metavar="NxS[wW]", default=FIDELITY_CONFIGS,
                    help=f"configurations (default: {' '.join(FIDELITY_CONFIGS)})")
     add_forecast(f, "each configuration rendered once per forecast, on the same ranks")
+    f.add_argument("--stack", nargs="+", default=["none"], metavar="FEATURE",
+                   help="also render each configuration with these accelerations stacked (none, fbc[:THRESHOLD], "
+                        "compile); the reference stays the untouched pipeline")
     f.add_argument("--prompts", type=int, default=12, help="held-out shapes prompts to render (default 12)")
     f.add_argument("--prompt", action="append", help="prompt(s) for a model outside the shapes world")
     f.add_argument("--frames", type=int, help="frames per video (default 8; 9 for a Wan model, which renders 4k+1)")
@@ -158,9 +161,14 @@ def cmd_fidelity(args) -> int:
                                     "prompts: the first frame of the prompt's clip is its image)") from None
     size = args.size or (native_size(args.model) or (32, 32))[0]
     frames = args.frames or (9 if pipeline == "WanPipeline" else 8)
+    from ..bench.stack import parse_stack
+
+    for stack in args.stack:
+        parse_stack(stack)
     report = run_fidelity(args.model, configs, prompts, list(range(args.seeds)), args.steps, args.guidance,
                           frames, size, bench, args.clip, not args.no_lpips, shapes,
-                          log=logs.info, dtype=args.dtype, forecasts=tuple(dict.fromkeys(args.forecast)))
+                          log=logs.info, dtype=args.dtype, forecasts=tuple(dict.fromkeys(args.forecast)),
+                          stacks=tuple(dict.fromkeys(args.stack)))
     text = json.dumps(finite(report), indent=2)
     if args.json:
         atomic_write(args.json, text)

@@ -8,7 +8,9 @@ what they cannot know, point to point and without waiting for an answer:
   (several denoiser calls in one step are told apart by it), the conditioning's version (a worker
   holding an older version receives the new conditioning right after this message), a bit mask of
   the stages that receive per-step extra inputs after it (e.g. ControlNet residuals, only for the
-  stages whose units consume them) and the embedded timestep's exact value and dtype;
+  stages whose units consume them), the embedded timestep's exact value and dtype, and in a
+  parallel round with the block cache on, whether every stage skips its blocks
+  (``engine/block_cache.py``);
 * ``END_CALL``, ``SHUTDOWN``, ``UNDO`` to end a pipeline call, release the workers, or gather the
   weights back.
 
@@ -27,8 +29,9 @@ import torch
 
 from ..errors import AsyncVidError
 
-PROTOCOL_VERSION = 1
-FIELDS = 10
+PROTOCOL_VERSION = 2
+FIELDS = 11
+CACHE_NONE, CACHE_COMPUTE, CACHE_SKIP = 0, 1, 2  # the ``cache`` field
 _DTYPES = (torch.int64, torch.int32, torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
@@ -66,12 +69,13 @@ class StepMessage:
     timestep: float = 0.0
     timestep_dtype: torch.dtype = torch.float64
     total: int = 0  # BEGIN: steps in the pass
+    cache: int = CACHE_NONE  # parallel rounds with the block cache: CACHE_COMPUTE or CACHE_SKIP
 
     def encode(self, device=None, timestep: torch.Tensor | None = None) -> torch.Tensor:
         """The message as int64[FIELDS]. With ``timestep`` (a 1-element tensor, possibly on the GPU),
         its value is written on the device, so the driver never waits for the GPU to read it."""
         ints = [PROTOCOL_VERSION, int(self.op), self.step, self.t_index, self.call_tag, self.cond_version,
-                self.extras, _float_bits(self.timestep), dtype_code(self.timestep_dtype), self.total]
+                self.extras, _float_bits(self.timestep), dtype_code(self.timestep_dtype), self.total, self.cache]
         msg = torch.tensor(ints, dtype=torch.int64)
         if device is not None and torch.device(device).type == "cuda":  # no host sync on the driver
             msg = msg.pin_memory().to(device, non_blocking=True)
@@ -85,7 +89,12 @@ class StepMessage:
         if len(v) != FIELDS or v[0] != PROTOCOL_VERSION:
             raise AsyncVidError(f"step message of protocol version {v[0] if v else '?'} received; this rank speaks "
                                 f"version {PROTOCOL_VERSION}: every rank must run the same asyncvid")
-        return cls(Op(v[1]), v[2], v[3], v[4], v[5], v[6], _bits_float(v[7]), _DTYPES[v[8]], v[9])
+        return cls(Op(v[1]), v[2], v[3], v[4], v[5], v[6], _bits_float(v[7]), _DTYPES[v[8]], v[9], v[10])
+
+    @property
+    def skips_blocks(self) -> bool | None:
+        """The block cache's decision for a parallel round (None: not told; it came with the state)."""
+        return None if self.cache == CACHE_NONE else self.cache == CACHE_SKIP
 
     def timestep_tensor(self, device) -> torch.Tensor:
         """The embedded timestep, exactly as the driver had it (value and dtype)."""

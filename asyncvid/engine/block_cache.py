@@ -3,13 +3,17 @@
 First Block Cache (ParaAttention; diffusers' ``FirstBlockCacheConfig``) computes the first transformer
 block, compares its residual with the one of the last fully computed step, and when the relative
 mean absolute change is at most ``threshold`` skips every later block, adding their residual from
-that step instead. With stages the blocks are spread over ranks, so the decision is taken once, by
-the stage that holds the first block, and travels *with the state* it applies to (one byte after
-the carried tensors). Every stage then either computes its blocks (and keeps their residual, its
-output minus its input over the cached span) or adds the residual it kept. The residuals of the
-stages telescope to the whole model's, so with every step sequential this equals the cache alone;
-in asynchronous rounds each stage applies the decision taken for the data it received, and a
-skipping stage waits on nobody.
+that step instead. With stages the blocks are spread over ranks, so the decision is measured once,
+by the stage that holds the first block, and every stage either computes its blocks (and keeps
+their residual, its output minus its input over the cached span) or adds the residual it kept.
+
+* Sequential (warm-up) rounds: the decision travels *with the state* it applies to (one byte after
+  the carried tensors). The stages' residuals telescope to the whole model's, so with every step
+  sequential this equals the cache alone.
+* Parallel rounds: every stage applies the decision measured in the round before, which the step
+  message carries, so all stages skip in the same rounds and nobody waits for the first block (had
+  each stage followed its own data's decision, a skip pattern such as skip-compute-skip would make
+  some stage compute in every round, and a round is as slow as its slowest stage).
 
 The engine knows only unit indices: ``first`` (the unit whose residual decides), ``end`` (one past
 the last unit that may be skipped). Units before ``first`` and from ``end`` on always run.
@@ -47,6 +51,8 @@ class CacheState:
     skipped: int = 0
     computed: int = 0
     decisions: tuple[bool, ...] = ()  # per round, the decision this stage applied (a new tuple each time)
+    measured: tuple[bool, ...] = ()  # the deciding stage: per round, what its first block said
+    pending: bool = False  # the deciding stage: the decision for the next parallel round
 
     def decide(self, residual: torch.Tensor, threshold: float) -> bool:
         """True: skip (the first block's residual moved by at most ``threshold``, relative)."""
@@ -61,9 +67,9 @@ class CacheState:
 
 def run_cached(cache: BlockCache, units: list[Unit], start: int, ctx, state: Carried, st: CacheState,
                skip: bool | None) -> Carried:
-    """This stage's units (global indices from ``start``) under the cache; ``skip`` is the decision that
-    came with ``state`` (None on the stage that holds the first unit: it decides). Returns the output
-    with ``skipped`` set to the decision, for the next stage."""
+    """This stage's units (global indices from ``start``) under the cache, applying ``skip`` (None on the
+    stage that holds the first unit in a sequential round: it applies what it measures now). Returns
+    the output with ``skipped`` set to the decision applied, for the next stage."""
     index = range(start, start + len(units))
     pre = [u for i, u in zip(index, units) if i < cache.first]
     head = [u for i, u in zip(index, units) if i == cache.first]
@@ -73,7 +79,9 @@ def run_cached(cache: BlockCache, units: list[Unit], start: int, ctx, state: Car
     if head:
         before = state.h
         state = head[0].run(ctx, state)
-        skip = st.decide(state.h - before, cache.threshold)
+        measured = st.decide(state.h - before, cache.threshold)
+        st.measured, st.pending = st.measured + (measured,), measured
+        skip = measured if skip is None else skip
     elif skip is None:
         raise AsyncVidError("a stage after the first block received no cache decision")
     st.decisions = st.decisions + (bool(skip),)

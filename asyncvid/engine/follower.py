@@ -121,12 +121,15 @@ class FollowerMixin:
                 self.speculation["dropped"] += guess is not None
                 if guess is not None:
                     guess.drop()
-                out = self._compute(stream, timestep, self._stale_input(stream, message.step), extras)
+                out = self._compute(stream, timestep, self._stale_input(stream, message.step), extras,
+                                    skip=message.skips_blocks)
             if not action.last_round:
                 pending = stream.links["recv_prev"].irecv()
         self._send_on(stream, action, out)
         self.phases.mark("send")
-        ahead = self._next_work(message) if self.options.speculate and not extras else None
+        # no speculation under the block cache: the round's decision comes with the message, and a
+        # worker busy with a guess would hold up a round in which every stage skips
+        ahead = self._next_work(message) if self.options.speculate and not extras and self.options.cache is None else None
         if pending is not None:
             self._received(stream, message.step, pending.wait())
             self.phases.mark("wait for input")

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from ..distributed.protocol import Op, StepMessage, extras_mask
+from ..distributed.protocol import CACHE_COMPUTE, CACHE_NONE, CACHE_SKIP, Op, StepMessage, extras_mask
 from ..distributed.topology import Topology
 from ..distributed.transport import StateLink, Traffic, link_tag, send_message, send_tree
 from ..distributed.watchdog import WATCH, watched
@@ -109,33 +109,38 @@ class StageRuntime(FollowerMixin):
         cond = stream.cond if not extras else {**stream.cond, **extras}
         return self.adapter.context(stream.sample_shape, timestep, cond)
 
-    def _compute(self, stream: _CallStream, timestep: torch.Tensor, state: Carried, extras=None, ctx=None) -> Carried:
+    def _compute(self, stream: _CallStream, timestep: torch.Tensor, state: Carried, extras=None, ctx=None,
+                 skip: bool | None = None) -> Carried:
         if ctx is None:
             ctx = self._context(stream, timestep, extras)
         if self.simulated is not None:
             self.simulated.batch = stream.sample_shape[0]
         self.phases.mark("context")
         if self.local_setup is None:
-            out = self._run(stream, ctx, state)
+            out = self._run(stream, ctx, state, skip)
         else:
             with self.adapter.module_setup_applied(self.local_setup):
-                out = self._run(stream, ctx, state)
+                out = self._run(stream, ctx, state, skip)
         self.phases.mark("compute")
         return out
 
-    def _run(self, stream: _CallStream, ctx, state: Carried) -> Carried:
+    def _run(self, stream: _CallStream, ctx, state: Carried, skip: bool | None) -> Carried:
+        """``skip``: the block cache's decision to apply (None: the driver's own, or the one that came
+        with the state in a sequential round)."""
         cache = self.options.cache
         if cache is None:
             return run_units(self.units, ctx, state)
-        return run_cached(cache, self.units, self.first_unit, ctx, state, stream.cache,
-                          None if self.stage == 0 else stream.prev_skip)
+        if skip is None and self.stage > 0:
+            skip = stream.prev_skip
+        return run_cached(cache, self.units, self.first_unit, ctx, state, stream.cache, skip)
 
     def cache_counts(self) -> dict:
         """Block cache: this rank's skipped and computed spans over every call tag of the last pass, and
         per call tag the decision it applied in each round."""
         return {"skipped": sum(s.cache.skipped for s in self.streams.values()),
                 "computed": sum(s.cache.computed for s in self.streams.values()),
-                "decisions": {tag: s.cache.decisions for tag, s in sorted(self.streams.items())}}
+                "decisions": {tag: s.cache.decisions for tag, s in sorted(self.streams.items())},
+                "measured": {tag: s.cache.measured for tag, s in sorted(self.streams.items())}}
 
     def _send_on(self, stream: _CallStream, action: StepAction, out: Carried) -> None:
         for name in ("send_next", "send_eps"):
@@ -223,15 +228,19 @@ class StageRuntime(FollowerMixin):
             stream.cond_version = stream.version.version
             tree = {"cond": call.cond, "shape": tuple(call.sample.shape)}
         routed = route(call.extras, self.extras_consumers) if call.extras else {}
+        skip = None  # the block cache: a parallel round applies what the round before measured, on every stage
+        if self.options.cache is not None and action.kind != SEQUENTIAL:
+            skip = stream.cache.pending
         message = StepMessage(Op.STEP, step, action.t_index, tag, stream.cond_version,
-                              extras_mask(k for k in routed if k > 0), timestep_dtype=timestep.dtype, total=self.total)
+                              extras_mask(k for k in routed if k > 0), timestep_dtype=timestep.dtype, total=self.total,
+                              cache=CACHE_NONE if skip is None else CACHE_SKIP if skip else CACHE_COMPUTE)
         self.phases.mark("schedule")
         if self.worker_ranks:
             self._tell_workers(message, timestep, tree, extras=routed)
             self.phases.mark("step message")
         before = self.traffic.activation
         self.calls_with_extras += 0 in routed
-        out = self._compute(stream, timestep, self.adapter.input_state(call.sample), routed.get(0))
+        out = self._compute(stream, timestep, self.adapter.input_state(call.sample), routed.get(0), skip=skip)
         self._send_on(stream, action, out)
         self.phases.mark("send")
         if "recv_eps" in stream.links:

@@ -40,18 +40,23 @@ def _render_seed(runner, pipe, prompts: list[str], seed: int, call: dict) -> lis
 
 
 def render_rank(model: str, prompts: list[str], seeds: list[int], call: dict, config: tuple[int, int, int] | None,
-                out_path: str, dtype: str = "float32", forecasts: tuple[str, ...] = ("none",)) -> None:
+                out_path: str, dtype: str = "float32", forecasts: tuple[str, ...] = ("none",),
+                stacks: tuple[str, ...] = ("none",)) -> None:
     """Runs on every rank: render ``prompts`` for each seed (:func:`_render_seed`) and, on the
     driver, save the clips (seed-major) to ``out_path``. ``config`` None = the untouched pipeline.
     With several ``forecasts`` the same ranks render the configuration once per forecast, in order,
-    into ``out_path`` with ``-0``, ``-1``, ... before its extension."""
+    into ``out_path`` with ``-0``, ``-1``, ... before its extension; with several ``stacks``
+    (``bench/stack.py``) once per (forecast, stack), forecast-major."""
     import torch
 
+    from ..bench.stack import apply_stack
     from ..catalog.pipelines import build_pipeline, profile_shape, vae_scale
     from ..distributed.env import default_device
 
-    for i, forecast in enumerate(forecasts if config is not None else ("none",)):
+    variants = [(f, s) for f in forecasts for s in stacks] if config is not None else [("none", "none")]
+    for i, (forecast, stack) in enumerate(variants):
         pipe = build_pipeline(model).to(device=default_device(), dtype=getattr(torch, dtype))
+        apply_stack(pipe, stack)
         pipe.set_progress_bar_config(disable=True)
         runner, driver = pipe, True
         if config is not None:
@@ -168,8 +173,9 @@ def forecast_pivot(report: dict) -> str:
 def config_label(row: dict) -> str:
     """``N=2 S=1 warm-up 1`` (and ``, forecast linear`` when the row has one)."""
     label = f"N={row['stages']} S={row['stride']} warm-up {row['warmup']}"
-    forecast = row.get("forecast", "none")
-    return label if forecast == "none" else f"{label}, forecast {forecast}"
+    forecast, stack = row.get("forecast", "none"), row.get("stack", "none")
+    label = label if forecast == "none" else f"{label}, forecast {forecast}"
+    return label if stack == "none" else f"{label} + {stack}"
 
 
 def _adh(adh) -> str:
@@ -181,9 +187,9 @@ def _adh(adh) -> str:
 def run_fidelity(model: str, configs: list[tuple[int, int, int]], prompts: list[str], seeds: list[int], steps: int,
                  guidance: float, frames: int, size: int, bench: dict | None = None, clip_dir: str | None = None,
                  lpips: bool = True, shapes_world: bool = False, log=print, dtype: str = "float32",
-                 forecasts: tuple[str, ...] = ("none",)) -> dict:
-    """The sequential reference, then every configuration on its own local ranks (once per forecast,
-    on the same ranks); scored and paired with its speed. Returns the report (JSON-safe except for
+                 forecasts: tuple[str, ...] = ("none",), stacks: tuple[str, ...] = ("none",)) -> dict:
+    """The sequential reference (untouched: nothing stacked), then every configuration on its own local
+    ranks (once per forecast and stack, on the same ranks); scored and paired with its speed. Returns the report (JSON-safe except for
     ``inf``, see :func:`fidelity.finite`)."""
     import tempfile
 
@@ -196,7 +202,7 @@ def run_fidelity(model: str, configs: list[tuple[int, int, int]], prompts: list[
     clip_prompts = [p for _ in seeds for p in prompts]  # seed-major, like the saved clips
     profile = (bench or {}).get("profile")
     report = {"model": model, "prompts": prompts, "seeds": seeds, "call": call, "dtype": dtype,
-              "forecasts": list(forecasts), "configs": []}
+              "forecasts": list(forecasts), "stacks": list(stacks), "configs": []}
     with tempfile.TemporaryDirectory(prefix="asyncvid-fidelity-") as tmp:
         ref_path = os.path.join(tmp, "sequential.npz")
         launch_local(render_rank, 1, model, prompts, seeds, call, None, ref_path, dtype, threads_per_rank=cores)
@@ -220,13 +226,14 @@ def run_fidelity(model: str, configs: list[tuple[int, int, int]], prompts: list[
             each against ``ref``."""
             path = os.path.join(tmp, "run.npz")
             own = tuple(forecasts) if config[0] > 1 else ("none",)  # one stage is never stale
-            launch_local(render_rank, config[0], model, prompts, seeds, call, config, path, dtype, own)
+            launch_local(render_rank, config[0], model, prompts, seeds, call, config, path, dtype, own, tuple(stacks))
             speedup, source = speed_for(config, bench, profile, steps, cores)
             rows = []
-            for i, forecast in enumerate(own):
+            for i, (forecast, stack) in enumerate((f, s) for f in own for s in stacks):
                 metrics = score(ref, np.load(forecast_path(path, i))["clips"], clip_prompts, perceptual, clip_dir,
                                 shapes_world)
-                row = dict(stages=config[0], stride=config[1], warmup=config[2], forecast=forecast, speedup=speedup,
+                row = dict(stages=config[0], stride=config[1], warmup=config[2], forecast=forecast, stack=stack,
+                           speedup=speedup if stack == "none" else None,
                            speed_source=source, shares_cores=config[0] > cores, metrics=metrics)
                 log(f"{config_label(row)}: PSNR {metrics['psnr_db']:.2f} dB, SSIM {metrics['ssim']:.4f}, speedup "
                     f"{speedup if speedup is None else round(speedup, 2)} ({source})")
@@ -234,7 +241,7 @@ def run_fidelity(model: str, configs: list[tuple[int, int, int]], prompts: list[
                 advance()
             return rows
 
-        renders = sum(len(forecasts) if c[0] > 1 else 1 for c in configs)
+        renders = sum(len(forecasts) * len(stacks) if c[0] > 1 else len(stacks) for c in configs)
         with progress(renders, "configurations") as advance:
             for config in configs:
                 report["configs"] += score_config(config, advance)

@@ -117,6 +117,17 @@ def refuse_unsupported(model: torch.nn.Module, attr: str) -> None:
                             "unquantized (each rank holds only its stage's weights)")
 
 
+def compute_dtype(model: torch.nn.Module) -> torch.dtype:
+    """The dtype ``model`` computes in: its weights' (``model.dtype``), or with diffusers' layerwise
+    casting (weights stored in float8, cast per layer) the dtype the layers are cast to."""
+    for module in model.modules():
+        registry = getattr(module, "_diffusers_hook", None)
+        hook = registry.get_hook("layerwise_casting") if registry is not None else None
+        if hook is not None:
+            return hook.compute_dtype
+    return model.dtype
+
+
 def compile_stage(adapter, plan, stage: int, options) -> list[str]:
     """torch.compile each module of this rank's units in place (``nn.Module.compile``), with ``options``
     (True or a dict of torch.compile's keyword arguments); returns the compiled module names. The

@@ -28,7 +28,7 @@ from ..models import adapter_for
 from ..optional import optional
 from ..planner.profile import cut_bytes, unit_costs
 from . import hook
-from .compat import compile_stage, prepare_denoisers
+from .compat import compile_stage, compute_dtype, prepare_denoisers
 from .driver_work import driver_seconds
 from .experts import assemble_experts
 from .placement import gather_weights, release_weights
@@ -278,7 +278,7 @@ def parallelize(pipe, stages: int = 2, stride: int = 1, warmup: int = 1, split="
     adapters = [adapter_for(d) for d in denoisers]
     adapter = adapters[0]
     shape = ProfileShape.parse(profile_shape, cfg)
-    plan = choose_split(adapter, split, stages, topo, device, shape, denoisers[0].dtype,
+    plan = choose_split(adapter, split, stages, topo, device, shape, compute_dtype(denoisers[0]),
                         driver_work=lambda *shape: driver_seconds(pipe, adapter, *shape), simulate=simulate)
     cache = stacked.block_cache(adapter, "unet" if getattr(pipe, "unet", None) is not None else "transformer")
     if cache is not None:

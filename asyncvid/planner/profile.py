@@ -85,6 +85,19 @@ def _time_unit(unit, ctx, state, reps):
     return result, (now(device) - start) / reps
 
 
+def _cast_for_compute(model: torch.nn.Module) -> dict[str, torch.dtype]:
+    """Parameters stored in one dtype and computed in another (diffusers' layerwise casting keeps
+    weights in float8 and casts each layer as it runs): name -> the dtype they compute in."""
+    out = {}
+    for prefix, module in model.named_modules():
+        registry = getattr(module, "_diffusers_hook", None)
+        hook = registry.get_hook("layerwise_casting") if registry is not None else None
+        if hook is not None:
+            for name, _ in module.named_parameters(recurse=False):
+                out[f"{prefix}.{name}" if prefix else name] = hook.compute_dtype
+    return out
+
+
 @torch.no_grad()
 def cut_bytes(adapter_cls: type[StageAdapter], unet: torch.nn.Module, call: DenoiserCall) -> list[int]:
     """Bytes of the carried state after each unit, computed on the meta device."""
@@ -95,10 +108,11 @@ def cut_bytes(adapter_cls: type[StageAdapter], unet: torch.nn.Module, call: Deno
     meta_unet.to("meta")  # some layers build tensors with legacy constructors that ignore the default device
     # the same dtype per tensor as the real model (fp16/bf16 pipelines; modules kept in fp32 stay so);
     # buffers too: a float32 positional table would promote a half hidden state
-    real = {**dict(unet.named_parameters()), **dict(unet.named_buffers())}
+    real = {name: t.dtype for name, t in [*unet.named_parameters(), *unet.named_buffers()]}
+    real.update(_cast_for_compute(unet))
     for name, t in [*meta_unet.named_parameters(), *meta_unet.named_buffers()]:
-        if name in real and t.dtype != real[name].dtype:
-            t.data = t.data.to(real[name].dtype)
+        if name in real and t.dtype != real[name]:
+            t.data = t.data.to(real[name])
     to_meta = lambda x: x.to("meta") if torch.is_tensor(x) else x  # noqa: E731
     meta_call = DenoiserCall(*tree_map(to_meta, (call.sample, call.timestep, call.cond)), call.return_dict)
     sizes, _ = _walk(adapter_cls(meta_unet), meta_call, timed=False)

@@ -103,3 +103,61 @@ def fbc_staged(threshold: float, options: dict):
     undone = ppipe.undo()
     restored = undone.transformer.is_cache_enabled if undone is not None else None
     return {"frames": out.frames, "counts": everyone, "restored": restored} if out is not None else None
+
+
+def lora_changes_after_parallelize(lora_dir: str, options: dict):
+    """Every rank: a LoRA pipeline through parallelize; the driver renders, fuses the LoRA (refused in
+    one line at the next call), unfuses, renders, loads a second LoRA (refused), deletes it, renders."""
+    from _variants import call_of, prepared
+    from asyncvid.utils import one_line
+
+    ppipe = asyncvid.parallelize(prepared("t2v", "lora", lora_dir), **options)
+    if not ppipe.is_driver:
+        for _ in range(5):
+            ppipe(None)
+        return None
+    call = call_of("t2v", "lora")
+
+    def render():
+        try:
+            return ppipe(**call, generator=torch.Generator().manual_seed(0)).frames
+        except Exception as exc:  # noqa: BLE001 - the line is the result
+            return one_line(exc)
+
+    pipe = ppipe.pipe
+    out = {"first": render()}
+    pipe.fuse_lora()
+    out["fused"] = render()
+    pipe.unfuse_lora()
+    out["unfused"] = render()
+    pipe.load_lora_weights(lora_dir, adapter_name="second")
+    out["loaded"] = render()
+    pipe.delete_adapters("second")
+    out["deleted"] = render()
+    return out
+
+
+def layerwise_pipeline():
+    """The tiny Wan pipeline with diffusers' layerwise casting: weights stored in float8, computed in float32."""
+    pipe = build_wan_pipeline("t2v", seed=0)
+    pipe.transformer.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=torch.float32)
+    return pipe, wan_call("t2v", pipe, steps=3)
+
+
+def layerwise_sequential():
+    pipe, call = layerwise_pipeline()
+    return pipe(**call, generator=torch.Generator().manual_seed(0)).frames
+
+
+def layerwise_staged(options: dict):
+    """Every rank: the layerwise-cast pipeline through parallelize; rank 0 returns the frames and every
+    rank's bytes of transformer weights held (float8 storage: a quarter of float32)."""
+    from asyncvid.pipelines.placement import materialized_parameters
+
+    pipe, call = layerwise_pipeline()
+    ppipe = asyncvid.parallelize(pipe, **options)
+    out = ppipe(**call, generator=torch.Generator().manual_seed(0))
+    held = sum(p.numel() * p.element_size() for p in pipe.transformer.parameters() if p.device.type != "meta")
+    everyone = [None] * ppipe.topo.world_size
+    torch.distributed.all_gather_object(everyone, (held, materialized_parameters(pipe.transformer)))
+    return {"frames": out.frames, "held": everyone} if out is not None else None

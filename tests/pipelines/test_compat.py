@@ -27,6 +27,7 @@ JOBS = {
     "wan repeated": ("_compat.staged", ("wan", "repeated", EXACT)),
     "fbc exact": ("_compat.fbc_staged", (C.THRESHOLD, dict(stages=2, warmup=C.CACHE_STEPS))),
     "fbc async": ("_compat.fbc_staged", (C.THRESHOLD, dict(stages=2, warmup=1))),
+    "layerwise": ("_compat.layerwise_staged", (EXACT,)),
 }
 
 
@@ -34,10 +35,18 @@ multiprocess = pytest.mark.multiprocess
 
 
 @pytest.fixture(scope="module")
-def runs():
+def lora_dir(tmp_path_factory):
+    import _variants
+
+    return _variants.lora_file(str(tmp_path_factory.mktemp("lora")))
+
+
+@pytest.fixture(scope="module")
+def runs(lora_dir):
     import _workers
 
-    return dict(zip(JOBS, launch_local(_workers.run_many, 2, list(JOBS.values()), timeout=900)))
+    jobs = dict(JOBS, lora=("_compat.lora_changes_after_parallelize", (lora_dir, dict(stages=2, warmup=1))))
+    return dict(zip(jobs, launch_local(_workers.run_many, 2, list(jobs.values()), timeout=900)))
 
 
 @memo
@@ -136,13 +145,37 @@ def test_first_block_cache_with_sequential_stages_equals_the_cache_alone(runs):
 
 
 @multiprocess
-def test_first_block_cache_decisions_travel_with_the_state(runs):
-    """Asynchronous: stage 1 applies, in each round, the decision taken for the data it received: the
-    warm-up round's own, then the driver's of the round before."""
+def test_first_block_cache_stages_skip_together_in_parallel_rounds(runs):
+    """Asynchronous: the warm-up round applies its own decision; every later round, on every stage,
+    the one the driver's first block measured in the round before (carried by the step message)."""
     driver, worker = runs["fbc async"]["counts"]
     assert set(driver["decisions"]) == {0, 1}
-    for tag, decided in driver["decisions"].items():
-        assert len(decided) == C.CACHE_STEPS and any(decided) and not decided[0]
-        assert worker["decisions"][tag] == (decided[0], *decided[:-1])
-    assert worker["skipped"] == sum(sum(d[:-1]) for d in driver["decisions"].values())
+    for tag, measured in driver["measured"].items():
+        assert len(measured) == C.CACHE_STEPS and any(measured[:-1]) and not measured[0]
+        assert driver["decisions"][tag] == (measured[0], *measured[:-1])
+        assert worker["decisions"][tag] == driver["decisions"][tag]
+    assert worker["skipped"] == driver["skipped"] > 0
     assert float(np.abs(runs["fbc async"]["frames"] - fbc_sequential(C.THRESHOLD)[0]).max()) > 1e-4
+
+
+@multiprocess
+def test_lora_weights_changed_after_parallelize_are_refused_in_one_line_and_the_next_call_works(runs):
+    """set_adapters scales travel to every rank (tests/pipelines/test_every_pipeline.py); fused or newly
+    loaded LoRA weights would not: the call after such a change is refused, the workers stay in step."""
+    out = runs["lora"]
+    for change, what in (("fused", "['motion']"), ("loaded", "")):
+        assert isinstance(out[change], str) and "\n" not in out[change]
+        assert "changed after parallelize" in out[change] and what in out[change]
+    for later in ("unfused", "deleted"):
+        assert float(np.abs(np.asarray(out[later]) - np.asarray(out["first"])).max()) <= 1e-4
+
+
+@multiprocess
+def test_layerwise_casting_runs_on_every_rank_and_equals_the_cast_pipeline(runs):
+    """enable_layerwise_casting's hooks sit on the blocks' own layers, so each rank's stage keeps them:
+    float8 weights held on every rank, computed in float32, equal to the one-process run."""
+    torch.set_num_threads(1)
+    run = runs["layerwise"]
+    assert float(np.abs(run["frames"] - C.layerwise_sequential()).max()) <= 1e-4
+    for held_bytes, held_params in run["held"]:
+        assert held_bytes < 4 * held_params  # some of it float8 (1 byte per weight), not all float32 (4)
