@@ -10,7 +10,7 @@ their residual, its output minus its input over the cached span) or adds the res
 * Sequential (warm-up) rounds: the decision travels *with the state* it applies to (one byte after
   the carried tensors). The stages' residuals telescope to the whole model's, so with every step
   sequential this equals the cache alone.
-* Parallel rounds: every stage applies the decision measured in the round before, which the step
+* Parallel rounds (two stages or more): every stage applies the decision measured in the round before, which the step
   message carries, so all stages skip in the same rounds and nobody waits for the first block (had
   each stage followed its own data's decision, a skip pattern such as skip-compute-skip would make
   some stage compute in every round, and a round is as slow as its slowest stage).

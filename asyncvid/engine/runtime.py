@@ -229,8 +229,8 @@ class StageRuntime(FollowerMixin):
             tree = {"cond": call.cond, "shape": tuple(call.sample.shape)}
         routed = route(call.extras, self.extras_consumers) if call.extras else {}
         skip = None  # the block cache: a parallel round applies what the round before measured, on every stage
-        if self.options.cache is not None and action.kind != SEQUENTIAL:
-            skip = stream.cache.pending
+        if self.options.cache is not None and action.kind != SEQUENTIAL and self.n_stages > 1:
+            skip = stream.cache.pending  # (one stage: nothing to align, it applies what it measures, as diffusers)
         message = StepMessage(Op.STEP, step, action.t_index, tag, stream.cond_version,
                               extras_mask(k for k in routed if k > 0), timestep_dtype=timestep.dtype, total=self.total,
                               cache=CACHE_NONE if skip is None else CACHE_SKIP if skip else CACHE_COMPUTE)

@@ -179,3 +179,12 @@ def test_layerwise_casting_runs_on_every_rank_and_equals_the_cast_pipeline(runs)
     assert float(np.abs(run["frames"] - C.layerwise_sequential()).max()) <= 1e-4
     for held_bytes, held_params in run["held"]:
         assert held_bytes < 4 * held_params  # some of it float8 (1 byte per weight), not all float32 (4)
+
+
+@multiprocess
+def test_first_block_cache_on_one_stage_equals_the_cache_alone():
+    """One stage has no one to skip with: it applies what it measures in every round, as diffusers does."""
+    cached, full_calls = fbc_sequential(C.THRESHOLD)
+    run = launch_local(C.fbc_staged, 1, C.THRESHOLD, dict(stages=1))
+    assert float(np.abs(run["frames"] - cached).max()) <= 1e-4
+    assert run["counts"][0]["computed"] == full_calls and run["restored"] is True
