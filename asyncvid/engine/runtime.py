@@ -34,7 +34,7 @@ from .simulate import CostTable, SimulatedDevice
 from .split import SplitPlan
 from .follower import FollowerMixin, _CallStream
 from .forecast import History
-from .block_cache import CacheState, run_cached
+from .block_cache import FIRST_BLOCK, CacheState, run_cached
 from .units import Carried, run_units
 
 
@@ -229,8 +229,9 @@ class StageRuntime(FollowerMixin):
             tree = {"cond": call.cond, "shape": tuple(call.sample.shape)}
         routed = route(call.extras, self.extras_consumers) if call.extras else {}
         skip = None  # the block cache: a parallel round applies what the round before measured, on every stage
-        if self.options.cache is not None and action.kind != SEQUENTIAL and self.n_stages > 1:
-            skip = stream.cache.pending  # (one stage: nothing to align, it applies what it measures, as diffusers)
+        cache = self.options.cache
+        if cache is not None and cache.rule == FIRST_BLOCK and action.kind != SEQUENTIAL and self.n_stages > 1:
+            skip = stream.cache.pending  # (one stage: nothing to align, it applies what it measures, as the cache alone)
         message = StepMessage(Op.STEP, step, action.t_index, tag, stream.cond_version,
                               extras_mask(k for k in routed if k > 0), timestep_dtype=timestep.dtype, total=self.total,
                               cache=CACHE_NONE if skip is None else CACHE_SKIP if skip else CACHE_COMPUTE)

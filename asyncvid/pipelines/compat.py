@@ -9,12 +9,12 @@ Every rank holds the same pipeline, so every rank refuses alike and none is left
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 
-from ..engine.block_cache import BlockCache
+from ..engine.block_cache import MAGNITUDE, BlockCache
 from ..errors import AsyncVidError
 
 #: diffusers' hook names (``diffusers/hooks/*.py``) -> the feature a user turned on
@@ -30,6 +30,18 @@ OFFLOAD_HOOKS = {"group_offloading": "group offloading (enable_group_offload)",
                  "lazy_prefetch_group_offloading": "group offloading (enable_group_offload)"}
 
 
+def denoisers_of(pipe) -> list[torch.nn.Module]:
+    """The pipeline's denoiser: ``pipe.unet`` (AnimateDiff, SVD) or ``pipe.transformer`` (Wan); two for
+    a pipeline with two experts (Wan 2.2 A14B: ``transformer`` and ``transformer_2``)."""
+    unet = getattr(pipe, "unet", None)
+    if unet is not None:
+        return [unet]
+    experts = [m for m in (getattr(pipe, "transformer", None), getattr(pipe, "transformer_2", None)) if m is not None]
+    if not experts:
+        raise AsyncVidError(f"{type(pipe).__name__} has no denoiser to parallelize (no unet or transformer)")
+    return experts
+
+
 def _compiled(module) -> bool:
     return isinstance(module, torch._dynamo.eval_frame.OptimizedModule)
 
@@ -42,18 +54,33 @@ class Stacked:
     """What :func:`prepare_denoisers` found: compile options, and diffusers cache configs taken over."""
 
     compile: Any = None  # None: no compile; True or torch.compile's keyword arguments
-    caches: dict[str, Any] = field(default_factory=dict)  # pipeline attribute -> FirstBlockCacheConfig
+    caches: dict[str, Any] = field(default_factory=dict)  # pipeline attribute -> First Block / Mag cache config
 
     def block_cache(self, adapter, attr: str) -> BlockCache | None:
-        """The engine's block cache for a denoiser whose FirstBlockCache asyncvid took over."""
+        """The engine's block cache for a denoiser whose First Block or Mag cache asyncvid took over."""
         config = self.caches.get(attr)
         if config is None:
             return None
         blocks = [i for i, unit in enumerate(adapter.units()) if BLOCK_UNIT.match(unit.name)]
         if len(blocks) < 2:
-            raise AsyncVidError(f"FirstBlockCacheConfig on pipe.{attr} ({type(adapter.model).__name__}): asyncvid "
+            raise AsyncVidError(f"{type(config).__name__} on pipe.{attr} ({type(adapter.model).__name__}): asyncvid "
                                 "finds no transformer blocks to cache")
+        if type(config).__name__ == "MagCacheConfig":
+            return BlockCache(config.threshold, blocks[0], blocks[-1] + 1, MAGNITUDE, config.mag_ratios,
+                              config.max_skip_steps, int(config.retention_ratio * config.num_inference_steps + 0.5),
+                              config.num_inference_steps)
         return BlockCache(float(config.threshold), blocks[0], blocks[-1] + 1)
+
+    def options_for(self, options, adapter, plan, attr: str):
+        """``options`` with the block cache of the denoiser at ``attr``, if asyncvid took one over."""
+        cache = self.block_cache(adapter, attr)
+        if cache is None:
+            return options
+        a, b = plan.ranges[0]
+        if not a <= cache.first < b:
+            raise AsyncVidError(f"{type(self.caches[attr]).__name__} needs the first block on the driver's stage: "
+                                f"give stage 0 at least {plan.unit_names[cache.first]}")
+        return replace(options, cache=cache)
 
     def restore(self, pipe) -> None:
         """Give the caches back to diffusers (``ParallelPipeline.undo``)."""
@@ -62,9 +89,9 @@ class Stacked:
 
 
 def prepare_denoisers(pipe, compile_options) -> Stacked:
-    """Unwrap torch.compile'd denoisers (``pipe.unet = torch.compile(pipe.unet)``), take over a
-    FirstBlockCache (the engine runs it across the stages: ``engine/block_cache.py``), refuse what does
-    not combine with stages."""
+    """Unwrap torch.compile'd denoisers (``pipe.unet = torch.compile(pipe.unet)``), take over a First
+    Block or Mag cache (the engine runs it across the stages: ``engine/block_cache.py``), refuse what
+    does not combine with stages."""
     found = Stacked(compile_options)
     for attr in ("unet", "transformer", "transformer_2"):
         module = getattr(pipe, attr, None)
@@ -77,10 +104,14 @@ def prepare_denoisers(pipe, compile_options) -> Stacked:
         if module is None:
             continue
         config = getattr(module, "_cache_config", None)
-        if type(config).__name__ == "FirstBlockCacheConfig":
+        kind = type(config).__name__
+        if kind in ("FirstBlockCacheConfig", "MagCacheConfig"):
             if getattr(pipe, "transformer_2", None) is not None:
-                raise AsyncVidError("FirstBlockCacheConfig with two experts (transformer and transformer_2) is not "
+                raise AsyncVidError(f"{kind} with two experts (transformer and transformer_2) is not "
                                     "supported by asyncvid yet: disable_cache() on both before parallelize")
+            if getattr(config, "calibrate", False):
+                raise AsyncVidError("MagCacheConfig(calibrate=True) with asyncvid: calibrate on the untouched pipeline "
+                                    "(it skips nothing), then pass the printed mag_ratios")
             module.disable_cache()  # its hooks leave the blocks; the engine decides for every stage
             found.caches[attr] = config
         refuse_unsupported(module, attr)

@@ -7,7 +7,7 @@ the same call serves the driver's denoising loop and returns ``None``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -28,7 +28,7 @@ from ..models import adapter_for
 from ..optional import optional
 from ..planner.profile import cut_bytes, unit_costs
 from . import hook
-from .compat import compile_stage, compute_dtype, prepare_denoisers
+from .compat import compile_stage, compute_dtype, denoisers_of, prepare_denoisers
 from .driver_work import driver_seconds
 from .experts import assemble_experts
 from .placement import gather_weights, release_weights
@@ -120,18 +120,6 @@ def parameter_costs(adapter) -> list[float]:
     model = adapter.model
     return [float(max(1, sum(p.numel() for name in unit.modules for p in model.get_submodule(name).parameters())))
             for unit in adapter.units()]
-
-
-def denoisers_of(pipe) -> list[torch.nn.Module]:
-    """The pipeline's denoiser: ``pipe.unet`` (AnimateDiff, SVD) or ``pipe.transformer`` (Wan); two for
-    a pipeline with two experts (Wan 2.2 A14B: ``transformer`` and ``transformer_2``)."""
-    unet = getattr(pipe, "unet", None)
-    if unet is not None:
-        return [unet]
-    experts = [m for m in (getattr(pipe, "transformer", None), getattr(pipe, "transformer_2", None)) if m is not None]
-    if not experts:
-        raise AsyncVidError(f"{type(pipe).__name__} has no denoiser to parallelize (no unet or transformer)")
-    return experts
 
 
 class ParallelPipeline:
@@ -258,6 +246,10 @@ def parallelize(pipe, stages: int = 2, stride: int = 1, warmup: int = 1, split="
     is extrapolated along the timesteps from the states it received before, instead of used as is
     (``engine/forecast.py``; no extra traffic). ``"none"`` is AsyncDiff's recurrence.
 
+    ``compile`` (True or torch.compile's keyword arguments): each rank compiles its own stage's blocks;
+    a denoiser given compiled is unwrapped and compiled so. What else the pipeline carries (diffusers'
+    caches, offloading, quantization) is taken over or refused in one line: ``pipelines/compat.py``.
+
     ``rank_timeout`` (seconds; default ``$ASYNCVID_RANK_TIMEOUT`` or 60, 0: off) bounds how long a rank
     waits on a peer inside a call: past ``max(rank_timeout, 20 x the slowest step seen)`` every rank
     stops with one line naming the peer (``distributed/watchdog.py``; the first step gets 5 x
@@ -280,13 +272,7 @@ def parallelize(pipe, stages: int = 2, stride: int = 1, warmup: int = 1, split="
     shape = ProfileShape.parse(profile_shape, cfg)
     plan = choose_split(adapter, split, stages, topo, device, shape, compute_dtype(denoisers[0]),
                         driver_work=lambda *shape: driver_seconds(pipe, adapter, *shape), simulate=simulate)
-    cache = stacked.block_cache(adapter, "unet" if getattr(pipe, "unet", None) is not None else "transformer")
-    if cache is not None:
-        a, b = plan.ranges[0]
-        if not a <= cache.first < b:
-            raise AsyncVidError("FirstBlockCache needs the first block on the driver's stage: give stage 0 at least "
-                                f"{plan.unit_names[cache.first]}")
-        options = replace(options, cache=cache)
+    options = stacked.options_for(options, adapter, plan, "unet" if getattr(pipe, "unet", None) is not None else "transformer")
     if len(adapters) > 1:  # both experts on the same split, one runtime each
         if simulate is not None:
             raise AsyncVidError("simulated devices are not supported with two experts (transformer and transformer_2)")

@@ -68,33 +68,43 @@ def with_cache(config_name: str):
 
 CACHE_STEPS = 6
 THRESHOLD = 0.2  # the tiny random Wan skips 8 of its 12 calls' blocks at this threshold
+FBC, MAG = ("fbc", THRESHOLD), ("mag", 0.06)
 
 
-def fbc_pipeline(threshold: float):
-    from diffusers import FirstBlockCacheConfig
+def cache_config(cache):
+    """A cache of diffusers for the tiny Wan: ``("fbc", threshold)`` or ``("mag", threshold)`` (MagCache with
+    flat ratios: after the first step it skips three calls in a row, then computes one)."""
+    from diffusers import FirstBlockCacheConfig, MagCacheConfig
 
+    name, threshold = cache
+    if name == "mag":
+        return MagCacheConfig(threshold=threshold, num_inference_steps=CACHE_STEPS, mag_ratios=[1.0] * CACHE_STEPS)
+    return FirstBlockCacheConfig(threshold=threshold)
+
+
+def fbc_pipeline(cache):
     pipe = build_wan_pipeline("t2v", seed=0)
     call = wan_call("t2v", pipe, steps=CACHE_STEPS)
-    if threshold is not None:
-        pipe.transformer.enable_cache(FirstBlockCacheConfig(threshold=threshold))
+    if cache is not None:
+        pipe.transformer.enable_cache(cache_config(cache))
     return pipe, call
 
 
-def fbc_sequential(threshold: float | None):
-    """Frames of the untouched Wan pipeline with diffusers' FirstBlockCache (None: without), and how
+def fbc_sequential(cache):
+    """Frames of the untouched Wan pipeline with one of diffusers' caches (None: without), and how
     many of its denoiser calls ran every block."""
-    pipe, call = fbc_pipeline(threshold)
+    pipe, call = fbc_pipeline(cache)
     ran = []
-    if threshold is not None:
+    if cache is not None:
         pipe.transformer.blocks[-1].ffn.register_forward_hook(lambda *a: ran.append(1))  # not run when skipped
     frames = pipe(**call, generator=torch.Generator().manual_seed(0)).frames
     return frames, len(ran)
 
 
-def fbc_staged(threshold: float, options: dict):
+def fbc_staged(cache, options: dict):
     """Every rank: the same cached pipeline through parallelize; rank 0 returns frames, every rank's
     cache counts (skipped, computed) and whether undo gave the cache back to diffusers."""
-    pipe, call = fbc_pipeline(threshold)
+    pipe, call = fbc_pipeline(cache)
     ppipe = asyncvid.parallelize(pipe, **options)
     out = ppipe(**call, generator=torch.Generator().manual_seed(0))
     counts = ppipe.runtime.cache_counts()

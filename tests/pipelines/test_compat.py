@@ -25,8 +25,10 @@ JOBS = {
     "unet async": ("_compat.staged", ("animatediff", "none", dict(stages=2, warmup=1, compile=COMPILE))),
     "unet async eager": ("_compat.staged", ("animatediff", "none", dict(stages=2, warmup=1))),
     "wan repeated": ("_compat.staged", ("wan", "repeated", EXACT)),
-    "fbc exact": ("_compat.fbc_staged", (C.THRESHOLD, dict(stages=2, warmup=C.CACHE_STEPS))),
-    "fbc async": ("_compat.fbc_staged", (C.THRESHOLD, dict(stages=2, warmup=1))),
+    "fbc exact": ("_compat.fbc_staged", (C.FBC, dict(stages=2, warmup=C.CACHE_STEPS))),
+    "fbc async": ("_compat.fbc_staged", (C.FBC, dict(stages=2, warmup=1))),
+    "mag exact": ("_compat.fbc_staged", (C.MAG, dict(stages=2, warmup=C.CACHE_STEPS))),
+    "mag async": ("_compat.fbc_staged", (C.MAG, dict(stages=2, warmup=1))),
     "layerwise": ("_compat.layerwise_staged", (EXACT,)),
 }
 
@@ -86,13 +88,11 @@ def test_compiled_asynchronous_stages_equal_eager_ones(runs):
     assert float(np.abs(np.asarray(runs["unet async"]["frames"][0]) - np.asarray(sequential("animatediff", "whole")[0])).max()) > 1e-3
 
 
-CACHES = ["TaylorSeerCacheConfig", "MagCacheConfig", "PyramidAttentionBroadcastConfig",
+CACHES = ["TaylorSeerCacheConfig", "PyramidAttentionBroadcastConfig",
           "FasterCacheConfig"]
 
 
 def _cache_config(name: str):
-    if name == "MagCacheConfig":
-        return diffusers.MagCacheConfig(num_inference_steps=3, mag_ratios=[1.0] * 3)
     if name == "PyramidAttentionBroadcastConfig":
         return diffusers.PyramidAttentionBroadcastConfig(current_timestep_callback=lambda: 500)
     if name == "FasterCacheConfig":
@@ -133,7 +133,7 @@ def fbc_sequential(threshold):
 
 @multiprocess
 def test_first_block_cache_with_sequential_stages_equals_the_cache_alone(runs):
-    cached, full_calls = fbc_sequential(C.THRESHOLD)
+    cached, full_calls = fbc_sequential(C.FBC)
     plain, _ = fbc_sequential(None)
     assert float(np.abs(cached - plain).max()) > 1e-4  # the cache skipped something
     run = runs["fbc exact"]
@@ -155,7 +155,7 @@ def test_first_block_cache_stages_skip_together_in_parallel_rounds(runs):
         assert driver["decisions"][tag] == (measured[0], *measured[:-1])
         assert worker["decisions"][tag] == driver["decisions"][tag]
     assert worker["skipped"] == driver["skipped"] > 0
-    assert float(np.abs(runs["fbc async"]["frames"] - fbc_sequential(C.THRESHOLD)[0]).max()) > 1e-4
+    assert float(np.abs(runs["fbc async"]["frames"] - fbc_sequential(C.FBC)[0]).max()) > 1e-4
 
 
 @multiprocess
@@ -184,7 +184,59 @@ def test_layerwise_casting_runs_on_every_rank_and_equals_the_cast_pipeline(runs)
 @multiprocess
 def test_first_block_cache_on_one_stage_equals_the_cache_alone():
     """One stage has no one to skip with: it applies what it measures in every round, as diffusers does."""
-    cached, full_calls = fbc_sequential(C.THRESHOLD)
-    run = launch_local(C.fbc_staged, 1, C.THRESHOLD, dict(stages=1))
+    cached, full_calls = fbc_sequential(C.FBC)
+    run = launch_local(C.fbc_staged, 1, C.FBC, dict(stages=1))
     assert float(np.abs(run["frames"] - cached).max()) <= 1e-4
     assert run["counts"][0]["computed"] == full_calls and run["restored"] is True
+
+
+def test_a_cache_with_two_experts_is_refused_in_one_line():
+    from asyncvid.catalog.wan import build_wan_pipeline as build
+
+    pipe = build("experts", seed=0)
+    pipe.transformer.enable_cache(diffusers.FirstBlockCacheConfig(threshold=0.1))
+    with pytest.raises(AsyncVidError, match=r"^FirstBlockCacheConfig with two experts .* disable_cache\(\) on both"):
+        parallelize(pipe, stages=2)
+
+
+def test_accelerate_hooks_are_refused_in_one_line():
+    from accelerate.hooks import ModelHook, add_hook_to_module
+
+    pipe = build_wan_pipeline("t2v", seed=0)
+    add_hook_to_module(pipe.transformer.blocks[1], ModelHook())  # what cpu offloading and device maps attach
+    with pytest.raises(AsyncVidError, match=r"^accelerate hooks .* on pipe.transformer \(WanTransformer3DModel\) at blocks.1 "):
+        parallelize(pipe, stages=2)
+
+
+def test_quantized_weights_are_refused_in_one_line():
+    pipe = build_wan_pipeline("t2v", seed=0)
+    pipe.transformer.hf_quantizer = object()  # what diffusers' quantized loading sets on the model
+    with pytest.raises(AsyncVidError, match=r"^quantized weights on pipe.transformer"):
+        parallelize(pipe, stages=2)
+
+
+@multiprocess
+def test_mag_cache_with_sequential_stages_equals_the_cache_alone(runs):
+    cached, full_calls = fbc_sequential(C.MAG)
+    assert full_calls < 2 * C.CACHE_STEPS  # it skipped some calls' blocks
+    run = runs["mag exact"]
+    assert float(np.abs(run["frames"] - cached).max()) <= 1e-4
+    for counts in run["counts"]:
+        assert (counts["skipped"], counts["computed"]) == (2 * C.CACHE_STEPS - full_calls, full_calls)
+
+
+@multiprocess
+def test_mag_cache_stages_decide_alike_in_every_round(runs):
+    """MagCache's rule reads the call count only: every stage takes the same decision for the same
+    round by itself (the first step kept, then three skipped, one computed, per call tag)."""
+    driver, worker = runs["mag async"]["counts"]
+    for tag in (0, 1):
+        assert driver["decisions"][tag] == worker["decisions"][tag] == (False, True, True, True, False, True)
+    assert float(np.abs(runs["mag async"]["frames"] - fbc_sequential(C.MAG)[0]).max()) > 1e-4
+
+
+def test_mag_cache_calibration_is_refused_in_one_line():
+    pipe = build_wan_pipeline("t2v", seed=0)
+    pipe.transformer.enable_cache(diffusers.MagCacheConfig(calibrate=True, num_inference_steps=3))
+    with pytest.raises(AsyncVidError, match=r"^MagCacheConfig\(calibrate=True\) with asyncvid: calibrate on the untouched"):
+        parallelize(pipe, stages=2)
