@@ -16,31 +16,16 @@ This is the forecast's best case: in asynchronous stages the states come from a 
 
 from __future__ import annotations
 
-import argparse
-
 import torch
+
+import _diagnostics
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="shapes-t2v")
-    parser.add_argument("--steps", type=int, default=25)
-    parser.add_argument("--guidance", type=float, default=5.0)
-    parser.add_argument("--frames", type=int, default=8)
-    parser.add_argument("--size", type=int, default=32, help="frame height = width in pixels")
+    parser = _diagnostics.parser(__doc__, "shapes-t2v", frames=8)
     parser.add_argument("--cut", type=float, default=0.5, help="fraction of the units before the cut")
-    parser.add_argument("--prompt", default="a red circle moving left on a black background")
     args = parser.parse_args()
-    torch.set_num_threads(1)
-
-    from asyncvid.catalog.pipelines import build_pipeline, denoiser_of
-    from asyncvid.models import adapter_for
-
-    pipe = build_pipeline(args.model)
-    pipe.set_progress_bar_config(disable=True)
-    model = denoiser_of(pipe)
-    adapter = adapter_for(model)
-    units = adapter.units()
+    pipe, model, adapter, units = _diagnostics.pipeline(args.model)
     head = units[: max(1, round(len(units) * args.cut))]
     seen: dict[int, list] = {}  # call tag -> [(timestep, state tensors)]
     last = {"t": None, "tag": 0}

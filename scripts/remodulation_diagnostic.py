@@ -17,9 +17,9 @@ and re-modulation plus the damped forecast. The open loop is each candidate's be
 
 from __future__ import annotations
 
-import argparse
-
 import torch
+
+import _diagnostics
 
 
 def norm(xs) -> float:
@@ -27,26 +27,11 @@ def norm(xs) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="shapes-wan")
-    parser.add_argument("--steps", type=int, default=25)
-    parser.add_argument("--guidance", type=float, default=5.0)
-    parser.add_argument("--frames", type=int, default=9)
-    parser.add_argument("--size", type=int, default=32, help="frame height = width in pixels")
+    parser = _diagnostics.parser(__doc__, "shapes-wan", frames=9)
     parser.add_argument("--cut", type=float, nargs="+", default=[0.5], help="fractions of the units before the cut")
     parser.add_argument("--seeds", type=int, default=2)
-    parser.add_argument("--prompt", default="a red circle moving left on a black background")
     args = parser.parse_args()
-    torch.set_num_threads(1)
-
-    from asyncvid.catalog.pipelines import build_pipeline, denoiser_of
-    from asyncvid.models import adapter_for
-
-    pipe = build_pipeline(args.model)
-    pipe.set_progress_bar_config(disable=True)
-    model = denoiser_of(pipe)
-    adapter = adapter_for(model)
-    units = adapter.units()
+    pipe, model, adapter, units = _diagnostics.pipeline(args.model)
     for cut in args.cut:
         totals: dict[tuple, list] = {}
         for seed in range(args.seeds):

@@ -12,7 +12,6 @@ call computed again, so the outcome never depends on the guess.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,12 +48,6 @@ class _CallStream:
 class _Speculation:
     key: tuple
     out: Carried
-    stream: _CallStream | None = None
-    cache_before: CacheState | None = None  # the block cache as it was: a dropped guess must not have changed it
-
-    def drop(self) -> None:
-        if self.stream is not None and self.cache_before is not None:
-            self.stream.cache = self.cache_before
 
 
 class FollowerMixin:
@@ -105,8 +98,6 @@ class FollowerMixin:
         before = self.traffic.activation
         pending: PendingState | None = None
         if action.kind == SEQUENTIAL:
-            if guess is not None:
-                guess.drop()
             self._received(stream, message.step, stream.links["recv_prev"].irecv().wait())
             self.phases.mark("wait for input")
             out = self._compute(stream, timestep, stream.prev_input, extras)
@@ -119,8 +110,6 @@ class FollowerMixin:
                 self.speculation["used"] += 1
             else:
                 self.speculation["dropped"] += guess is not None
-                if guess is not None:
-                    guess.drop()
                 out = self._compute(stream, timestep, self._stale_input(stream, message.step), extras,
                                     skip=message.skips_blocks)
             if not action.last_round:
@@ -137,8 +126,7 @@ class FollowerMixin:
         if ahead is None or ahead[1].prev_input is None:
             return None
         key, nxt, timestep, ctx, step = ahead
-        before = copy.copy(nxt.cache)  # its tensors are replaced, never written in place
-        return _Speculation(key, self._compute(nxt, timestep, self._stale_input(nxt, step), ctx=ctx), nxt, before)
+        return _Speculation(key, self._compute(nxt, timestep, self._stale_input(nxt, step), ctx=ctx))
 
     def _received(self, stream: _CallStream, step: int, tensors: list[torch.Tensor]) -> None:
         """The stage before's output of the round at ``step`` is in: the next round's stale input. It is

@@ -16,6 +16,7 @@ import torch
 
 from ..engine.block_cache import MAGNITUDE, BlockCache
 from ..errors import AsyncVidError
+from ..planner.profile import layerwise_compute_dtype
 
 #: diffusers' hook names (``diffusers/hooks/*.py``) -> the feature a user turned on
 CACHE_HOOKS = {
@@ -151,12 +152,8 @@ def refuse_unsupported(model: torch.nn.Module, attr: str) -> None:
 def compute_dtype(model: torch.nn.Module) -> torch.dtype:
     """The dtype ``model`` computes in: its weights' (``model.dtype``), or with diffusers' layerwise
     casting (weights stored in float8, cast per layer) the dtype the layers are cast to."""
-    for module in model.modules():
-        registry = getattr(module, "_diffusers_hook", None)
-        hook = registry.get_hook("layerwise_casting") if registry is not None else None
-        if hook is not None:
-            return hook.compute_dtype
-    return model.dtype
+    cast = (layerwise_compute_dtype(m) for m in model.modules())
+    return next((dtype for dtype in cast if dtype is not None), model.dtype)
 
 
 def compile_stage(adapter, plan, stage: int, options) -> list[str]:

@@ -90,13 +90,12 @@ class StagesHook(ModelHook):
         if not loop.in_pass or (loop.calls_in_step == 0 and loop.step >= self.engine.total):
             # the first call of a pipeline call, or the loop started over (FreeInit runs it several times);
             # a refused module change leaves before the pass starts, so the workers stay in step
+            # (alone: no other rank to keep in step, the modules are this rank's own business)
             if not self.alone:
                 self._check_module_state()
             loop.step, loop.in_pass = 0, True
-            if self.alone:  # no other rank to keep in step: the modules are this rank's own business
-                self.engine.begin(pass_timesteps(self.pipe.scheduler, call.timestep))
-            else:
-                self.engine.begin(pass_timesteps(self.pipe.scheduler, call.timestep), self.adapter.module_setup())
+            setup = None if self.alone else self.adapter.module_setup()
+            self.engine.begin(pass_timesteps(self.pipe.scheduler, call.timestep), setup)
         tag = loop.calls_in_step
         loop.calls_in_step += 1
         eps = self.engine.drive(loop.step, call, tag)

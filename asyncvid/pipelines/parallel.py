@@ -28,7 +28,7 @@ from ..models import adapter_for
 from ..optional import optional
 from ..planner.profile import cut_bytes, unit_costs
 from . import hook
-from .compat import compile_stage, compute_dtype, denoisers_of, prepare_denoisers
+from .compat import Stacked, compile_stage, compute_dtype, denoisers_of, prepare_denoisers
 from .driver_work import driver_seconds
 from .experts import assemble_experts
 from .placement import gather_weights, release_weights
@@ -129,7 +129,7 @@ class ParallelPipeline:
         self.pipe, self.adapter, self.runtime, self.topo, self.plan = pipe, adapter, runtime, topo, plan
         self.loop = hook.LoopPosition()
         self._closed = False
-        self.stacked = None  # what parallelize took over from the pipeline (``compat.Stacked``)
+        self.stacked = Stacked()  # what parallelize took over from the pipeline (``compat.py``)
         # what this rank's calls go through: its stage runtime, or the guidance layer over the CFG groups
         self.engine = runtime
         if topo.cfg_degree > 1 and topo.is_driver:

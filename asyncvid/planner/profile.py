@@ -85,16 +85,22 @@ def _time_unit(unit, ctx, state, reps):
     return result, (now(device) - start) / reps
 
 
+def layerwise_compute_dtype(module: torch.nn.Module) -> torch.dtype | None:
+    """The dtype a layer computes in when diffusers' layerwise casting stores its weights in another
+    (float8 weights, cast as the layer runs); None for a layer without it."""
+    registry = getattr(module, "_diffusers_hook", None)
+    hook = registry.get_hook("layerwise_casting") if registry is not None else None
+    return hook.compute_dtype if hook is not None else None
+
+
 def _cast_for_compute(model: torch.nn.Module) -> dict[str, torch.dtype]:
-    """Parameters stored in one dtype and computed in another (diffusers' layerwise casting keeps
-    weights in float8 and casts each layer as it runs): name -> the dtype they compute in."""
+    """Parameters stored in one dtype and computed in another: name -> the dtype they compute in."""
     out = {}
     for prefix, module in model.named_modules():
-        registry = getattr(module, "_diffusers_hook", None)
-        hook = registry.get_hook("layerwise_casting") if registry is not None else None
-        if hook is not None:
+        dtype = layerwise_compute_dtype(module)
+        if dtype is not None:
             for name, _ in module.named_parameters(recurse=False):
-                out[f"{prefix}.{name}" if prefix else name] = hook.compute_dtype
+                out[f"{prefix}.{name}" if prefix else name] = dtype
     return out
 
 

@@ -82,7 +82,7 @@ def cache_config(cache):
     return FirstBlockCacheConfig(threshold=threshold)
 
 
-def fbc_pipeline(cache):
+def cached_pipeline(cache):
     pipe = build_wan_pipeline("t2v", seed=0)
     call = wan_call("t2v", pipe, steps=CACHE_STEPS)
     if cache is not None:
@@ -90,10 +90,10 @@ def fbc_pipeline(cache):
     return pipe, call
 
 
-def fbc_sequential(cache):
+def cached_sequential(cache):
     """Frames of the untouched Wan pipeline with one of diffusers' caches (None: without), and how
     many of its denoiser calls ran every block."""
-    pipe, call = fbc_pipeline(cache)
+    pipe, call = cached_pipeline(cache)
     ran = []
     if cache is not None:
         pipe.transformer.blocks[-1].ffn.register_forward_hook(lambda *a: ran.append(1))  # not run when skipped
@@ -101,10 +101,10 @@ def fbc_sequential(cache):
     return frames, len(ran)
 
 
-def fbc_staged(cache, options: dict):
+def cached_staged(cache, options: dict):
     """Every rank: the same cached pipeline through parallelize; rank 0 returns frames, every rank's
     cache counts (skipped, computed) and whether undo gave the cache back to diffusers."""
-    pipe, call = fbc_pipeline(cache)
+    pipe, call = cached_pipeline(cache)
     ppipe = asyncvid.parallelize(pipe, **options)
     out = ppipe(**call, generator=torch.Generator().manual_seed(0))
     counts = ppipe.runtime.cache_counts()

@@ -25,10 +25,10 @@ JOBS = {
     "unet async": ("_compat.staged", ("animatediff", "none", dict(stages=2, warmup=1, compile=COMPILE))),
     "unet async eager": ("_compat.staged", ("animatediff", "none", dict(stages=2, warmup=1))),
     "wan repeated": ("_compat.staged", ("wan", "repeated", EXACT)),
-    "fbc exact": ("_compat.fbc_staged", (C.FBC, dict(stages=2, warmup=C.CACHE_STEPS))),
-    "fbc async": ("_compat.fbc_staged", (C.FBC, dict(stages=2, warmup=1))),
-    "mag exact": ("_compat.fbc_staged", (C.MAG, dict(stages=2, warmup=C.CACHE_STEPS))),
-    "mag async": ("_compat.fbc_staged", (C.MAG, dict(stages=2, warmup=1))),
+    "fbc exact": ("_compat.cached_staged", (C.FBC, dict(stages=2, warmup=C.CACHE_STEPS))),
+    "fbc async": ("_compat.cached_staged", (C.FBC, dict(stages=2, warmup=1))),
+    "mag exact": ("_compat.cached_staged", (C.MAG, dict(stages=2, warmup=C.CACHE_STEPS))),
+    "mag async": ("_compat.cached_staged", (C.MAG, dict(stages=2, warmup=1))),
     "layerwise": ("_compat.layerwise_staged", (EXACT,)),
 }
 
@@ -126,15 +126,15 @@ def test_a_cache_on_two_ranks_stops_both_with_one_line():
 
 
 @memo
-def fbc_sequential(threshold):
+def cached_sequential(threshold):
     torch.set_num_threads(1)
-    return C.fbc_sequential(threshold)
+    return C.cached_sequential(threshold)
 
 
 @multiprocess
 def test_first_block_cache_with_sequential_stages_equals_the_cache_alone(runs):
-    cached, full_calls = fbc_sequential(C.FBC)
-    plain, _ = fbc_sequential(None)
+    cached, full_calls = cached_sequential(C.FBC)
+    plain, _ = cached_sequential(None)
     assert float(np.abs(cached - plain).max()) > 1e-4  # the cache skipped something
     run = runs["fbc exact"]
     assert float(np.abs(run["frames"] - cached).max()) <= 1e-4
@@ -155,7 +155,7 @@ def test_first_block_cache_stages_skip_together_in_parallel_rounds(runs):
         assert driver["decisions"][tag] == (measured[0], *measured[:-1])
         assert worker["decisions"][tag] == driver["decisions"][tag]
     assert worker["skipped"] == driver["skipped"] > 0
-    assert float(np.abs(runs["fbc async"]["frames"] - fbc_sequential(C.FBC)[0]).max()) > 1e-4
+    assert float(np.abs(runs["fbc async"]["frames"] - cached_sequential(C.FBC)[0]).max()) > 1e-4
 
 
 @multiprocess
@@ -184,8 +184,8 @@ def test_layerwise_casting_runs_on_every_rank_and_equals_the_cast_pipeline(runs)
 @multiprocess
 def test_first_block_cache_on_one_stage_equals_the_cache_alone():
     """One stage has no one to skip with: it applies what it measures in every round, as diffusers does."""
-    cached, full_calls = fbc_sequential(C.FBC)
-    run = launch_local(C.fbc_staged, 1, C.FBC, dict(stages=1))
+    cached, full_calls = cached_sequential(C.FBC)
+    run = launch_local(C.cached_staged, 1, C.FBC, dict(stages=1))
     assert float(np.abs(run["frames"] - cached).max()) <= 1e-4
     assert run["counts"][0]["computed"] == full_calls and run["restored"] is True
 
@@ -217,7 +217,7 @@ def test_quantized_weights_are_refused_in_one_line():
 
 @multiprocess
 def test_mag_cache_with_sequential_stages_equals_the_cache_alone(runs):
-    cached, full_calls = fbc_sequential(C.MAG)
+    cached, full_calls = cached_sequential(C.MAG)
     assert full_calls < 2 * C.CACHE_STEPS  # it skipped some calls' blocks
     run = runs["mag exact"]
     assert float(np.abs(run["frames"] - cached).max()) <= 1e-4
@@ -232,7 +232,7 @@ def test_mag_cache_stages_decide_alike_in_every_round(runs):
     driver, worker = runs["mag async"]["counts"]
     for tag in (0, 1):
         assert driver["decisions"][tag] == worker["decisions"][tag] == (False, True, True, True, False, True)
-    assert float(np.abs(runs["mag async"]["frames"] - fbc_sequential(C.MAG)[0]).max()) > 1e-4
+    assert float(np.abs(runs["mag async"]["frames"] - cached_sequential(C.MAG)[0]).max()) > 1e-4
 
 
 def test_mag_cache_calibration_is_refused_in_one_line():
